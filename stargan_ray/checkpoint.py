@@ -1,0 +1,266 @@
+"""Complete, atomic, weights-only checkpoints, and import of the official checkpoint files.
+
+A checkpoint is one file holding everything a run needs to continue exactly: nets, nets_ema,
+optimiser states, the step, the resolved config and the RNG states. The frozen FAN is not stored
+(it is loaded from model.wing_path). Files are written under a temporary name and renamed, so a run
+killed during a save leaves the previous checkpoint intact. Every load uses weights_only=True: a
+pickle that would run code is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .config import ConfigError, ExperimentConfig, from_dict
+from .models import EMA, TRAINED, Networks, build_networks, ema_copy
+
+FORMAT = "stargan-ray/1"
+CHECKPOINT_FILE = "checkpoint.pt"  # name inside a checkpoint folder (e.g. a Ray Train checkpoint)
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint file that is missing, unsafe, or does not fit the configured model."""
+
+
+# ---------------------------------------------------------------- writing
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """torch.save to a temporary file in the same folder, fsync, then rename over path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _state_dicts(nets: Networks, names: tuple[str, ...]) -> dict[str, dict[str, torch.Tensor]]:
+    # DDP wraps a module in .module; checkpoints always hold the plain module's names.
+    return {name: getattr(getattr(nets, name), "module", getattr(nets, name)).state_dict()
+            for name in names}
+
+
+def state_dict(state) -> dict[str, Any]:
+    """Everything of a TrainState as tensors, numbers and strings (loadable with weights_only)."""
+    rng = {"torch": torch.get_rng_state(), "loop": state.rng.get_state()}
+    if state.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(state.device)
+    return {
+        "format": FORMAT,
+        "step": state.step,
+        "config": state.cfg.to_dict(),
+        "nets": _state_dicts(state.nets, TRAINED),
+        "nets_ema": _state_dicts(state.nets_ema, EMA),
+        "optims": {name: opt.state_dict() for name, opt in state.optims.items()},
+        "rng": rng,
+    }
+
+
+def save_checkpoint(state, path: str | Path) -> Path:
+    """Write the complete TrainState to path atomically."""
+    return atomic_save(state_dict(state), path)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def safe_load(path: str | Path, device: torch.device | str = "cpu") -> Any:
+    """torch.load with weights_only=True and errors that say what is wrong with the file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint: no such file {path}")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"checkpoint {path}: refused to load, it holds objects other than tensors and plain "
+            f"data (weights_only=True): {first}") from None
+    except (RuntimeError, EOFError) as err:
+        raise CheckpointError(f"checkpoint {path}: not a readable torch file ({err})") from None
+
+
+def read_config(path: str | Path) -> ExperimentConfig:
+    """The resolved config stored in one of our checkpoints."""
+    data = safe_load(path)
+    _check_format(data, path)
+    return from_dict(data["config"])
+
+
+def _check_format(data: Any, path: str | Path) -> None:
+    if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path}: not a stargan-ray checkpoint (format {FORMAT});"
+                              " official files load with `stargan-ray import-official`")
+
+
+def load_state_into(state, data: Mapping[str, Any]) -> None:
+    """Restore a TrainState in place from state_dict() output."""
+    for name in TRAINED:
+        _module(state.nets, name).load_state_dict(data["nets"][name])
+    for name in EMA:
+        _module(state.nets_ema, name).load_state_dict(data["nets_ema"][name])
+    for name, opt in state.optims.items():
+        opt.load_state_dict(data["optims"][name])
+    state.step = int(data["step"])
+    rng = data["rng"]
+    torch.set_rng_state(rng["torch"].cpu())
+    state.rng.set_state(rng["loop"].cpu())
+    if "cuda" in rng and state.device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"].cpu(), state.device)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu",
+                    cfg: ExperimentConfig | None = None):
+    """Rebuild the TrainState saved at path (cfg defaults to the stored, resolved config)."""
+    from .engine import TrainState  # engine imports nothing from here; avoid a cycle at import
+
+    data = safe_load(path)
+    _check_format(data, path)
+    cfg = cfg or from_dict(data["config"])
+    state = TrainState.create(cfg, device)
+    load_state_into(state, data)
+    return state
+
+
+def _module(nets: Networks, name: str) -> nn.Module:
+    module = getattr(nets, name)
+    return getattr(module, "module", module)
+
+
+# ---------------------------------------------------------------- official checkpoints
+
+_OFFICIAL_STEP = re.compile(r"^(\d+)_(nets_ema|nets|optims)\.ckpt$")
+
+
+def official_step(path: str | Path) -> int | None:
+    """The step in an official file name such as 100000_nets_ema.ckpt."""
+    match = _OFFICIAL_STEP.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def _strip_module_prefix(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # nn.DataParallel in the official code saves keys as "module.<name>".
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+
+
+def _fit_state_dict(name: str, module: nn.Module, sd: Mapping[str, torch.Tensor],
+                    path: str | Path) -> dict[str, torch.Tensor]:
+    """Check an official state dict against our module; add the buffer the releases lack."""
+    sd = _strip_module_prefix(sd)
+    own = module.state_dict()
+    # The released CelebA-HQ generator predates the HighPass filter buffer: use our constant.
+    if "hpf.filter" in own and "hpf.filter" not in sd:
+        sd["hpf.filter"] = own["hpf.filter"]
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    hint = "check model.img_size, model.w_hpf, model.num_domains, model.style_dim, model.dim_in"
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: {name} does not fit the configured model ({len(missing)} missing keys, e.g. "
+            f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]}); {hint}")
+    for key, value in sd.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise CheckpointError(
+                f"{path}: {name}.{key} has shape {tuple(value.shape)} in the file but the "
+                f"configured model expects {tuple(own[key].shape)}; {hint}")
+    return dict(sd)
+
+
+def load_official_networks(path: str | Path, networks: Networks) -> list[str]:
+    """Load an official {step}_nets.ckpt or {step}_nets_ema.ckpt into networks (strict).
+
+    Returns the names of the networks loaded. The official files are dicts of state dicts keyed
+    by network name; a 'fan' entry (saved alongside by the official code) is skipped, since the
+    FAN is loaded from its own wing.ckpt.
+    """
+    data = safe_load(path)
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{path}: expected a dict of state dicts keyed by network name")
+    loaded = []
+    for name, module in networks.items():
+        if name not in data:
+            continue
+        module = getattr(module, "module", module)
+        module.load_state_dict(_fit_state_dict(name, module, data[name], path), strict=True)
+        loaded.append(name)
+    if not loaded:
+        raise CheckpointError(f"{path}: no network entries found (keys: {sorted(data)[:6]})")
+    return loaded
+
+
+def load_official_optimizers(path: str | Path, optims: Mapping[str, torch.optim.Optimizer]) -> None:
+    """Load an official {step}_optims.ckpt (Adam state dicts keyed by network name)."""
+    data = safe_load(path)
+    for name, opt in optims.items():
+        if name not in data:
+            raise CheckpointError(f"{path}: no optimizer state for {name}")
+        opt.load_state_dict(data[name])
+
+
+def import_official(cfg: ExperimentConfig, nets_ema_path: str | Path, out: str | Path, *,
+                    nets_path: str | Path | None = None, optims_path: str | Path | None = None,
+                    step: int | None = None, device: torch.device | str = "cpu") -> Path:
+    """Convert official checkpoint files into one stargan-ray checkpoint.
+
+    Without nets_path the trained networks start as copies of the EMA networks and the
+    discriminator keeps its fresh initialisation: such a checkpoint evaluates and samples exactly,
+    but resuming training from it is not the official run.
+    """
+    from .engine import TrainState
+
+    state = TrainState.create(cfg, device)
+    load_official_networks(nets_ema_path, state.nets_ema)
+    if nets_path is not None:
+        load_official_networks(nets_path, state.nets)
+    else:
+        for name in EMA:
+            getattr(state.nets, name).load_state_dict(getattr(state.nets_ema, name).state_dict())
+    if optims_path is not None:
+        load_official_optimizers(optims_path, state.optims)
+    found = official_step(nets_ema_path)
+    state.step = step if step is not None else (found or 0)
+    return save_checkpoint(state, out)
+
+
+def load_ema_networks(path: str | Path, cfg: ExperimentConfig | None = None,
+                      device: torch.device | str = "cpu") -> tuple[ExperimentConfig, Networks]:
+    """EMA networks for evaluation and sampling from our checkpoint or an official nets_ema file.
+
+    Official files carry no config, so cfg is required for them.
+    """
+    data = safe_load(path)
+    if isinstance(data, Mapping) and data.get("format") == FORMAT:
+        cfg = cfg or from_dict(data["config"])
+        nets = ema_copy(build_networks(cfg.model))
+        for name in EMA:
+            getattr(nets, name).load_state_dict(data["nets_ema"][name])
+    else:
+        if cfg is None:
+            raise CheckpointError(f"{path}: an official checkpoint needs --experiment for its shapes")
+        nets = ema_copy(build_networks(cfg.model))
+        load_official_networks(path, nets)
+    if cfg.model.w_hpf > 0:
+        from .models.fan import load_fan
+
+        nets.fan = load_fan(cfg.model.wing_path, device)
+    for _, module in nets.items():
+        module.eval()
+    return cfg, nets.to(device)

@@ -1,0 +1,46 @@
+"""Shared fixtures: one local Ray instance per test session, tiny model configs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from stargan_ray.config import ExperimentConfig, load_experiment
+
+# W&B never reaches the network from tests.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """Start one local Ray instance for the whole session (7-11 s) and stop it at the end.
+
+    The logical CPU count is larger than the 2 physical cores: workers that hold whole CPUs would
+    otherwise starve Ray Data's tasks (see RAY_NOTES.md).
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=8, include_dashboard=True, configure_logging=False,
+                 log_to_driver=True, runtime_env={"env_vars": {"WANDB_MODE": "offline"}})
+    yield ray
+    ray.shutdown()
+
+
+def tiny_config(**overrides) -> ExperimentConfig:
+    """The toy experiment at 32 px with the smallest widths, plus overrides ("loss.lambda_ds": 2)."""
+    base = {
+        "model.img_size": 32, "model.num_domains": 2, "model.dim_in": 8, "model.max_conv_dim": 16,
+        "model.style_dim": 8, "model.latent_dim": 4, "model.hidden_dim": 16, "model.w_hpf": 0.0,
+        "data.batch_size": 4,
+    }
+    base.update(overrides)
+    return load_experiment("toy", list(base.items()))
+
+
+@pytest.fixture
+def tiny_cfg() -> ExperimentConfig:
+    return tiny_config()

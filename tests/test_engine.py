@@ -1,0 +1,107 @@
+import copy
+
+import pytest
+import torch
+
+from stargan_ray.engine import (TrainState, build_optimizers, non_finite, stats_to_floats,
+                                train_step)
+from stargan_ray.models import EMA, TRAINED
+
+from .conftest import tiny_config
+from .helpers import random_batch
+from .reference_loop import reference_iteration
+
+OFFICIAL_STATS = {f"D/{m}_{k}" for m in ("latent", "ref") for k in ("real", "fake", "reg")} | {
+    f"G/{m}_{k}" for m in ("latent", "ref") for k in ("adv", "sty", "ds", "cyc")} | {"G/lambda_ds"}
+
+
+def _double_state(cfg):
+    state = TrainState.create(cfg, "cpu", seed=3)
+    for nets in (state.nets, state.nets_ema):
+        for _, module in nets.items():
+            module.double()
+    state.optims = build_optimizers(cfg, state.nets)
+    return state
+
+
+def _double(batch):
+    return type(batch)(**{k: (v.double() if v.is_floating_point() else v)
+                          for k, v in vars(batch).items()})
+
+
+@pytest.mark.parametrize("overrides", [{}, {"loss.lambda_ds": 2.0, "loss.lambda_sty": 0.5,
+                                            "loss.lambda_reg": 3.0, "model.num_domains": 3}])
+def test_two_iterations_match_the_official_loop_parameter_for_parameter(overrides):
+    # float64 so that "equal to float rounding" is a tight bound, not Adam's sign noise
+    cfg = tiny_config(**{"optim.ema_beta": 0.9, "loss.ds_iter": 4, **overrides})
+    state = _double_state(cfg)
+    ref_nets, ref_ema = copy.deepcopy(state.nets), copy.deepcopy(state.nets_ema)
+    ref_optims = build_optimizers(cfg, ref_nets)
+    for step in range(2):
+        batch = _double(random_batch(cfg, seed=step))
+        stats = train_step(state, batch)
+        lam_ds = cfg.loss.lambda_ds * (1 - step / cfg.loss.ds_iter)
+        reference_iteration(ref_nets, ref_ema, ref_optims, batch, lambda_reg=cfg.loss.lambda_reg,
+                            lambda_sty=cfg.loss.lambda_sty, lambda_ds=lam_ds,
+                            lambda_cyc=cfg.loss.lambda_cyc, ema_beta=cfg.optim.ema_beta)
+        assert stats["G/lambda_ds"].item() == pytest.approx(lam_ds)
+    for name in TRAINED:
+        for (key, p), p_ref in zip(getattr(state.nets, name).named_parameters(),
+                                   getattr(ref_nets, name).parameters()):
+            assert torch.allclose(p, p_ref, rtol=0, atol=1e-10), f"nets.{name}.{key}"
+    for name in EMA:
+        for (key, p), p_ref in zip(getattr(state.nets_ema, name).named_parameters(),
+                                   getattr(ref_ema, name).parameters()):
+            assert torch.allclose(p, p_ref, rtol=0, atol=1e-10), f"nets_ema.{name}.{key}"
+    # and the step changed the networks (parity of a no-op would prove nothing)
+    fresh = _double_state(cfg)
+    assert not torch.allclose(fresh.nets.generator.from_rgb.weight, state.nets.generator.from_rgb.weight)
+
+
+def test_stats_use_the_official_names_and_stay_on_the_device():
+    cfg = tiny_config()
+    state = TrainState.create(cfg, "cpu")
+    stats = train_step(state, random_batch(cfg))
+    assert set(stats) == OFFICIAL_STATS
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad
+               for v in stats.values())
+    floats = stats_to_floats(stats)
+    assert all(isinstance(v, float) for v in floats.values())
+    assert state.step == 1
+    assert non_finite(stats) == []
+    assert non_finite({**stats, "G/latent_cyc": torch.tensor(float("nan"))}) == ["G/latent_cyc"]
+
+
+def test_train_step_restores_requires_grad_and_leaves_ema_frozen():
+    cfg = tiny_config()
+    state = TrainState.create(cfg, "cpu")
+    train_step(state, random_batch(cfg))
+    for name in TRAINED:
+        assert all(p.requires_grad for p in getattr(state.nets, name).parameters())
+    for name in EMA:
+        assert not any(p.requires_grad for p in getattr(state.nets_ema, name).parameters())
+
+
+def test_same_seed_same_parameters_after_k_steps():
+    cfg = tiny_config()
+    runs = []
+    for _ in range(2):
+        state = TrainState.create(cfg, "cpu", seed=11)
+        for step in range(3):
+            train_step(state, random_batch(cfg, seed=step))
+        runs.append(state)
+    for name in TRAINED:
+        for a, b in zip(getattr(runs[0].nets, name).parameters(),
+                        getattr(runs[1].nets, name).parameters()):
+            assert torch.equal(a, b)
+    other = TrainState.create(cfg, "cpu", seed=12)
+    assert not torch.equal(other.nets.generator.from_rgb.weight,
+                           TrainState.create(cfg, "cpu", seed=11).nets.generator.from_rgb.weight)
+
+
+def test_create_does_not_disturb_the_global_rng():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    TrainState.create(tiny_config(), "cpu")
+    assert torch.equal(torch.rand(3), expected)
