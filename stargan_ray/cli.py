@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "stargan_ray.train",
     "stargan_ray.tune",
     "stargan_ray.metrics.evaluator",
+    "stargan_ray.metrics.fid",
     "stargan_ray.sample",
     "stargan_ray.data.prepare",
     "stargan_ray.align",

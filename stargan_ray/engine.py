@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, fields
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -63,6 +63,9 @@ class TrainState:
     step: int
     rng: torch.Generator  # latent codes drawn by the training loop
     device: torch.device
+    # Called between backward() and the optimiser steps with the networks being stepped; the
+    # distributed trainer averages their gradients across workers here. None in one process.
+    grad_sync: Callable[[list[nn.Module]], None] | None = None
 
     @classmethod
     def create(cls, cfg: ExperimentConfig, device: torch.device | str, seed: int | None = None,
@@ -128,6 +131,8 @@ def _step_optimizers(state: TrainState, loss: torch.Tensor, names: tuple[str, ..
     for name in names:
         state.optims[name].zero_grad(set_to_none=True)
     loss.backward()
+    if state.grad_sync is not None:
+        state.grad_sync([getattr(state.nets, name) for name in names])
     for name in names:
         state.optims[name].step()
 

@@ -105,3 +105,37 @@ def test_create_does_not_disturb_the_global_rng():
     torch.manual_seed(5)
     TrainState.create(tiny_config(), "cpu")
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_masked_iteration_with_fan_matches_the_official_loop(tmp_path):
+    """w_hpf=1 (CelebA-HQ): masks from x_src, recomputed from x_fake for the cycle term."""
+    from .test_fan import randomized_fan, sparsify_heads
+
+    fan = randomized_fan(0)
+    sparsify_heads(fan, torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1)
+    wing = tmp_path / "wing.ckpt"
+    torch.save({"state_dict": fan.state_dict()}, wing)
+    cfg = tiny_config(**{"model.w_hpf": 1.0, "model.wing_path": str(wing), "data.batch_size": 1,
+                         "optim.ema_beta": 0.9})
+    state = TrainState.create(cfg, "cpu", seed=3)  # loads the FAN from model.wing_path
+    assert state.nets.fan is not None and state.nets_ema.fan is state.nets.fan
+    for nets in (state.nets, state.nets_ema):
+        for _, module in nets.items(include_fan=True):
+            module.double()
+    state.optims = build_optimizers(cfg, state.nets)
+    ref_nets, ref_ema = copy.deepcopy(state.nets), copy.deepcopy(state.nets_ema)
+    ref_optims = build_optimizers(cfg, ref_nets)
+    batch = _double(random_batch(cfg, seed=0))
+    masks = state.nets.fan.get_heatmap(batch.x_src)
+    assert 0 < masks[0].mean() < 1  # masks that select part of the image
+    train_step(state, batch)
+    reference_iteration(ref_nets, ref_ema, ref_optims, batch, lambda_reg=1.0, lambda_sty=1.0,
+                        lambda_ds=cfg.loss.lambda_ds, lambda_cyc=1.0, w_hpf=1.0, ema_beta=0.9)
+    for name in TRAINED:
+        for (key, p), p_ref in zip(getattr(state.nets, name).named_parameters(),
+                                   getattr(ref_nets, name).parameters()):
+            assert torch.allclose(p, p_ref, rtol=0, atol=1e-10), f"nets.{name}.{key}"
+    # the FAN is frozen and never trained
+    assert all(not p.requires_grad for p in state.nets.fan.parameters())
+    for a, b in zip(state.nets.fan.parameters(), ref_nets.fan.parameters()):
+        assert torch.equal(a, b)

@@ -1,0 +1,210 @@
+"""What a training run shows: console lines, W&B, sample grids, events, quick evaluation.
+
+Only rank 0 writes; every method may be called on every rank. W&B runs offline unless configured
+and never fails a run: an error there turns W&B off with one warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import ExperimentConfig
+from .models import Networks
+
+log = logging.getLogger(__name__)
+SAMPLE_SOURCES = 6  # sources (rows) and references (columns) in the training sample grids
+
+
+def local_run_dir(run_dir: str) -> Path:
+    """Where PNGs and events go: the run folder itself when local, else a local mirror."""
+    if "://" in run_dir:
+        return Path("runs_local") / run_dir.rstrip("/").split("/")[-1]
+    return Path(run_dir)
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8, rounded as torchvision's save_image."""
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2 * 255 + 0.5).clamp(0, 255)
+    return x.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def tile(rows: list[torch.Tensor], pad: int = 2) -> Image.Image:
+    """Images as a grid: each entry of rows is one row (N_i, 3, H, W); white padding."""
+    h, w = rows[0].shape[-2:]
+    cols = max(r.shape[0] for r in rows)
+    canvas = np.full((len(rows) * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(_to_uint8(row)):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            canvas[y:y + h, x:x + w] = img
+    return Image.fromarray(canvas)
+
+
+@torch.no_grad()
+def reference_grid(nets: Networks, x_src: torch.Tensor, x_ref: torch.Tensor,
+                   y_ref: torch.Tensor, masks=None) -> Image.Image:
+    """Sources down the first column, references along the first row, translations inside."""
+    s_ref = nets.style_encoder(x_ref, y_ref)
+    blank = torch.ones_like(x_src[:1])
+    rows = [torch.cat([blank, x_ref])]
+    for i in range(x_src.size(0)):
+        src = x_src[i:i + 1].expand(x_ref.size(0), -1, -1, -1)
+        m = None if masks is None else tuple(mk[i:i + 1].expand(x_ref.size(0), -1, -1, -1)
+                                             for mk in masks)
+        rows.append(torch.cat([x_src[i:i + 1], nets.generator(src, s_ref, masks=m)]))
+    return tile(rows)
+
+
+@torch.no_grad()
+def latent_grid(nets: Networks, x_src: torch.Tensor, num_domains: int, latent_dim: int,
+                seed: int, outs_per_domain: int = 2, masks=None) -> Image.Image:
+    """Each row a source followed by outputs for every target domain (fixed seeded z's)."""
+    gen = torch.Generator().manual_seed(seed)
+    n = x_src.size(0)
+    z = torch.randn(outs_per_domain, latent_dim, generator=gen).to(x_src.device)
+    columns = []
+    for y in range(num_domains):
+        y_trg = torch.full((n,), y, dtype=torch.long, device=x_src.device)
+        for k in range(outs_per_domain):
+            s = nets.mapping_network(z[k:k + 1].expand(n, -1), y_trg)
+            columns.append(nets.generator(x_src, s, masks=masks))
+    rows = [torch.cat([x_src[i:i + 1]] + [c[i:i + 1] for c in columns]) for i in range(n)]
+    return tile(rows)
+
+
+def load_val_samples(cfg: ExperimentConfig, device: torch.device | str):
+    """A fixed set of val images for the grids: sources and references spread over domains."""
+    from .data.folders import scan
+    from .data.synthetic import resolve_data_dirs
+
+    _, val_dir = resolve_data_dirs(cfg)
+    folder = scan(val_dir, cfg.model.num_domains)
+    per_domain = [[p for p, y in zip(folder.paths, folder.labels) if y == d]
+                  for d in range(len(folder.domains))]
+    picks = []
+    for k in range(2 * SAMPLE_SOURCES):
+        d = k % len(per_domain)
+        if k // len(per_domain) < len(per_domain[d]):
+            picks.append((per_domain[d][k // len(per_domain)], d))
+    size, fs = cfg.model.img_size, folder.fs()
+    images = []
+    for path, _ in picks:
+        with fs.open_input_file(path) as f:
+            img = Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR)
+        images.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 127.5 - 1)
+    x = torch.stack(images).to(device)
+    y = torch.tensor([d for _, d in picks], device=device)
+    return x[0::2], y[0::2], x[1::2], y[1::2]
+
+
+class RunLogger:
+    def __init__(self, cfg: ExperimentConfig, loop_config: dict[str, Any], *, rank: int,
+                 world: int, device: torch.device) -> None:
+        self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
+        self.run_dir = local_run_dir(loop_config["run_dir"])
+        self.wandb = None
+        self._val = None
+        if rank != 0:
+            return
+        (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        self._init_wandb(loop_config)
+
+    # ------------------------------------------------------------ W&B
+
+    def _init_wandb(self, loop_config: dict[str, Any]) -> None:
+        mode = loop_config.get("wandb") or os.environ.get("WANDB_MODE") or "offline"
+        if mode == "disabled":
+            return
+        try:
+            import wandb
+
+            self.wandb = wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "stargan-ray"),
+                group=loop_config.get("wandb_group"), name=loop_config["run_name"],
+                id=loop_config.get("wandb_id") or _wandb_id(loop_config["run_name"]),
+                resume="allow", dir=str(self.run_dir), mode=mode, config=self.cfg.to_dict(),
+                settings=wandb.Settings(silent=True, console="off"))
+        except Exception as err:  # W&B must never fail a training run
+            log.warning("W&B disabled for this run: %s", err)
+            self.wandb = None
+
+    def _wandb_log(self, data: dict[str, Any], step: int) -> None:
+        if self.wandb is None:
+            return
+        try:
+            self.wandb.log(data, step=step)
+        except Exception as err:  # unreachable server, full disk: keep training
+            log.warning("W&B logging failed, turning it off: %s", err)
+            self.wandb = None
+
+    # ------------------------------------------------------------ outputs
+
+    def event(self, kind: str, **fields: Any) -> None:
+        if self.rank != 0:
+            return
+        record = {"event": kind, "time": time.time(), **fields}
+        with open(self.run_dir / "events.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if kind != "start" or fields.get("step"):
+            print(f"[stargan-ray] {kind}: {fields}", flush=True)
+
+    def log(self, step: int, metrics: dict[str, float], line: str) -> None:
+        if self.rank != 0:
+            return
+        print(line, flush=True)
+        self._wandb_log(metrics, step)
+
+    def samples(self, state, step: int) -> None:
+        if self.rank != 0:
+            return
+        if self._val is None:
+            self._val = load_val_samples(self.cfg, self.device)
+        x_src, y_src, x_ref, y_ref = self._val
+        nets = state.nets_ema
+        masks = nets.fan.get_heatmap(x_src) if self.cfg.model.w_hpf > 0 else None
+        grids = {
+            "reference": reference_grid(nets, x_src, x_ref, y_ref, masks),
+            "latent": latent_grid(nets, x_src, self.cfg.model.num_domains,
+                                  self.cfg.model.latent_dim, self.cfg.train.seed, masks=masks),
+        }
+        for name, image in grids.items():
+            image.save(self.run_dir / "samples" / f"{step:06d}_{name}.png")
+        if self.wandb is not None:
+            import wandb
+
+            self._wandb_log({f"samples/{k}": wandb.Image(v) for k, v in grids.items()}, step)
+
+    def evaluate(self, state, step: int) -> dict[str, float]:
+        """fid_quick of nets_ema on rank 0 (empty where the evaluator is unavailable)."""
+        if self.rank != 0:
+            return {}
+        try:
+            from .metrics.evaluator import fid_quick
+        except ImportError:
+            return {}
+        value = fid_quick(state.nets_ema, self.cfg, device=self.device)
+        self._wandb_log({"fid_quick": value}, step)
+        return {"fid_quick": value}
+
+    def finish(self) -> None:
+        if self.wandb is not None:
+            try:
+                self.wandb.finish()
+            except Exception as err:  # never fail the run on the way out
+                log.warning("W&B finish failed: %s", err)
+
+
+def _wandb_id(run_name: str) -> str:
+    """A stable W&B run id from the run name, so a resumed run continues the same W&B run."""
+    import hashlib
+
+    return "sr-" + hashlib.sha1(run_name.encode()).hexdigest()[:12]

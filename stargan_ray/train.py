@@ -1,0 +1,425 @@
+"""Distributed training on Ray Train: the worker loop around engine.train_step and its driver.
+
+Gradient averaging: after each backward the gradients of the networks being stepped are flattened
+into one buffer, all-reduced and divided by the world size (the approach of NVlabs/stylegan3's
+training loop) instead of wrapping the networks in DistributedDataParallel. StarGAN v2 runs the
+generator up to three times per backward, R1 differentiates through a gradient (create_graph,
+which DDP's reducer does not support), and each of the four optimiser steps updates a different
+subset of the networks while the others are frozen; DDP's bucketing hooks and unused-parameter
+detection fit none of that, while one explicit all-reduce per optimiser step is exact and simple.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import CHECKPOINT_FILE, load_state_into, safe_load, state_dict
+from .config import ConfigError, ExperimentConfig, from_dict, to_toml
+from .engine import Batch, TrainState, stats_to_floats, train_step
+
+log = logging.getLogger(__name__)
+CHECKPOINT_PREFIX = "checkpoint_"
+
+
+# ---------------------------------------------------------------- options and resources
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run (not what to train: that is the ExperimentConfig)."""
+
+    num_workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    storage: str = "runs"
+    name: str | None = None
+    resume: bool = False
+    max_failures: int = 3
+    wandb: str | None = None  # online | offline | disabled; None: WANDB_MODE or offline
+
+    def run_name(self, cfg: ExperimentConfig) -> str:
+        return self.name or cfg.name
+
+    def resources(self) -> dict[str, Any]:
+        per_worker = {"CPU": self.cpus_per_worker}
+        if self.gpus_per_worker:
+            per_worker["GPU"] = self.gpus_per_worker
+        return {"num_workers": self.num_workers, "use_gpu": self.gpus_per_worker > 0,
+                "resources_per_worker": per_worker,
+                "backend": "nccl" if self.gpus_per_worker > 0 else "gloo"}
+
+
+def storage_uri(storage: str) -> str:
+    """Local paths become absolute (Ray needs that); URIs such as s3://bucket/x pass through."""
+    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+def _run_dir(opts: RunOptions, cfg: ExperimentConfig) -> str:
+    return f"{storage_uri(opts.storage).rstrip('/')}/{opts.run_name(cfg)}"
+
+
+def _filesystem(uri: str):
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(uri)
+
+
+def latest_checkpoint(run_dir: str) -> tuple[int, str] | None:
+    """(step, path) of the newest checkpoint_<step> folder of a run, local or on object storage."""
+    import pyarrow.fs as pafs
+
+    fs, path = _filesystem(run_dir)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    steps = []
+    for info in infos:
+        name = info.base_name
+        if info.type == pafs.FileType.Directory and name.startswith(CHECKPOINT_PREFIX):
+            suffix = name[len(CHECKPOINT_PREFIX):]
+            if suffix.isdigit():
+                steps.append((int(suffix), f"{run_dir}/{name}"))
+    return max(steps) if steps else None
+
+
+def _run_exists(run_dir: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = _filesystem(run_dir)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+# ---------------------------------------------------------------- worker side
+
+
+def make_grad_sync(world_size: int):
+    """All-reduce (mean) the gradients of the given networks as one flat buffer."""
+    import torch.distributed as dist
+
+    def sync(modules: list[nn.Module]) -> None:
+        grads = [p.grad for m in modules for p in m.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    return sync
+
+
+class StatsWindow:
+    """Sums of the step stats on the device between two logs, and the first non-finite step."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] | None = None
+        self.sums: torch.Tensor | None = None
+        self.first_bad: torch.Tensor | None = None
+        self.steps = 0
+        self.started = time.perf_counter()
+
+    def add(self, stats: dict[str, torch.Tensor], step: int) -> None:
+        if self.keys is None:
+            self.keys = list(stats)
+        values = torch.stack([stats[k].detach().float() for k in self.keys])
+        if self.sums is None:
+            self.sums = torch.zeros_like(values)
+            self.first_bad = torch.full_like(values, math.inf)
+        self.sums += values
+        bad_now = ~torch.isfinite(values)
+        self.first_bad = torch.where(bad_now & torch.isinf(self.first_bad),
+                                     torch.full_like(values, float(step)), self.first_bad)
+        self.steps += 1
+
+    def reduce(self, world_size: int) -> tuple[dict[str, float], tuple[str, int] | None]:
+        """Mean over steps and workers (one all-reduce); the first non-finite (stat, step)."""
+        import torch.distributed as dist
+
+        sums, first_bad = self.sums.clone(), self.first_bad.clone()
+        if world_size > 1:
+            dist.all_reduce(sums)
+            dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
+        means = (sums / (self.steps * world_size)).cpu().tolist()
+        first_bad_list = first_bad.cpu().tolist()
+        bad = [(s, k) for k, s in zip(self.keys, first_bad_list) if math.isfinite(s)]
+        worst = min(bad) if bad else None
+        return dict(zip(self.keys, means)), (None if worst is None else (worst[1], int(worst[0])))
+
+
+def weights_finite(state: TrainState) -> bool:
+    flags = [torch.isfinite(p).all() for _, m in state.nets.items() for p in m.parameters()]
+    return bool(torch.stack(flags).all())
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def _lrs(state: TrainState) -> dict[str, float]:
+    return {f"lr/{name}": opt.param_groups[0]["lr"] for name, opt in state.optims.items()}
+
+
+def _console_line(step: int, total: int, metrics: dict[str, float], images_per_s: float,
+                  eta_s: float) -> str:
+    keys = ("D/latent_real", "D/latent_fake", "D/latent_reg", "G/latent_adv", "G/latent_sty",
+            "G/latent_ds", "G/latent_cyc", "G/ref_cyc", "G/lambda_ds")
+    losses = " ".join(f"{k}={metrics[k]:.3f}" for k in keys if k in metrics)
+    eta = time.strftime("%H:%M:%S", time.gmtime(max(eta_s, 0)))
+    return f"[{step}/{total}] {losses} | {images_per_s:.1f} img/s | ETA {eta}"
+
+
+def _save_report(state: TrainState, metrics: dict[str, Any], rank: int) -> None:
+    """Every rank reports (a barrier); rank 0 attaches the complete state as a checkpoint."""
+    import ray.train
+
+    if not weights_finite(state):
+        raise NonFiniteLoss(f"non-finite weights at step {state.step}; checkpoint not written")
+    name = f"{CHECKPOINT_PREFIX}{state.step:08d}"
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(state_dict(state), Path(tmp) / CHECKPOINT_FILE)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=name)
+
+
+def _restore(state: TrainState, checkpoint) -> None:
+    with checkpoint.as_directory() as folder:
+        load_state_into(state, safe_load(Path(folder) / CHECKPOINT_FILE, state.device))
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker: restore, then train_step until total_iters with logs and checkpoints."""
+    import ray.train
+    import ray.train.torch
+
+    from .data.pipeline import iter_train_batches
+    from .run_logging import RunLogger
+
+    cfg = from_dict(loop_config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(loop_config.get("threads_per_worker", 1))))
+    state = TrainState.create(cfg, device)  # the same seed on every rank: identical networks
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        _restore(state, checkpoint)
+    if world > 1:
+        state.grad_sync = make_grad_sync(world)
+    data_start = loop_config["data_start_step"]
+    if state.step < data_start:
+        raise ConfigError(f"checkpoint step {state.step} precedes the data plan ({data_start})")
+    batches = iter_train_batches(ray.train.get_dataset_shard("train"), cfg, world_rank=rank,
+                                 device=device, start_step=data_start)
+    for _ in range(state.step - data_start):  # restarted workers: skip what was trained
+        next(batches)
+    logger = RunLogger(cfg, loop_config, rank=rank, world=world, device=device)
+    logger.event("start", step=state.step)
+    _train(state, batches, logger, rank, world, loop_config)
+    logger.finish()
+
+
+def _train(state: TrainState, batches, logger, rank: int, world: int,
+           loop_config: dict[str, Any]) -> None:
+    cfg = state.cfg
+    t = cfg.train
+    window = StatsWindow()
+    last_good = None  # CPU copy of the state at the last checkpoint, for nan_policy=rollback
+    rollbacks = 0
+    run_started, start_step = time.perf_counter(), state.step
+    while state.step < t.total_iters:
+        batch: Batch = next(batches)
+        window.add(train_step(state, batch), state.step - 1)
+        step = state.step
+        check = step % t.print_every == 0 or step % t.save_every == 0 or step == t.total_iters
+        if not check:
+            continue
+        metrics, bad = window.reduce(world)
+        if bad is not None:
+            message = f"loss {bad[0]} is not finite at step {bad[1]}"
+            if t.nan_policy == "rollback" and last_good is not None and rollbacks < 3:
+                rollbacks += 1
+                load_state_into(state, last_good)
+                logger.event("rollback", step=state.step, reason=message)
+                window = StatsWindow()
+                continue
+            raise NonFiniteLoss(message + f" (train.nan_policy={t.nan_policy})")
+        elapsed = time.perf_counter() - window.started
+        images_per_s = window.steps * cfg.data.batch_size * world / max(elapsed, 1e-9)
+        eta = (t.total_iters - step) * (time.perf_counter() - run_started) / max(step - start_step, 1)
+        metrics.update(_lrs(state), step=step, images_per_s=images_per_s, eta_s=eta)
+        window = StatsWindow()
+        if step % t.print_every == 0 or step == t.total_iters:
+            logger.log(step, metrics, _console_line(step, t.total_iters, metrics, images_per_s, eta))
+        if step % t.sample_every == 0 or step == t.total_iters:
+            logger.samples(state, step)
+        if step % t.eval_every == 0 or step == t.total_iters:
+            metrics.update(logger.evaluate(state, step))
+        if step % t.save_every == 0 or step == t.total_iters:
+            _save_report(state, metrics, rank)
+            if t.nan_policy == "rollback":
+                last_good = _cpu_copy(state_dict(state))
+        else:
+            import ray.train
+
+            ray.train.report(metrics, checkpoint=None)
+
+
+def _cpu_copy(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_cpu_copy(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------- driver side
+
+
+def build_trainer(cfg: ExperimentConfig, opts: RunOptions, *, extra_loop_config: dict | None = None,
+                  callbacks: list | None = None, run_dir: str | None = None):
+    """A TorchTrainer for cfg: the Ray Data pipeline, scaling, storage, failures, checkpoints."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from .data.pipeline import build_train_dataset, train_data_config
+
+    quiet_ray_data()
+    run_dir = run_dir or _run_dir(opts, cfg)
+    latest = latest_checkpoint(run_dir) if opts.resume else None
+    data_start = latest[0] if latest else 0
+    if data_start >= cfg.train.total_iters:
+        raise ConfigError(f"train.total_iters: the run already reached step {data_start}; "
+                          f"raise train.total_iters to continue it")
+    resources = opts.resources()
+    loop_config = {
+        "cfg": cfg.to_dict(),
+        "data_start_step": data_start,
+        "run_dir": run_dir,
+        "run_name": opts.run_name(cfg),
+        "wandb": opts.wandb,
+        "threads_per_worker": max(1, int(opts.cpus_per_worker)),
+        **(extra_loop_config or {}),
+    }
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend=resources["backend"]),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=opts.num_workers, use_gpu=resources["use_gpu"],
+            resources_per_worker=resources["resources_per_worker"]),
+        run_config=ray.train.RunConfig(
+            name=opts.run_name(cfg), storage_path=storage_uri(opts.storage),
+            failure_config=ray.train.FailureConfig(max_failures=opts.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            callbacks=callbacks),
+        datasets={"train": build_train_dataset(cfg, opts.num_workers, data_start)},
+        dataset_config=train_data_config(),
+    )
+
+
+def run_training(cfg: ExperimentConfig, opts: RunOptions, **kwargs):
+    """Validate, then fit; returns the ray.train.Result."""
+    run_dir = _run_dir(opts, cfg)
+    if not opts.resume and latest_checkpoint(run_dir) is not None:
+        raise ConfigError(f"--name: run {opts.run_name(cfg)!r} already has checkpoints in "
+                          f"{run_dir}; pass --resume to continue it or choose another --name")
+    trainer = build_trainer(cfg, opts, run_dir=run_dir, **kwargs)
+    return trainer.fit()
+
+
+def init_ray(opts: RunOptions) -> None:
+    """Connect to the cluster in RAY_ADDRESS, or start a local one sized for the run.
+
+    A local instance gets at least two logical CPUs beyond the workers' own: workers holding every
+    CPU starve Ray Data's decoding tasks, and training then waits forever (RAY_NOTES.md).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(configure_logging=False)
+        return
+    needed = math.ceil(opts.num_workers * opts.cpus_per_worker) + 2
+    ray.init(num_cpus=max(os.cpu_count() or 1, needed), configure_logging=False)
+
+
+def quiet_ray_data() -> None:
+    """One console line per print_every: no Ray Data progress bars in the driver's output."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+def _options_from_args(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker,
+                      cpus_per_worker=args.cpus_per_worker, storage=args.storage, name=args.name,
+                      resume=args.resume, max_failures=args.max_failures, wandb=args.wandb)
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (one per GPU)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--storage", default="runs",
+                   help="run storage: a local or shared path, or a URI such as s3://bucket/runs")
+    p.add_argument("--wandb", choices=("online", "offline", "disabled"), default=None,
+                   help="W&B mode (default: $WANDB_MODE, else offline)")
+
+
+def _cli_train(args: argparse.Namespace) -> int:
+    from .cli import experiment_from_args
+
+    cfg = experiment_from_args(args)
+    opts = _options_from_args(args)
+    if args.dry_run:
+        print(to_toml(cfg))
+        print("# Ray resources")
+        print(json.dumps({**opts.resources(), "storage": _run_dir(opts, cfg)}, indent=2))
+        return 0
+    init_ray(opts)
+    result = run_training(cfg, opts)
+    print(f"run folder: {_run_dir(opts, cfg)}")
+    if result.checkpoint is not None:
+        print(f"last checkpoint: {result.checkpoint.path}")
+    return 0
+
+
+def add_cli(sub) -> None:
+    from .cli import add_experiment_args
+
+    p = sub.add_parser("train", help="train on Ray Train workers (CPU or GPU, one or many nodes)")
+    add_experiment_args(p)
+    add_run_args(p)
+    p.add_argument("--name", help="run name (default: the experiment name)")
+    p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    p.add_argument("--max-failures", type=int, default=3,
+                   help="worker failures to recover from (restoring the last checkpoint)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config and the Ray resources, then exit")
+    p.set_defaults(func=_cli_train)
+
+
+__all__ = ["RunOptions", "build_trainer", "run_training", "train_loop_per_worker", "make_grad_sync",
+           "latest_checkpoint", "StatsWindow", "asdict"]
