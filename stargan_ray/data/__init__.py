@@ -1,0 +1,1 @@
+"""Data: folder trees, the embedded synthetic set, Parquet shards, the Ray Data pipeline."""

@@ -1,0 +1,253 @@
+"""Domains from image folders (the official layout ``ROOT/<domain>/<image>``) and image decoding.
+
+Everything here runs on the driver before any Ray worker starts, so a wrong path or layout fails in
+seconds with one line naming the path. Roots may be local paths or any URI pyarrow understands
+(``s3://bucket/train``); a cluster needs storage every node can read.
+
+Decoding is shared by ``prepare`` and the training pipeline: any mode Pillow opens (grayscale,
+palette, RGBA, CMYK, 16-bit) becomes 8-bit RGB, and a file that cannot be decoded raises
+``BadImage`` with the reason, which callers count and skip instead of crashing.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from stargan_ray.config import ConfigError
+
+# Official listdir takes png/jpg/jpeg (and JPG); we match case-insensitively and add the other
+# formats Pillow decodes, since users hand in whatever their cameras and scrapers produced.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class DataError(ConfigError):
+    """A data folder or shard set that cannot be trained on; the message names the path."""
+
+
+class MissingRootError(DataError):
+    pass
+
+
+class TooFewDomainsError(DataError):
+    pass
+
+
+class EmptyDomainError(DataError):
+    pass
+
+
+class DomainCountError(DataError):
+    pass
+
+
+class DomainMismatchError(DataError):
+    pass
+
+
+class BadImage(Exception):
+    """A file that is not a decodable image; the message is the reason."""
+
+
+# ---------------------------------------------------------------- file systems
+
+
+def filesystem(root: str):
+    """(pyarrow FileSystem, path inside it) for a local path or a URI such as s3://bucket/x."""
+    import pyarrow.fs as pafs
+
+    if "://" in root:
+        return _uri_filesystem(root)
+    return pafs.LocalFileSystem(), str(Path(root).expanduser().resolve())
+
+
+@functools.lru_cache(maxsize=64)
+def _uri_filesystem(root: str):
+    # Cached: tasks read many files of one root, and resolving an object store is not free.
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(root)
+
+
+def read_bytes(fs, path: str) -> bytes:
+    with fs.open_input_file(path) as f:
+        return f.read()
+
+
+# ---------------------------------------------------------------- domains
+
+
+@dataclass(frozen=True)
+class DomainFolder:
+    """One split of a folder tree: sorted domain names and, per image, its path and domain id.
+
+    Images are sorted by (domain, path), as the official loader lists them, so ids match
+    official checkpoints. ``paths`` are inside ``fs`` (see ``filesystem``).
+    """
+
+    root: str
+    domains: tuple[str, ...]
+    paths: tuple[str, ...]
+    labels: np.ndarray  # (N,) int64
+
+    @property
+    def counts(self) -> list[int]:
+        return np.bincount(self.labels, minlength=len(self.domains)).tolist()
+
+    def fs(self):
+        return filesystem(self.root)[0]
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.rsplit("/", 1)[-1].startswith(".")
+
+
+def scan(root: str, num_domains: int | None = None) -> DomainFolder:
+    """List ``root/<domain>/**/<image>`` and check the layout; raises a DataError subclass."""
+    import pyarrow.fs as pafs
+
+    fs, base = filesystem(str(root))
+    info = fs.get_file_info(base)
+    if info.type != pafs.FileType.Directory:
+        raise MissingRootError(f"{root}: no such data folder")
+    subdirs = sorted((i for i in fs.get_file_info(pafs.FileSelector(base))
+                      if i.type == pafs.FileType.Directory and not i.base_name.startswith(".")),
+                     key=lambda i: i.base_name)
+    if len(subdirs) < 2:
+        raise TooFewDomainsError(f"{root}: found {len(subdirs)} domain folder(s), need at least 2"
+                                 " (layout ROOT/<domain>/<image>)")
+    if num_domains is not None and len(subdirs) != num_domains:
+        names = ", ".join(d.base_name for d in subdirs)
+        raise DomainCountError(f"{root}: {len(subdirs)} domains ({names}) but model.num_domains ="
+                               f" {num_domains}")
+    paths: list[str] = []
+    labels: list[int] = []
+    for label, sub in enumerate(subdirs):
+        files = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(sub.path, recursive=True))
+                       if i.type == pafs.FileType.File and _is_image(i.path))
+        if not files:
+            raise EmptyDomainError(f"{root}/{sub.base_name}: domain folder has no images"
+                                   f" ({', '.join(IMAGE_EXTENSIONS)})")
+        paths += files
+        labels += [label] * len(files)
+    return DomainFolder(str(root), tuple(d.base_name for d in subdirs), tuple(paths),
+                        np.asarray(labels, np.int64))
+
+
+def scan_train_val(train_dir: str, val_dir: str,
+                   num_domains: int) -> tuple[DomainFolder, DomainFolder]:
+    """Both splits, checked against each other and against model.num_domains."""
+    train = scan(train_dir, num_domains)
+    val = scan(val_dir, num_domains)
+    if train.domains != val.domains:
+        raise DomainMismatchError(f"{val_dir}: val domains ({', '.join(val.domains)}) differ from"
+                                  f" train domains in {train_dir} ({', '.join(train.domains)})")
+    return train, val
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any Pillow mode; 16/32-bit values are scaled, not clipped."""
+    if image.mode.startswith(("I", "F")):
+        pixels = np.asarray(image, dtype=np.float64)
+        peak = float(pixels.max()) if pixels.size else 0.0
+        if image.mode.startswith("I;16") or peak > 255:
+            top = 65535.0
+        else:
+            top = 1.0 if image.mode == "F" and peak <= 1 else 255.0
+        image = Image.fromarray(np.clip(pixels * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # The official loader drops alpha (convert('RGB')); we do the same, via RGBA for palettes.
+        image = image.convert("RGBA")
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image Pillow can read"
+    text = str(err).splitlines()[0] if str(err) else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def decode(data: bytes, min_side: int | None = None) -> Image.Image:
+    """Fully decode image bytes to RGB; an image whose shorter side exceeds min_side is reduced
+    to that shorter side (aspect kept).
+
+    Raises BadImage for empty, truncated or non-image data.
+    """
+    if not data:
+        raise BadImage("empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            target = _reduced_size(image.size, min_side)
+            if target is not None:
+                image.draft(None, target)  # JPEG: decode at 1/2, 1/4, 1/8 scale when enough
+            image.load()
+            image = to_rgb(image)
+            if target is not None and image.size != target:
+                image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
+            return image
+    except _DECODE_ERRORS as err:
+        raise BadImage(_reason(err)) from None
+
+
+def _reduced_size(size: tuple[int, int], min_side: int | None) -> tuple[int, int] | None:
+    if min_side is None or min(size) <= min_side:
+        return None
+    scale = min_side / min(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def probe(fs, path: str) -> str | None:
+    """Cheap check of a file before training (open + header): None if it looks like an image.
+
+    Catches empty, unreadable and non-image files; truncation is only found by a full decode,
+    which the pipeline does and then skips the file.
+    """
+    try:
+        with fs.open_input_file(path) as f:
+            if f.size() == 0:
+                return "empty file"
+            with Image.open(f) as image:  # reads only as far as the header
+                image.size  # noqa: B018
+        return None
+    except _DECODE_ERRORS as err:
+        return _reason(err)
+
+
+def drop_unreadable(folder: DomainFolder,
+                    threads: int = 8) -> tuple[DomainFolder, list[tuple[str, str]]]:
+    """Probe every file; return the folder without the bad ones and the (path, reason) list.
+
+    Raises EmptyDomainError when a domain is left with no readable image.
+    """
+    fs = folder.fs()
+    with ThreadPoolExecutor(threads) as pool:
+        reasons = list(pool.map(lambda p: probe(fs, p), folder.paths))
+    keep = np.asarray([r is None for r in reasons], bool)
+    bad = [(p, r) for p, r in zip(folder.paths, reasons) if r is not None]
+    labels = folder.labels[keep]
+    for label, name in enumerate(folder.domains):
+        if not (labels == label).any():
+            files = int((folder.labels == label).sum())
+            raise EmptyDomainError(f"{folder.root}/{name}: no readable images"
+                                   f" ({files} files, all unreadable)")
+    paths = tuple(p for p, k in zip(folder.paths, keep) if k)
+    return DomainFolder(folder.root, folder.domains, paths, labels), bad
+
+
+__all__ = ["DomainFolder", "scan", "scan_train_val", "decode", "to_rgb", "probe", "drop_unreadable",
+           "filesystem", "read_bytes", "BadImage", "DataError", "MissingRootError",
+           "TooFewDomainsError", "EmptyDomainError", "DomainCountError", "DomainMismatchError",
+           "IMAGE_EXTENSIONS"]
