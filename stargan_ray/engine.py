@@ -7,12 +7,21 @@ values, computed with less work:
 - G, F and E do not change during the two D steps, so the latent fake x_fake = G(x_src, F(z_trg))
   is computed once, with its graph, before the D steps; the latent G step reuses it instead of
   recomputing the same value.
-- Values that no loss differentiates are computed under no_grad: the detached second output
-  x_fake2 and its style, and in the reference G step (which steps G only) every style code
+- Values that no loss differentiates are computed under no_grad: the detached second outputs
+  x_fake2 and their styles, and in the reference G step (which steps G only) every style code
   taken from E on inputs that need no gradient.
 - Networks that a step does not update keep requires_grad=False during it (D in both G steps,
   E in the reference G step), so autograd computes only the input gradients that flow through them.
-- Stats stay on the device as 0-dim tensors; callers convert them when they log.
+- Stats stay on the device as 0-dim tensors; callers convert them when they log. The EMA update is
+  one multi-tensor call per network, and Adam on CUDA is the fused kernel, so a step launches a few
+  kernels where the official loop launches one or more per parameter tensor.
+
+benchmarks/README.md records what each change measured (and what was tried and dropped).
+
+Precision (train.precision, train.channels_last, train.compile) is applied per step from state.cfg:
+the float32 matmul/convolution mode is set on entry to train_step and the previous process-wide
+setting restored on exit, so the engine never leaves global state changed behind it. See
+``float32_mode`` and ``StepNetworks``.
 
 This is the only module that calls backward().
 """
@@ -20,8 +29,8 @@ This is the only module that calls backward().
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, fields
-from typing import Callable, Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -66,6 +75,13 @@ class TrainState:
     # Called between backward() and the optimiser steps with the networks being stepped; the
     # distributed trainer averages their gradients across workers here. None in one process.
     grad_sync: Callable[[list[nn.Module]], None] | None = None
+    # torch.compile's backend when train.compile is on (a property of the machine, not of the
+    # experiment: "inductor" generates kernels; "aot_eager" traces the same graphs without code
+    # generation, which tests use because inductor takes minutes to compile on a small CPU).
+    compile_backend: str = "inductor"
+    # The networks as train_step calls them (autocast / compiled views of nets); built on first
+    # use, never saved: they share nets' parameters.
+    _step_nets: "StepNetworks | None" = field(default=None, repr=False, compare=False)
 
     @classmethod
     def create(cls, cfg: ExperimentConfig, device: torch.device | str, seed: int | None = None,
@@ -75,6 +91,8 @@ class TrainState:
         Initialisation is seeded locally (fork_rng), so it does not disturb the caller's RNG.
         The EMA copies start equal to the initialised networks (the official code copies them
         before he_init; with beta 0.999 that difference is gone long before any evaluation).
+        With train.channels_last the networks (and so their EMA copies and Adam moments) use the
+        channels-last memory format; values and state dicts are unchanged by it.
         """
         device = torch.device(device)
         seed = cfg.train.seed if seed is None else seed
@@ -88,6 +106,9 @@ class TrainState:
             for _, module in nets.items():
                 module.apply(he_init)
         nets.to(device)
+        if cfg.train.channels_last:
+            for _, module in nets.items():
+                module.to(memory_format=torch.channels_last)
         nets_ema = ema_copy(nets)
         rng = torch.Generator(device="cpu")
         rng.manual_seed(seed)
@@ -101,16 +122,122 @@ class TrainState:
         z_trg2 = torch.randn(shape, generator=self.rng)
         return z_trg.to(self.device), z_trg2.to(self.device)
 
+    def step_networks(self) -> "StepNetworks":
+        cached = self._step_nets
+        if (cached is None or cached.source is not self.nets or cached.cfg is not self.cfg
+                or cached.backend != self.compile_backend):
+            self._step_nets = StepNetworks.build(self.nets, self.cfg, self.compile_backend)
+        return self._step_nets
+
 
 def build_optimizers(cfg: ExperimentConfig, nets: Networks) -> dict[str, torch.optim.Optimizer]:
-    """Adam per trained network; the mapping network uses its own (smaller) learning rate."""
+    """Adam per trained network; the mapping network uses its own (smaller) learning rate.
+
+    On CUDA the fused implementation (one kernel per optimiser step) computes the same update;
+    elsewhere torch's default (a loop over parameters on CPU).
+    """
     o = cfg.optim
+    fused = next(nets.generator.parameters()).device.type == "cuda"
     return {
         name: torch.optim.Adam(getattr(nets, name).parameters(),
                                lr=o.f_lr if name == "mapping_network" else o.lr,
-                               betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+                               betas=(o.beta1, o.beta2), weight_decay=o.weight_decay,
+                               fused=fused or None)
         for name in TRAINED
     }
+
+
+# ---------------------------------------------------------------- precision
+
+
+@contextlib.contextmanager
+def float32_mode(precision: str, device: torch.device) -> Iterator[None]:
+    """Set how float32 matmuls and convolutions run on CUDA for the duration of a step.
+
+    "fp32" means IEEE float32 (torch's own default lets cuDNN convolutions use TF32 on Ampere and
+    newer GPUs; here fp32 means what it says); "tf32" and "bf16" allow TF32 (under bf16 the only
+    float32 convolutions left are the frozen FAN's). The process-wide flags are restored on exit.
+    Other devices have no such flags.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    mode = "ieee" if precision == "fp32" else "tf32"
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(getattr(cudnn, "conv", None), "fp32_precision"):  # torch >= 2.9
+        saved = (matmul.fp32_precision, cudnn.conv.fp32_precision)
+        matmul.fp32_precision = cudnn.conv.fp32_precision = mode
+        try:
+            yield
+        finally:
+            matmul.fp32_precision, cudnn.conv.fp32_precision = saved
+    else:  # the flags older releases have
+        saved = (matmul.allow_tf32, cudnn.allow_tf32)
+        matmul.allow_tf32 = cudnn.allow_tf32 = mode == "tf32"
+        try:
+            yield
+        finally:
+            matmul.allow_tf32, cudnn.allow_tf32 = saved
+
+
+class Autocast(nn.Module):
+    """Runs a network under bfloat16 autocast and returns float32.
+
+    Every loss, its reduction and the R1 penalty (the squared norm of a float32 input gradient)
+    are then computed in float32 outside autocast; only the networks' matmuls and convolutions
+    run in bfloat16. bfloat16 has float32's exponent range, so no loss scaling is needed.
+    """
+
+    def __init__(self, module: nn.Module, device_type: str) -> None:
+        super().__init__()
+        self.module = module
+        self.device_type = device_type
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            out = self.module(*args, **kwargs)
+        return out.float()
+
+
+@dataclass
+class StepNetworks:
+    """The networks as train_step calls them: nets themselves in fp32 / tf32, under autocast for
+    bf16, compiled with train.compile.
+
+    R1 differentiates the discriminator's input gradient (a double backward), which compiled
+    graphs do not support, so the D steps call an uncompiled discriminator (``d_step``); the G
+    steps, where D is frozen and only passes gradients through, call the compiled one.
+    """
+
+    source: Networks
+    cfg: ExperimentConfig
+    backend: str
+    g_step: Networks
+    d_step: Networks
+
+    @classmethod
+    def build(cls, nets: Networks, cfg: ExperimentConfig,
+              backend: str = "inductor") -> "StepNetworks":
+        t = cfg.train
+        device_type = next(nets.generator.parameters()).device.type
+
+        def view(module: nn.Module, compile_: bool) -> nn.Module:
+            if t.precision == "bf16":
+                module = Autocast(module, device_type)
+            if compile_:
+                # static shapes: the step calls each network with a few fixed batch sizes
+                module = torch.compile(module, backend=backend, dynamic=False)
+            return module
+
+        g_step = Networks(**{name: view(module, t.compile) for name, module in nets.items()},
+                          fan=nets.fan)
+        d_step = Networks(generator=g_step.generator, mapping_network=g_step.mapping_network,
+                          style_encoder=g_step.style_encoder,
+                          discriminator=view(nets.discriminator, False), fan=nets.fan)
+        return cls(source=nets, cfg=cfg, backend=backend, g_step=g_step, d_step=d_step)
+
+
+# ---------------------------------------------------------------- the iteration
 
 
 @contextlib.contextmanager
@@ -143,62 +270,80 @@ def update_ema(nets: Networks, nets_ema: Networks, beta: float) -> None:
     for name in EMA:
         params = list(getattr(nets, name).parameters())
         params_ema = list(getattr(nets_ema, name).parameters())
-        for p, p_ema in zip(params, params_ema):
-            p_ema.copy_(torch.lerp(p, p_ema, beta))
+        # the official operand order, lerp(p, p_ema, beta), as one multi-tensor call
+        torch._foreach_copy_(params_ema, torch._foreach_lerp(params, params_ema, beta))
 
 
 def _masks(nets: Networks, x: torch.Tensor, w_hpf: float):
     return nets.fan.get_heatmap(x) if w_hpf > 0 else None
 
 
+def _prepare(batch: Batch, channels_last: bool) -> Batch:
+    if not channels_last:
+        return batch
+    images = {"x_src", "x_ref", "x_ref2"}
+    return Batch(**{f.name: (getattr(batch, f.name).contiguous(memory_format=torch.channels_last)
+                             if f.name in images else getattr(batch, f.name))
+                    for f in fields(batch)})
+
+
 def train_step(state: TrainState, batch: Batch) -> Stats:
     """Run one official StarGAN v2 iteration at state.step and advance the step by one."""
+    with float32_mode(state.cfg.train.precision, state.device):
+        return _iteration(state, _prepare(batch, state.cfg.train.channels_last))
+
+
+def _iteration(state: TrainState, batch: Batch) -> Stats:
     cfg, nets = state.cfg, state.nets
-    G, F, E, D = nets.generator, nets.mapping_network, nets.style_encoder, nets.discriminator
+    run = state.step_networks()
+    G, F, E = run.g_step.generator, run.g_step.mapping_network, run.g_step.style_encoder
     x_real, y_org, y_trg = batch.x_src, batch.y_src, batch.y_ref
     weights = GWeights(cfg.loss.lambda_sty, schedules.lambda_ds(cfg.loss, state.step),
                        cfg.loss.lambda_cyc)
     r1_weight = schedules.r1_weight(cfg.loss, state.step)
-    masks = _masks(nets, x_real, cfg.model.w_hpf)
+    w_hpf = cfg.model.w_hpf
+    masks = _masks(nets, x_real, w_hpf)
 
     # Latent fake with its graph: the D step uses it detached, the latent G step reuses it.
     s_trg = F(batch.z_trg, y_trg)
     x_fake = G(x_real, s_trg, masks=masks)
+    # G, F and E are unchanged until the latent G step: the reference fake of the D step and the
+    # second latent fake of the diversity term, in one call.
     with torch.no_grad():
         x_fake_ref = G(x_real, E(batch.x_ref, y_trg), masks=masks)
+        x_fake2 = G(x_real, F(batch.z_trg2, y_trg), masks=masks)
 
-    stats: Stats = {}
-    loss, d_latent = d_loss(nets, x_real, y_org, y_trg, x_fake.detach(), r1_weight)
+    loss, d_latent = d_loss(run.d_step, x_real, y_org, y_trg, x_fake.detach(), r1_weight)
     _step_optimizers(state, loss, ("discriminator",))
-    loss, d_ref = d_loss(nets, x_real, y_org, y_trg, x_fake_ref, r1_weight)
+    loss, d_ref = d_loss(run.d_step, x_real, y_org, y_trg, x_fake_ref, r1_weight)
     _step_optimizers(state, loss, ("discriminator",))
 
-    with frozen(D):
+    with frozen(nets.discriminator):
         # G step with latent codes: steps G, F and E.
-        with torch.no_grad():
-            x_fake2 = G(x_real, F(batch.z_trg2, y_trg), masks=masks)
         s_org = E(x_real, y_org)
-        loss, g_latent = g_loss(nets, x_real, y_trg, s_trg, x_fake, x_fake2, s_org,
-                                _masks(nets, x_fake, cfg.model.w_hpf), weights)
+        loss, g_latent = g_loss(run.g_step, x_real, y_trg, s_trg, x_fake, x_fake2, s_org,
+                                _masks(nets, x_fake, w_hpf), weights)
         _step_optimizers(state, loss, ("generator", "mapping_network", "style_encoder"))
         del x_fake, x_fake2, s_trg, s_org
 
         # G step with references: steps G only, after the latent step changed G, F and E.
-        with frozen(E):
+        with frozen(nets.style_encoder):
             with torch.no_grad():
-                s_trg = E(batch.x_ref, y_trg)
-                x_fake2 = G(x_real, E(batch.x_ref2, y_trg), masks=masks)
-                s_org = E(x_real, y_org)
+                s_trg, s_trg2, s_org = (E(batch.x_ref, y_trg), E(batch.x_ref2, y_trg),
+                                        E(x_real, y_org))
+                x_fake2 = G(x_real, s_trg2, masks=masks)
             x_fake = G(x_real, s_trg, masks=masks)
-            loss, g_ref = g_loss(nets, x_real, y_trg, s_trg, x_fake, x_fake2, s_org,
-                                 _masks(nets, x_fake, cfg.model.w_hpf), weights)
+            loss, g_ref = g_loss(run.g_step, x_real, y_trg, s_trg, x_fake, x_fake2, s_org,
+                                 _masks(nets, x_fake, w_hpf), weights)
             _step_optimizers(state, loss, ("generator",))
 
     update_ema(nets, state.nets_ema, cfg.optim.ema_beta)
+    stats: Stats = {}
     for prefix, group in (("D/latent_", d_latent), ("D/ref_", d_ref), ("G/latent_", g_latent),
                           ("G/ref_", g_ref)):
         stats.update({prefix + key: value for key, value in group.items()})
-    stats["G/lambda_ds"] = torch.tensor(weights.lambda_ds, device=x_real.device)
+    # torch.full, not torch.tensor: a fill on the device instead of a host-to-device copy
+    stats["G/lambda_ds"] = torch.full((), weights.lambda_ds, device=x_real.device)
     state.step += 1
     return stats
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from .checkpoint import CHECKPOINT_FILE, load_state_into, safe_load, state_dict
 from .config import ConfigError, ExperimentConfig, from_dict, to_toml
-from .engine import Batch, TrainState, stats_to_floats, train_step
+from .engine import Batch, TrainState, build_optimizers, stats_to_floats, train_step
 
 log = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "checkpoint_"
@@ -168,6 +168,36 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+class TrainingStopped(ConfigError):
+    """The run stopped itself (non-finite loss); the message names the loss and the step."""
+
+
+MAX_ROLLBACKS = 3
+STOP_MARKER = "STOPPED.json"
+
+
+def _stop(run_dir: str, logger, rank: int, message: str) -> None:
+    """Every rank leaves the loop; rank 0 records why in the run folder for the driver."""
+    logger.event("stopped", reason=message)
+    if rank == 0:
+        fs, path = _filesystem(run_dir)
+        with fs.open_output_stream(f"{path}/{STOP_MARKER}") as f:
+            f.write(json.dumps({"reason": message}).encode())
+
+
+def read_stop_marker(run_dir: str) -> str | None:
+    import pyarrow.fs as pafs
+
+    fs, path = _filesystem(run_dir)
+    marker = f"{path}/{STOP_MARKER}"
+    if fs.get_file_info(marker).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(marker) as f:
+        reason = json.loads(f.read().decode())["reason"]
+    fs.delete_file(marker)
+    return reason
+
+
 def _lrs(state: TrainState) -> dict[str, float]:
     return {f"lr/{name}": opt.param_groups[0]["lr"] for name, opt in state.optims.items()}
 
@@ -200,6 +230,11 @@ def _save_report(state: TrainState, metrics: dict[str, Any], rank: int) -> None:
 def _restore(state: TrainState, checkpoint) -> None:
     with checkpoint.as_directory() as folder:
         load_state_into(state, safe_load(Path(folder) / CHECKPOINT_FILE, state.device))
+    # Optimiser hyperparameters come from the config, not the checkpoint: a PBT trial restores
+    # another trial's state with mutated values (and a resumed run may change optim.lr).
+    for name, fresh in build_optimizers(state.cfg, state.nets).items():
+        for group, fresh_group in zip(state.optims[name].param_groups, fresh.param_groups):
+            group.update({k: v for k, v in fresh_group.items() if k != "params"})
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -217,6 +252,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(loop_config.get("threads_per_worker", 1))))
     state = TrainState.create(cfg, device)  # the same seed on every rank: identical networks
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and loop_config.get("start_checkpoint"):
+        checkpoint = ray.train.Checkpoint(loop_config["start_checkpoint"])
     if checkpoint is not None:
         _restore(state, checkpoint)
     if world > 1:
@@ -252,13 +289,18 @@ def _train(state: TrainState, batches, logger, rank: int, world: int,
         metrics, bad = window.reduce(world)
         if bad is not None:
             message = f"loss {bad[0]} is not finite at step {bad[1]}"
-            if t.nan_policy == "rollback" and last_good is not None and rollbacks < 3:
+            if t.nan_policy == "rollback" and last_good is not None and rollbacks < MAX_ROLLBACKS:
+                # Back to the last checkpoint; the data stream moves on, so the batches that
+                # led to the non-finite loss are not replayed.
                 rollbacks += 1
                 load_state_into(state, last_good)
                 logger.event("rollback", step=state.step, reason=message)
                 window = StatsWindow()
                 continue
-            raise NonFiniteLoss(message + f" (train.nan_policy={t.nan_policy})")
+            _stop(loop_config["run_dir"], logger, rank,
+                  f"{message} (train.nan_policy={t.nan_policy}, {rollbacks} rollbacks);"
+                  f" the last checkpoint holds finite weights")
+            return
         elapsed = time.perf_counter() - window.started
         images_per_s = window.steps * cfg.data.batch_size * world / max(elapsed, 1e-9)
         eta = (t.total_iters - step) * (time.perf_counter() - run_started) / max(step - start_step, 1)
@@ -294,8 +336,13 @@ def _cpu_copy(obj: Any) -> Any:
 
 
 def build_trainer(cfg: ExperimentConfig, opts: RunOptions, *, extra_loop_config: dict | None = None,
-                  callbacks: list | None = None, run_dir: str | None = None):
-    """A TorchTrainer for cfg: the Ray Data pipeline, scaling, storage, failures, checkpoints."""
+                  callbacks: list | None = None, run_dir: str | None = None,
+                  start_from: tuple[int, str] | None = None):
+    """A TorchTrainer for cfg: the Ray Data pipeline, scaling, storage, failures, checkpoints.
+
+    start_from: (step, checkpoint folder) to begin from when the run has no checkpoint of its own
+    (a Tune trial restarted from a Tune checkpoint, possibly another trial's under PBT).
+    """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -303,11 +350,14 @@ def build_trainer(cfg: ExperimentConfig, opts: RunOptions, *, extra_loop_config:
 
     quiet_ray_data()
     run_dir = run_dir or _run_dir(opts, cfg)
-    latest = latest_checkpoint(run_dir) if opts.resume else None
-    data_start = latest[0] if latest else 0
-    if data_start >= cfg.train.total_iters:
-        raise ConfigError(f"train.total_iters: the run already reached step {data_start}; "
+    latest = (latest_checkpoint(run_dir) if opts.resume else None) or start_from
+    if latest and latest[0] >= cfg.train.total_iters:
+        raise ConfigError(f"train.total_iters: the run already reached step {latest[0]}; "
                           f"raise train.total_iters to continue it")
+    # The data stream is a function of (seed, worker count, step) from step 0; a resumed or
+    # restarted worker replays it and skips the batches it already trained on, so it sees exactly
+    # the batches an uninterrupted run would (at the cost of decoding them again).
+    data_start = 0
     resources = opts.resources()
     loop_config = {
         "cfg": cfg.to_dict(),
@@ -316,6 +366,7 @@ def build_trainer(cfg: ExperimentConfig, opts: RunOptions, *, extra_loop_config:
         "run_name": opts.run_name(cfg),
         "wandb": opts.wandb,
         "threads_per_worker": max(1, int(opts.cpus_per_worker)),
+        "start_checkpoint": start_from[1] if start_from else None,
         **(extra_loop_config or {}),
     }
     return TorchTrainer(
@@ -342,7 +393,11 @@ def run_training(cfg: ExperimentConfig, opts: RunOptions, **kwargs):
         raise ConfigError(f"--name: run {opts.run_name(cfg)!r} already has checkpoints in "
                           f"{run_dir}; pass --resume to continue it or choose another --name")
     trainer = build_trainer(cfg, opts, run_dir=run_dir, **kwargs)
-    return trainer.fit()
+    result = trainer.fit()
+    reason = read_stop_marker(run_dir)
+    if reason is not None:
+        raise TrainingStopped(reason)
+    return result
 
 
 def init_ray(opts: RunOptions) -> None:
@@ -359,7 +414,8 @@ def init_ray(opts: RunOptions) -> None:
         ray.init(configure_logging=False)
         return
     needed = math.ceil(opts.num_workers * opts.cpus_per_worker) + 2
-    ray.init(num_cpus=max(os.cpu_count() or 1, needed), configure_logging=False)
+    # address="local": a new instance, never one that another `ray start` left on this machine
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed), configure_logging=False)
 
 
 def quiet_ray_data() -> None:

@@ -24,7 +24,7 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=8, include_dashboard=True, configure_logging=False,
+        ray.init(address="local", num_cpus=8, include_dashboard=True, configure_logging=False,
                  log_to_driver=True, runtime_env={"env_vars": {"WANDB_MODE": "offline"}})
     yield ray
     ray.shutdown()

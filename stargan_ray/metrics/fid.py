@@ -1,0 +1,365 @@
+"""FID with the official StarGAN v2 protocol, computed from moment sums that shards can add.
+
+Protocol (the numbers users compare with the paper): torchvision's Inception v3 with ImageNet
+weights, its blocks called directly (no transform_input), 2048-d average-pool features; every image
+goes through PIL: resized to img_size, then to 299x299 (bilinear), scaled to [0, 1] and normalised
+with ImageNet mean/std; generated images are first quantised to uint8 exactly as the official PNG
+round trip does. Statistics are the mean and the unbiased covariance; the distance uses scipy's
+sqrtm, and reports the real part as the official code does.
+
+Features are accumulated as float64 sums (n, sum x, sum x x^T), so statistics computed on any split
+of the images add up to those of the whole. Plain torch/numpy/scipy: no Ray here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torchvision import transforms
+from torchvision.models.inception import Inception3
+
+from .weights import FeatureWeights, calibrate_batchnorm
+
+INCEPTION_SIZE = 299
+FEATURE_DIM = 2048
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The official listdir: these extensions, searched recursively, sorted.
+OFFICIAL_EXTENSIONS = ("png", "jpg", "jpeg", "JPG")
+STATS_VERSION = 1  # part of every cache key; bump when the protocol changes
+
+
+# ---------------------------------------------------------------- the network
+
+
+class InceptionFeatures(nn.Module):
+    """Inception v3 up to the 2048-d average pool, as the official wrapper calls it."""
+
+    def __init__(self, inception: Inception3) -> None:
+        super().__init__()
+        pool = nn.MaxPool2d(kernel_size=3, stride=2)
+        self.blocks = nn.Sequential(
+            inception.Conv2d_1a_3x3, inception.Conv2d_2a_3x3, inception.Conv2d_2b_3x3, pool,
+            inception.Conv2d_3b_1x1, inception.Conv2d_4a_3x3, pool,
+            inception.Mixed_5b, inception.Mixed_5c, inception.Mixed_5d, inception.Mixed_6a,
+            inception.Mixed_6b, inception.Mixed_6c, inception.Mixed_6d, inception.Mixed_6e,
+            inception.Mixed_7a, inception.Mixed_7b, inception.Mixed_7c,
+            nn.AdaptiveAvgPool2d(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, 3, 299, 299) ImageNet-normalised -> (N, 2048)."""
+        return self.blocks(x).flatten(1)
+
+
+def calibration_inputs(seed: int, n: int = 8) -> torch.Tensor:
+    """Seeded random images (ImageNet-normalised) for batch-norm calibration.
+
+    Random colour grids from 4x4 to 299x299 cells, upsampled smoothly and blockily: flat regions,
+    edges and pixel noise, so the features of photos, drawn shapes and noisy early generator
+    outputs all stay near the range the batch norms were calibrated on.
+    """
+    g = torch.Generator().manual_seed(seed)
+    grids = (4, 16, 64, INCEPTION_SIZE)
+    images = []
+    for i in range(n):
+        cells = grids[i % len(grids)]
+        low = torch.rand((1, 3, cells, cells), generator=g)
+        if (i // len(grids)) % 2:
+            images.append(nn.functional.interpolate(low, size=INCEPTION_SIZE, mode="nearest"))
+        else:
+            images.append(nn.functional.interpolate(low, size=INCEPTION_SIZE, mode="bilinear",
+                                                    align_corners=False))
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (torch.cat(images) - mean) / std
+
+
+def random_inception3(seed: int) -> Inception3:
+    """torchvision's Inception v3 with seeded random weights and calibrated batch norms."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        inception = Inception3(aux_logits=True, init_weights=True)
+    calibrate_batchnorm(InceptionFeatures(inception), calibration_inputs(seed))
+    return inception.eval()
+
+
+def build_inception(weights: FeatureWeights,
+                    device: torch.device | str = "cpu") -> InceptionFeatures:
+    """The FID network: pretrained file, or seeded random init with calibrated batch norms."""
+    if weights.kind == "random":
+        net = InceptionFeatures(random_inception3(weights.seed))
+    else:
+        inception = Inception3(aux_logits=True, init_weights=False)
+        inception.load_state_dict(weights.state_dict("inception"))
+        net = InceptionFeatures(inception)
+    return net.eval().requires_grad_(False).to(device)
+
+
+@functools.lru_cache(maxsize=2)
+def cached_inception(weights: FeatureWeights, device: str) -> InceptionFeatures:
+    """One network per process and device: repeated evaluations (training, Tune) reuse it."""
+    return build_inception(weights, device)
+
+
+# ---------------------------------------------------------------- images
+
+
+def inception_transform(img_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """The official FID loader's transform (PIL bilinear resizes, ToTensor, ImageNet Normalize)."""
+    return transforms.Compose([
+        transforms.Resize([img_size, img_size]),
+        transforms.Resize([INCEPTION_SIZE, INCEPTION_SIZE]),
+        transforms.ToTensor(),
+        transforms.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    ])
+
+
+def quantize(x: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8, the pixels the official PNG files hold.
+
+    Same float32 operations in the same order as the official denormalize + save_image.
+    """
+    x01 = ((x.detach().float() + 1) / 2).clamp(0, 1)
+    return x01.mul(255).add(0.5).clamp(0, 255).permute(0, 2, 3, 1).to("cpu", torch.uint8).numpy()
+
+
+def uint8_to_inception(images: np.ndarray, img_size: int) -> torch.Tensor:
+    """Quantised images (N, H, W, 3) -> Inception input (N, 3, 299, 299)."""
+    transform = inception_transform(img_size)
+    return torch.stack([transform(Image.fromarray(image)) for image in images])
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files under folder, as the official loader lists them (recursive, sorted)."""
+    root = Path(folder)
+    return sorted(p for ext in OFFICIAL_EXTENSIONS for p in root.rglob(f"*.{ext}"))
+
+
+def load_for_inception(path: str | Path, img_size: int) -> torch.Tensor:
+    with Image.open(path) as image:
+        return inception_transform(img_size)(image.convert("RGB"))
+
+
+# ---------------------------------------------------------------- moment sums
+
+
+@dataclass
+class FeatureMoments:
+    """n, sum x and sum x x^T of features in float64: shards combine by addition."""
+
+    n: int
+    sum: torch.Tensor  # (d,) float64
+    outer: torch.Tensor  # (d, d) float64
+
+    @classmethod
+    def zeros(cls, dim: int = FEATURE_DIM, device: torch.device | str = "cpu") -> "FeatureMoments":
+        return cls(0, torch.zeros(dim, dtype=torch.float64, device=device),
+                   torch.zeros(dim, dim, dtype=torch.float64, device=device))
+
+    @classmethod
+    def of(cls, features: torch.Tensor | np.ndarray) -> "FeatureMoments":
+        features = torch.as_tensor(features)
+        moments = cls.zeros(features.shape[1], features.device)
+        moments.add(features)
+        return moments
+
+    def add(self, features: torch.Tensor) -> None:
+        """Accumulate a batch of features (N, d) in place."""
+        f = features.detach().to(self.sum.device, torch.float64)
+        self.n += f.shape[0]
+        self.sum += f.sum(0)
+        self.outer += f.T @ f
+
+    def __add__(self, other: "FeatureMoments") -> "FeatureMoments":
+        return FeatureMoments(self.n + other.n, self.sum + other.sum.to(self.sum.device),
+                              self.outer + other.outer.to(self.outer.device))
+
+    def cpu(self) -> "FeatureMoments":
+        return FeatureMoments(self.n, self.sum.cpu(), self.outer.cpu())
+
+    def mean(self) -> np.ndarray:
+        return (self.sum / self.n).cpu().numpy()
+
+    def cov(self) -> np.ndarray:
+        """Unbiased covariance, as np.cov(features, rowvar=False)."""
+        mu = self.sum / self.n
+        return ((self.outer - self.n * torch.outer(mu, mu)) / (self.n - 1)).cpu().numpy()
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically (temporary file + rename): concurrent readers never see half a file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, n=self.n, sum=self.sum.cpu().numpy(), outer=self.outer.cpu().numpy())
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureMoments":
+        with np.load(path) as data:
+            return cls(int(data["n"]), torch.from_numpy(data["sum"]),
+                       torch.from_numpy(data["outer"]))
+
+
+def stats_key(files: Sequence[str | Path], img_size: int, weights_id: str) -> str:
+    """Content key of a folder's statistics: file list, sizes, mtimes, image size, weights."""
+    digest = hashlib.sha256(f"v{STATS_VERSION}|{img_size}|{weights_id}".encode())
+    for path in files:
+        stat = os.stat(path)
+        digest.update(f"|{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:32]
+
+
+@torch.inference_mode()
+def features_of_files(paths: Sequence[str | Path], img_size: int, inception: nn.Module,
+                      batch_size: int, device: torch.device | str,
+                      on_batch: Callable[[int], None] | None = None) -> FeatureMoments:
+    """Moment sums of the Inception features of image files (decoded in a thread pool)."""
+    moments = FeatureMoments.zeros(device=device)
+    with ThreadPoolExecutor(4) as pool:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            x = torch.stack(list(pool.map(lambda p: load_for_inception(p, img_size), chunk)))
+            moments.add(inception(x.to(device)))
+            if on_batch is not None:
+                on_batch(len(chunk))
+    return moments
+
+
+# ---------------------------------------------------------------- the distance
+
+
+@dataclass
+class FrechetResult:
+    value: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray,
+                     eps: float = 1e-6) -> FrechetResult:
+    """||mu1 - mu2||^2 + tr(cov1 + cov2 - 2 sqrtm(cov1 cov2)), with the usual safeguards.
+
+    A non-finite sqrtm is retried with eps added to both diagonals; an imaginary part that is not
+    negligible becomes a warning, and the real part is the value (what the official code reports).
+    """
+    from scipy import linalg
+
+    notes: list[str] = []
+
+    def sqrtm(a: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", linalg.LinAlgWarning)
+            root = linalg.sqrtm(a)
+        notes.extend(f"sqrtm: {w.message}" for w in caught
+                     if issubclass(w.category, linalg.LinAlgWarning))
+        return root
+
+    covmean = sqrtm(cov1 @ cov2)
+    if not np.isfinite(covmean).all():
+        notes.append(f"sqrtm(cov1 cov2) was not finite; retried with {eps:g} added to the "
+                     "covariance diagonals")
+        offset = np.eye(cov1.shape[0]) * eps
+        covmean = sqrtm((cov1 + offset) @ (cov2 + offset))
+    if np.iscomplexobj(covmean):
+        imag = float(np.abs(np.diagonal(covmean).imag).max())
+        if imag > 1e-3:
+            notes.append(f"sqrtm has an imaginary component (max {imag:.3g} on the diagonal); "
+                         "the real part is reported, as the official code does")
+        covmean = covmean.real
+    diff = mu1 - mu2
+    value = float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))
+    return FrechetResult(value, notes)
+
+
+def fid_from_moments(a: FeatureMoments, b: FeatureMoments) -> FrechetResult:
+    result = frechet_distance(a.mean(), a.cov(), b.mean(), b.cov())
+    dim = a.sum.shape[0]
+    few = min(a.n, b.n)
+    if few < dim:
+        result.warnings.insert(0, f"{few} images is fewer than the {dim} feature dimensions: the "
+                                  "covariance is singular and FID is biased upward; compare only "
+                                  "FIDs computed from equally many images")
+    return result
+
+
+def fid_folders(dir_a: str | Path, dir_b: str | Path, weights: FeatureWeights, *,
+                img_size: int = 256, batch_size: int = 50,
+                device: torch.device | str = "cpu") -> FrechetResult:
+    """FID between two image folders (the official calculate_fid_given_paths)."""
+    inception = cached_inception(weights, str(device))
+    moments = []
+    for folder in (dir_a, dir_b):
+        files = list_images(folder)
+        if len(files) < 2:
+            from ..config import ConfigError
+
+            raise ConfigError(f"{folder}: found {len(files)} image(s) "
+                              f"({', '.join(OFFICIAL_EXTENSIONS)}), FID needs at least 2")
+        moments.append(features_of_files(files, img_size, inception, batch_size, device))
+    return fid_from_moments(*moments)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..config import EvalConfig
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    eval_cfg = EvalConfig(feature_weights=args.feature_weights, inception_path=args.inception_path)
+    weights = FeatureWeights.from_config(eval_cfg, need=("inception",))
+    result = fid_folders(args.dir_a, args.dir_b, weights, img_size=args.img_size,
+                         batch_size=args.batch_size, device=device)
+    for note in result.warnings:
+        print(f"warning: {note}", file=sys.stderr)
+    if args.json:
+        info = {"FID": result.value, "feature_weights": weights.kind,
+                "weights_id": weights.id("inception"), "warnings": result.warnings}
+        print(json.dumps(info), file=sys.stderr)
+    print(f"{result.value:.6f}")
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser(
+        "fid", help="FID between two image folders (official StarGAN v2 protocol)",
+        description="FID between two folders of images with torchvision's Inception v3, as the "
+                    "official calculate_fid_given_paths. The value is the last line of output.")
+    p.add_argument("dir_a", help="first image folder (searched recursively)")
+    p.add_argument("dir_b", help="second image folder")
+    p.add_argument("--img-size", type=int, default=256,
+                   help="images are resized to this, then to 299 (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=50,
+                   help="Inception batch (default: %(default)s)")
+    p.add_argument("--feature-weights", choices=("pretrained", "random"), default="pretrained",
+                   help="random: seeded random Inception, for smoke tests only")
+    p.add_argument("--inception-path", default="",
+                   help="inception_v3_google-0cc3c7bd.pth (default: $TORCH_HOME/hub/checkpoints)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    p.add_argument("--json", action="store_true", help="also print details as JSON on stderr")
+    p.set_defaults(func=_run)
+
+
+__all__ = ["InceptionFeatures", "build_inception", "random_inception3", "cached_inception",
+           "inception_transform", "quantize", "uint8_to_inception", "list_images",
+           "load_for_inception", "FeatureMoments", "stats_key", "features_of_files",
+           "FrechetResult", "frechet_distance", "fid_from_moments", "fid_folders", "add_cli",
+           "INCEPTION_SIZE", "FEATURE_DIM"]

@@ -1,0 +1,88 @@
+"""The benchmark scripts run end to end on CPU at tiny sizes and report consistent figures.
+
+No figure is asserted as fast or slow (speed goals live in benchmarks/README.md as ratios measured
+in one run); what is checked is that the GPU suite, prepared for a machine with a GPU, works here.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import flops as flopslib  # noqa: E402
+import gpu_suite  # noqa: E402
+import step as steplib  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu-suite")
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), str(out), "--smoke"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def test_gpu_suite_smoke_measures_every_planned_case(smoke_run):
+    out, stdout = smoke_run
+    results = json.loads((out / "results.json").read_text())
+    assert results["smoke"] is True and results["device"] == "cpu"
+    assert set(results["matmul_tflops"]) == {"fp32", "tf32", "bf16"}
+    assert all(v > 0 for v in results["matmul_tflops"].values())
+    cases = results["cases"]
+    train = [c for c in cases if c["kind"] == "train"]
+    expected = {(exp, p, cl) for exp in gpu_suite.EXPERIMENTS
+                for p, cl, _ in gpu_suite.SMOKE_COMBOS}
+    assert {(c["experiment"], c["precision"], c["channels_last"]) for c in train} == expected
+    for c in train:
+        r = c["result"]
+        assert "error" not in r and "skipped" not in r, (c, r)
+        assert r["step_s"] > 0
+        assert r["images_per_s"] == pytest.approx(c["batch"] / r["step_s"])
+        flops = results["step_flops_per_image"][c["experiment"]] * c["batch"]
+        assert r["tflops"] == pytest.approx(flops / r["step_s"] / 1e12)
+        assert r["percent_of_peak"] == pytest.approx(
+            100 * r["tflops"] / results["matmul_tflops"][c["precision"]])
+    (evaluation,) = [c for c in cases if c["kind"] == "eval"]
+    assert evaluation["result"]["images_per_item"] == 2 * 2  # 2 sources x 2 outputs
+    assert evaluation["result"]["images_per_s"] > 0
+    assert "torch" in (out / "environment.txt").read_text()
+    # the table comes last: a header, then one row per case
+    tail = stdout.strip().splitlines()[-(len(cases) + 1):]
+    assert tail[0].split()[:3] == ["case", "ms/step", "img/s"]
+    assert [row.split()[0] for row in tail[1:]] == [
+        c["experiment"] if c["kind"] == "train" else "eval" for c in cases]
+
+
+def test_suite_flops_match_an_independent_count_at_the_case_batch(smoke_run):
+    out, _ = smoke_run
+    per_image = json.loads((out / "results.json").read_text())["step_flops_per_image"]
+    cfg = steplib.load_config("afhq", gpu_suite.SMOKE_MODEL, 2)
+    counted = flopslib.step_flops(cfg, torch.device("cpu"), fake=True)
+    assert counted == pytest.approx(2 * per_image["afhq"], rel=1e-9)
+    # and the fake-tensor count equals a count on real tensors
+    assert flopslib.step_flops(cfg, torch.device("cpu"), fake=False) == counted
+
+
+def test_step_benchmark_times_train_step_and_writes_its_figures(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        code = steplib.main(["--experiment", "toy", *(f"--set={o}" for o in gpu_suite.SMOKE_MODEL),
+                             "--batch-size", "2", "--steps", "1", "--repeats", "2",
+                             "--warmup", "1", "--threads", "1", "--json",
+                             str(tmp_path / "step.json")])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    result = json.loads((tmp_path / "step.json").read_text())
+    assert result["batch_size"] == 2 and result["img_size"] == 32
+    assert len(result["repeats_s"]) == 2 and result["step_s"] > 0 and result["cpu_s"] > 0
+    assert result["images_per_s"] == pytest.approx(2 / result["step_s"])

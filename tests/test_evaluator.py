@@ -1,0 +1,144 @@
+"""The evaluation protocol: task order, JSON layout, real-statistics cache, shard independence."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stargan_ray.data.synthetic import generate
+from stargan_ray.metrics import evaluator
+from stargan_ray.metrics.weights import FeatureWeights
+from stargan_ray.models import build_networks, ema_copy, he_init
+
+from .conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Two domains, 4 train and 2 val images each at 32 px; a seeded tiny generator."""
+    root = tmp_path_factory.mktemp("eval")
+    train, val = generate(root / "data", img_size=32, num_domains=2, n_train=4, n_val=2)
+    cfg = tiny_config(**{"data.train_dir": str(train), "data.val_dir": str(val),
+                         "data.val_batch_size": 1, "eval.batch_size": 8,
+                         "eval.num_outs_per_domain": 2, "eval.feature_weights": "random"})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        nets = build_networks(cfg.model)
+        for _, module in nets.items():
+            module.apply(he_init)
+    return root, cfg, ema_copy(nets)
+
+
+def test_tasks_follow_the_official_order():
+    names = [t.name for t in evaluator.make_tasks(["cat", "dog", "wild"])]
+    assert names == ["dog2cat", "wild2cat", "cat2dog", "wild2dog", "cat2wild", "dog2wild"]
+
+
+def test_random_choices_depend_only_on_their_keys():
+    a = torch.randn(4, generator=evaluator.seeded_generator(777, 0, 1, 0, 5, 3))
+    b = torch.randn(4, generator=evaluator.seeded_generator(777, 0, 1, 0, 5, 3))
+    c = torch.randn(4, generator=evaluator.seeded_generator(777, 0, 1, 0, 5, 4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert evaluator.source_indices(10, None) == list(range(10))
+    assert evaluator.source_indices(10, 4) == [0, 3, 6, 9]
+
+
+def test_evaluate_writes_official_layout_json(setup, tmp_path):
+    _, cfg, nets = setup
+    out = tmp_path / "out"
+    results = evaluator.evaluate(nets, cfg, step=42, mode="reference", out_dir=out,
+                                 cache_dir=tmp_path / "cache", progress=False)
+    tasks = ["square2circle", "circle2square"]
+    assert sorted(p.name for p in out.iterdir()) == ["FID_00042_reference.json",
+                                                      "LPIPS_00042_reference.json"]
+    fid_json = json.loads((out / "FID_00042_reference.json").read_text())
+    lpips_json = json.loads((out / "LPIPS_00042_reference.json").read_text())
+    fid_keys = [f"FID_reference/{t}" for t in tasks] + ["FID_reference/mean"]
+    lpips_keys = [f"LPIPS_reference/{t}" for t in tasks] + ["LPIPS_reference/mean"]
+    assert list(fid_json)[:3] == fid_keys and list(lpips_json)[:3] == lpips_keys
+    assert list(results) == fid_keys + lpips_keys
+    for payload, keys in ((fid_json, fid_keys), (lpips_json, lpips_keys)):
+        values = [payload[k] for k in keys]
+        assert all(np.isfinite(values)) and values[0] != values[1]
+        assert values[2] == pytest.approx((values[0] + values[1]) / 2)
+        assert [results[k] for k in keys] == values
+        assert payload["feature_weights"] == "random" and payload["step"] == 42
+        assert payload["elapsed_seconds"] > 0
+    assert all(0 < lpips_json[k] < 1 for k in lpips_keys)
+    assert fid_json["real_stats"] == {"circle": "computed", "square": "computed"}
+    assert any("fewer than the 2048" in w for w in fid_json["warnings"])
+    assert any("32 px" in w for w in lpips_json["warnings"])  # reported, with the reason
+
+
+def test_real_statistics_are_cached_and_invalidated_when_a_file_changes(setup, tmp_path):
+    root, cfg, nets = setup
+    weights = FeatureWeights.from_config(cfg.eval)
+    cache = tmp_path / "cache"
+
+    def real_only():
+        collected, _, _ = evaluator.collect(nets, cfg, modes=(), weights=weights,
+                                            cache_dir=cache, progress=False)
+        return collected
+
+    first = real_only()
+    assert first.cache == {0: "computed", 1: "computed"} and len(list(cache.iterdir())) == 2
+    second = real_only()
+    assert second.cache == {0: "hit", 1: "hit"}
+    for d in (0, 1):
+        torch.testing.assert_close(second.real[d].outer, first.real[d].outer, rtol=0, atol=0)
+    changed = root / "data" / "train" / "square" / "00000.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(changed)
+    os.utime(changed, ns=(10**9, 10**9))
+    third = real_only()
+    assert third.cache == {0: "hit", 1: "computed"}
+    assert not torch.allclose(third.real[1].sum, first.real[1].sum)
+    # the quick variant: fewer sources and outputs, no LPIPS, real statistics from the cache
+    quick, _, _ = evaluator.collect(nets, cfg, modes=("latent",), weights=weights,
+                                    max_sources=1, num_outs=1, lpips=False, cache_dir=cache,
+                                    progress=False)
+    assert quick.cache == {0: "hit", 1: "hit"} and quick.lpips == {}
+    assert [quick.fake[("latent", t)].n for t in (0, 1)] == [1, 1]
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.ray
+def test_results_do_not_depend_on_the_number_of_shards(setup, tmp_path, ray_session):
+    _, cfg, nets = setup
+    weights = FeatureWeights.from_config(cfg.eval)
+    runs = []
+    threads = torch.get_num_threads()
+    for workers in (0, 2, 3):  # 0: one shard in this process; 2 and 3: Ray actors
+        # Float32 CPU convolutions round differently with another thread count (~1e-6 here);
+        # the one-CPU actors use one thread, so the in-process shard does too.
+        torch.set_num_threads(1 if workers == 0 else threads)
+        try:
+            collected, _, _ = evaluator.collect(
+                nets, cfg, modes=evaluator.MODES, weights=weights, num_workers=workers,
+                cache_dir=tmp_path / str(workers), progress=False, cpus_per_worker=0.5)
+        finally:
+            torch.set_num_threads(threads)
+        runs.append(collected)
+    base = runs[0]
+    assert len(base.fake) == 4 and all(m.n == 4 for m in base.fake.values())
+    for other in runs[1:]:
+        assert other.cache == {0: "computed", 1: "computed"}  # real statistics sharded too
+        for group in ("real", "fake"):
+            mine, theirs = getattr(base, group), getattr(other, group)
+            assert mine.keys() == theirs.keys()
+            for key in mine:
+                assert mine[key].n == theirs[key].n
+                assert _relative(theirs[key].sum, mine[key].sum) < 1e-6
+                assert _relative(theirs[key].outer, mine[key].outer) < 1e-6
+        assert base.lpips.keys() == other.lpips.keys()
+        for key in base.lpips:
+            assert base.lpips[key].keys() == other.lpips[key].keys()
+            for source, value in base.lpips[key].items():
+                assert other.lpips[key][source] == pytest.approx(value, rel=1e-6)

@@ -1,0 +1,215 @@
+"""Distributed training: gradient averaging, exact resume, a killed worker, non-finite losses, W&B."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from stargan_ray.checkpoint import load_checkpoint
+from stargan_ray.engine import TrainState, build_optimizers, train_step
+from stargan_ray.models import EMA, TRAINED
+from stargan_ray.train import RunOptions, TrainingStopped, latest_checkpoint, make_grad_sync, run_training
+
+from .conftest import tiny_config
+from .helpers import random_batch
+
+# ---------------------------------------------------------------- equivalence (torch.distributed)
+
+
+def _halves(batch, rank):
+    return type(batch)(**{k: v.chunk(2)[rank] for k, v in vars(batch).items()})
+
+
+def _double(state, cfg):
+    for nets in (state.nets, state.nets_ema):
+        for _, module in nets.items():
+            module.double()
+    state.optims = build_optimizers(cfg, state.nets)
+
+
+def _to_double(batch):
+    return type(batch)(**{k: (v.double() if v.is_floating_point() else v)
+                          for k, v in vars(batch).items()})
+
+
+def _worker(rank: int, init_file: str, out_dir: str, steps: int) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    cfg = tiny_config(**{"data.batch_size": 4})
+    state = TrainState.create(cfg, "cpu", seed=5)
+    _double(state, cfg)
+    state.grad_sync = make_grad_sync(2)
+    for step in range(steps):
+        train_step(state, _to_double(_halves(random_batch(cfg, n=8, seed=step), rank)))
+    torch.save({name: getattr(state.nets, name).state_dict() for name in TRAINED} |
+               {f"ema_{name}": getattr(state.nets_ema, name).state_dict() for name in EMA},
+               Path(out_dir) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_workers_with_batch_b_equal_one_worker_with_batch_2b(tmp_path):
+    steps = 3
+    mp.start_processes(_worker, args=(str(tmp_path / "init"), str(tmp_path), steps), nprocs=2,
+                       start_method="spawn")
+    cfg = tiny_config(**{"data.batch_size": 8})
+    single = TrainState.create(cfg, "cpu", seed=5)
+    _double(single, cfg)
+    for step in range(steps):
+        train_step(single, _to_double(random_batch(cfg, n=8, seed=step)))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    # Parameters whose true gradient is 0 (offsets removed by instance norm) get Adam updates of
+    # noise / eps ~ 1e-7 that depend on the summation order; 1e-6 is 0.03% of the 3e-3 that
+    # three steps at lr 1e-3 can move a weight.
+    fresh = TrainState.create(cfg, "cpu", seed=5).nets.generator.from_rgb.weight.double()
+    assert (single.nets.generator.from_rgb.weight - fresh).abs().max() > 1e-4
+    for name in TRAINED:
+        for key, p in getattr(single.nets, name).state_dict().items():
+            assert torch.equal(ranks[0][name][key], ranks[1][name][key])  # replicas stay equal
+            assert torch.allclose(ranks[0][name][key], p, rtol=0, atol=1e-6), f"{name}.{key}"
+    for name in EMA:
+        for key, p in getattr(single.nets_ema, name).state_dict().items():
+            assert torch.allclose(ranks[0][f"ema_{name}"][key], p, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- Ray Train runs
+
+
+def _cfg(**overrides):
+    # wide enough that a step takes a while, so a worker can be killed mid-run
+    base = {"model.dim_in": 16, "model.max_conv_dim": 64, "data.batch_size": 4,
+            "train.total_iters": 12, "train.save_every": 4, "train.print_every": 2,
+            "train.sample_every": 6, "train.eval_every": 1000, "train.keep_checkpoints": 5,
+            "data.train_dir": "synthetic", "data.val_dir": "synthetic"}
+    base.update(overrides)
+    return tiny_config(**base)
+
+
+def _opts(tmp_path, name, **kw):
+    return RunOptions(num_workers=kw.pop("num_workers", 2), cpus_per_worker=1.0,
+                      storage=str(tmp_path), name=name, max_failures=kw.pop("max_failures", 2),
+                      wandb=kw.pop("wandb", "offline"), **kw)
+
+
+def _final_state(tmp_path, name):
+    step, path = latest_checkpoint(f"{tmp_path}/{name}")
+    return step, load_checkpoint(path)
+
+
+def _assert_equal_states(a, b):
+    for name in TRAINED:
+        for (key, pa), pb in zip(getattr(a.nets, name).named_parameters(),
+                                 getattr(b.nets, name).parameters()):
+            assert torch.allclose(pa, pb, rtol=0, atol=1e-6), f"{name}.{key}"
+    for name in EMA:
+        for pa, pb in zip(getattr(a.nets_ema, name).parameters(),
+                          getattr(b.nets_ema, name).parameters()):
+            assert torch.allclose(pa, pb, rtol=0, atol=1e-6)
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_session, tmp_path_factory):
+    """A 2-worker run of 12 steps that nobody stops: the reference for resume tests."""
+    storage = tmp_path_factory.mktemp("runs")
+    run_training(_cfg(), _opts(storage, "straight"))
+    return storage, _final_state(storage, "straight")
+
+
+@pytest.mark.ray
+def test_a_run_writes_checkpoints_samples_and_an_offline_wandb_run(uninterrupted):
+    storage, (step, state) = uninterrupted
+    run_dir = storage / "straight"
+    assert step == 12 and state.step == 12
+    assert state.cfg == _cfg()
+    kept = sorted(p.name for p in run_dir.glob("checkpoint_*") if p.is_dir())
+    assert kept == [f"checkpoint_{s:08d}" for s in (4, 8, 12)]
+    assert {p.name for p in (run_dir / "samples").iterdir()} >= {
+        "000006_reference.png", "000006_latent.png", "000012_reference.png"}
+    wandb_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 1
+    history = (next(wandb_runs[0].glob("*.wandb"))).read_bytes()
+    assert b"G/latent_cyc" in history and b"images_per_s" in history  # logged metrics
+    images = list((wandb_runs[0] / "files" / "media" / "images").rglob("*.png"))
+    assert len(images) >= 4  # reference and latent grids at steps 6 and 12
+
+
+@pytest.mark.ray
+def test_stopped_and_resumed_run_ends_with_the_same_parameters(uninterrupted, tmp_path):
+    storage, (_, reference) = uninterrupted
+    run_training(_cfg(**{"train.total_iters": 8}), _opts(tmp_path, "resumed"))
+    assert latest_checkpoint(f"{tmp_path}/resumed")[0] == 8
+    run_training(_cfg(), _opts(tmp_path, "resumed", resume=True))
+    step, state = _final_state(tmp_path, "resumed")
+    assert step == 12
+    _assert_equal_states(state, reference)
+    starts = [e["step"] for e in _events(tmp_path / "resumed") if e["event"] == "start"]
+    assert starts == [0, 8]
+
+
+@pytest.mark.ray
+def test_a_killed_worker_is_replaced_and_the_run_finishes_exactly(uninterrupted, tmp_path):
+    from ray.util.state import list_actors
+
+    storage, (_, reference) = uninterrupted
+    cfg = _cfg()
+    run_dir = tmp_path / "killed"
+    errors: list[BaseException] = []
+
+    def fit():
+        try:
+            run_training(cfg, _opts(tmp_path, "killed"))
+        except BaseException as err:  # surfaced by the assertions below
+            errors.append(err)
+
+    thread = threading.Thread(target=fit)
+    thread.start()
+    deadline = time.time() + 300
+    while not (run_dir / "events.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.1)  # the workers are training
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    assert workers, "no training workers found"
+    while not (run_dir / "checkpoint_00000004").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # let Ray register the checkpoint it is writing
+    os.kill(workers[0].pid, signal.SIGKILL)  # a real crash of one worker process
+    thread.join(timeout=300)
+    assert not thread.is_alive() and not errors, errors
+    step, state = _final_state(tmp_path, "killed")
+    assert step == cfg.train.total_iters
+    starts = [e["step"] for e in _events(run_dir) if e["event"] == "start"]
+    assert len(starts) >= 2 and starts[0] == 0
+    # restarted from a checkpoint: at most save_every steps were trained twice
+    assert all(s % cfg.train.save_every == 0 and s > 0 for s in starts[1:])
+    _assert_equal_states(state, reference)
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("policy", ["stop", "rollback"])
+def test_a_non_finite_loss_stops_the_run_without_a_bad_checkpoint(ray_session, tmp_path, policy):
+    # A huge learning rate drives the weights to overflow after the first steps: a real NaN.
+    cfg = _cfg(**{"optim.lr": 1e30, "optim.f_lr": 1e30, "train.print_every": 1,
+                  "train.save_every": 1, "train.total_iters": 8, "train.nan_policy": policy})
+    with pytest.raises(TrainingStopped) as err:
+        run_training(cfg, _opts(tmp_path, policy, num_workers=1, max_failures=0))
+    message = str(err.value)
+    assert "is not finite at step" in message and f"nan_policy={policy}" in message
+    events = _events(tmp_path / policy)
+    checkpoints = [p for p in (tmp_path / policy).glob("checkpoint_*") if p.is_dir()]
+    rollbacks = sum(e["event"] == "rollback" for e in events)
+    # rollback needs a checkpoint from before the first non-finite loss
+    assert rollbacks == (3 if policy == "rollback" and checkpoints else 0)
+    for folder in checkpoints:
+        state = load_checkpoint(folder)
+        assert all(torch.isfinite(p).all() for _, m in state.nets.items() for p in m.parameters())
