@@ -1,14 +1,24 @@
-"""Count the floating-point operations of one train_step (and of each network's forward pass).
+"""FLOPs and peak tensor memory of one train_step (and FLOPs of each network's forward pass).
 
     .venv/bin/python benchmarks/flops.py --experiment celeba_hq --batch-size 1
+    .venv/bin/python benchmarks/flops.py --experiment afhq --batch-size 8 --memory
     .venv/bin/python benchmarks/flops.py --experiment toy --official /tmp/official --deps /tmp/offdeps
 
-Counts are torch's own FLOP formulas (torch.utils.flop_counter: 2 per multiply-add of matmuls and
+FLOPs are torch's own formulas (torch.utils.flop_counter: 2 per multiply-add of matmuls and
 convolutions, forward and backward; element-wise work is not counted), gathered by a dispatch mode
-that sees every aten call of the step, including the double backward of R1 and the FAN. By
-default the step runs on fake tensors (shapes only, no arithmetic), so a 256 px count takes
-seconds on a laptop; --device runs it for real instead. With --official the official loop's count
-on the same shapes is printed beside ours (benchmarks/step.py explains the official side).
+that sees every aten call of the step, including the double backward of R1 and the FAN.
+
+Memory (--memory) is the peak of the bytes held by live tensors while train_step runs its second
+iteration (the first one creates Adam's moments): parameters, EMA copies, gradients, optimiser
+state, activations kept for backward and temporaries, each storage counted once from the op that
+creates it until it is freed. That is what torch.cuda.max_memory_allocated() reports on a GPU
+minus the allocator's rounding and library workspaces (cuDNN, cuBLAS), which gpu_suite.sh measures
+where a GPU is lent.
+
+Both run on fake tensors by default (shapes and dtypes only, no arithmetic), so a 256 px count
+takes seconds on a laptop; --device counts FLOPs on real tensors instead. With --official the
+official loop's FLOPs on the same shapes are printed beside ours (benchmarks/step.py explains the
+official side; that count makes real parameters, which takes a while at 256 px on a CPU).
 """
 
 from __future__ import annotations
@@ -16,20 +26,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import weakref
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map_only
 from torch.utils.flop_counter import flop_registry
+from torch.utils.weak import WeakIdKeyDictionary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from step import fan_for, load_config, make_batches  # noqa: E402
 
 from stargan_ray.config import ExperimentConfig  # noqa: E402
-from stargan_ray.engine import Batch, TrainState, train_step  # noqa: E402
+from stargan_ray.engine import Batch, TrainState, build_optimizers, train_step  # noqa: E402
+from stargan_ray.models import EMA, Networks, build_networks  # noqa: E402
 
 
 class FlopCount(TorchDispatchMode):
@@ -48,67 +61,124 @@ class FlopCount(TorchDispatchMode):
         return out
 
 
+class LiveBytes(TorchDispatchMode):
+    """Bytes of live tensor storages: each counted from the op that creates it until it is freed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._live: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.current = 0
+        self.peak = 0
+
+    def track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        if storage in self._live:  # a view of a storage already counted
+            return
+        size = storage.nbytes()
+        self._live[storage] = size
+        self.current += size
+        self.peak = max(self.peak, self.current)
+        weakref.finalize(storage, self._free, size)
+
+    def _free(self, size: int) -> None:
+        self.current -= size
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tree_map_only(torch.Tensor, self.track, out)
+        return out
+
+
 @contextlib.contextmanager
-def _fake(enabled: bool) -> Iterator[None]:
-    """Fake tensors: every op computes shapes only. Parameters made before stay real."""
-    if not enabled:
-        yield
-        return
+def fake_mode() -> Iterator[None]:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    with FakeTensorMode(allow_non_fake_inputs=True):
+    with FakeTensorMode():
         yield
 
 
-def count(fn: Callable[[], object], fake: bool) -> int:
-    with _fake(fake), FlopCount() as counter:
+def fake_state(cfg: ExperimentConfig) -> TrainState:
+    """A TrainState whose every tensor is fake (call inside fake_mode()); values are meaningless.
+
+    Built on the default device directly: moving fake parameters (TrainState.create's .to) and
+    deep-copying them (ema_copy) are not supported, so the EMA copies are fresh networks.
+    """
+    fan = None
+    if cfg.model.w_hpf > 0:
+        from stargan_ray.models.fan import FAN
+
+        fan = FAN()
+    nets = build_networks(cfg.model, fan=fan)
+    fresh = build_networks(cfg.model)
+    nets_ema = Networks(**{name: getattr(fresh, name).requires_grad_(False) for name in EMA},
+                        fan=fan)
+    if cfg.train.channels_last:
+        for _, module in (*nets.items(), *nets_ema.items()):
+            module.to(memory_format=torch.channels_last)
+    return TrainState(cfg=cfg, nets=nets, nets_ema=nets_ema, optims=build_optimizers(cfg, nets),
+                      step=0, rng=torch.Generator(), device=torch.device("cpu"))
+
+
+def count(fn: Callable[[], object]) -> int:
+    with FlopCount() as counter:
         fn()
     return counter.total
 
 
-def _frozen_adam(state: TrainState) -> None:
-    """Fake tensors cannot update real parameters, and Adam's FLOPs are not counted anyway:
-    replace the optimisers' step by one that leaves everything as it is."""
-    for optim in state.optims.values():
-        optim.step = lambda closure=None: None  # type: ignore[method-assign]
-
-
 def step_flops(cfg: ExperimentConfig, device: torch.device, fake: bool = True) -> int:
     """FLOPs of one train_step at cfg's shapes and batch size."""
+    if fake:
+        with fake_mode():
+            state = fake_state(cfg)
+            batch = make_batches(cfg, cfg.data.batch_size, 1, torch.device("cpu"))[0]
+            return count(lambda: train_step(state, batch))
     state = TrainState.create(cfg, device, fan=fan_for(cfg, device))
     batch = make_batches(cfg, cfg.data.batch_size, 1, device)[0]
-    if fake:
-        _frozen_adam(state)
-    return count(lambda: train_step(state, batch), fake)
+    return count(lambda: train_step(state, batch))
 
 
-def network_flops(cfg: ExperimentConfig, device: torch.device, fake: bool = True) -> dict[str, int]:
-    """FLOPs of one forward pass per image of each network (and the FAN's mask computation)."""
-    state = TrainState.create(cfg, device, fan=fan_for(cfg, device))
-    b: Batch = make_batches(cfg, 1, 1, device)[0]
-    nets = state.nets
-    s_trg = torch.zeros(1, cfg.model.style_dim, device=device)
-    masks = None
-    if nets.fan is not None:
-        with torch.no_grad(), _fake(fake):
-            masks = nets.fan.get_heatmap(b.x_src)
-    calls: dict[str, Callable[[], object]] = {
-        "generator": lambda: nets.generator(b.x_src, s_trg, masks=masks),
-        "mapping_network": lambda: nets.mapping_network(b.z_trg, b.y_ref),
-        "style_encoder": lambda: nets.style_encoder(b.x_src, b.y_src),
-        "discriminator": lambda: nets.discriminator(b.x_src, b.y_src),
-    }
-    if nets.fan is not None:
-        calls["fan"] = lambda: nets.fan.get_heatmap(b.x_src)
-    out = {}
-    with torch.no_grad():
-        for name, call in calls.items():
-            out[name] = count(call, fake)
-    return out
+def peak_memory(cfg: ExperimentConfig) -> dict[str, int]:
+    """Bytes of live tensors: the weights (nets, EMA, FAN), after one step (plus gradients and
+    Adam's moments), and the peak during the second step."""
+    with fake_mode():
+        state = fake_state(cfg)
+        batch = make_batches(cfg, cfg.data.batch_size, 1, torch.device("cpu"))[0]
+        live = LiveBytes()
+        for _, module in (*state.nets.items(include_fan=True), *state.nets_ema.items()):
+            for tensor in (*module.parameters(), *module.buffers()):
+                live.track(tensor)
+        for tensor in vars(batch).values():
+            live.track(tensor)
+        weights = live.current
+        with live:
+            train_step(state, batch)
+            between = live.current
+            live.peak = between
+            train_step(state, batch)
+    return {"weights": weights, "between_steps": between, "peak": live.peak}
+
+
+def network_flops(cfg: ExperimentConfig) -> dict[str, int]:
+    """FLOPs of one forward pass per image of each network (and of the FAN's masks)."""
+    with fake_mode(), torch.no_grad():
+        nets = fake_state(cfg).nets
+        b: Batch = make_batches(cfg, 1, 1, torch.device("cpu"))[0]
+        s_trg = torch.zeros(1, cfg.model.style_dim)
+        masks = nets.fan.get_heatmap(b.x_src) if nets.fan is not None else None
+        calls: dict[str, Callable[[], object]] = {
+            "generator": lambda: nets.generator(b.x_src, s_trg, masks=masks),
+            "mapping_network": lambda: nets.mapping_network(b.z_trg, b.y_ref),
+            "style_encoder": lambda: nets.style_encoder(b.x_src, b.y_src),
+            "discriminator": lambda: nets.discriminator(b.x_src, b.y_src),
+        }
+        if nets.fan is not None:
+            calls["fan"] = lambda: nets.fan.get_heatmap(b.x_src)
+        return {name: count(call) for name, call in calls.items()}
 
 
 def official_step_flops(cfg: ExperimentConfig, device: torch.device, official_path: Path,
                         deps: Path | None, fake: bool = True) -> int:
+    """FLOPs of one iteration of the official loop (real parameters; fake activations if fake)."""
     from step import OfficialLoop, ema_networks, import_official, official_networks
 
     official = import_official(official_path, deps)
@@ -117,15 +187,17 @@ def official_step_flops(cfg: ExperimentConfig, device: torch.device, official_pa
     loop = OfficialLoop(official, cfg, nets, ema_networks(nets))
     batch = make_batches(cfg, cfg.data.batch_size, 1, device)[0]
     if not fake:
-        return count(lambda: loop.step(batch), fake)
+        return count(lambda: loop.step(batch))
+    # Fake activations cannot update real parameters, and Adam's FLOPs are not counted anyway;
+    # the official losses call .item() for their logs, which fake tensors cannot answer (the
+    # values are only printed). During the count both are stubbed out.
     for optim in loop.optims.values():
         optim.step = lambda closure=None: None  # type: ignore[method-assign]
-    # The official losses call .item() for their logs, which fake tensors cannot answer; the
-    # values are only printed, so during the count they read as 0.
     item = torch.Tensor.item
     torch.Tensor.item = lambda self: 0.0  # type: ignore[method-assign]
     try:
-        return count(lambda: loop.step(batch), fake)
+        with fake_mode():
+            return count(lambda: loop.step(batch))
     finally:
         torch.Tensor.item = item  # type: ignore[method-assign]
 
@@ -135,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", default="celeba_hq")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--device", default=None, help="count on real tensors on this device")
+    p.add_argument("--device", default=None, help="count FLOPs on real tensors on this device")
+    p.add_argument("--memory", action="store_true", help="also the peak tensor memory")
     p.add_argument("--official", type=Path, default=None)
     p.add_argument("--deps", type=Path, default=None)
     args = p.parse_args(argv)
@@ -143,9 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     fake = args.device is None
     device = torch.device(args.device or "cpu")
     n = cfg.data.batch_size
-    print(f"{cfg.name} | {cfg.model.img_size} px | batch {n} | "
-          f"{'fake tensors' if fake else device}")
-    for name, flops in network_flops(cfg, device, fake).items():
+    t = cfg.train
+    print(f"{cfg.name} | {cfg.model.img_size} px | batch {n} | precision {t.precision} | "
+          f"channels_last {t.channels_last} | {'fake tensors' if fake else device}")
+    for name, flops in network_flops(cfg).items():
         print(f"  forward {name:16s} {flops / 1e9:10.2f} GFLOP per image")
     ours = step_flops(cfg, device, fake)
     print(f"train_step (ours)      {ours / 1e9:10.1f} GFLOP per step, "
@@ -154,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         theirs = official_step_flops(cfg, device, args.official.resolve(), args.deps, fake)
         print(f"official loop          {theirs / 1e9:10.1f} GFLOP per step, "
               f"{theirs / n / 1e9:.1f} GFLOP per image; ours/official {ours / theirs:.3f}")
+    if args.memory:
+        mem = peak_memory(cfg)
+        print(f"tensor memory: weights (nets, EMA, FAN) {mem['weights'] / 2**30:.2f} GiB, "
+              f"between steps {mem['between_steps'] / 2**30:.2f} GiB, "
+              f"peak during a step {mem['peak'] / 2**30:.2f} GiB")
     return 0
 
 

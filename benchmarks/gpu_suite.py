@@ -110,6 +110,16 @@ def train_cases(plan: Plan) -> list[Case]:
             for experiment in EXPERIMENTS]
 
 
+def tier(case: Case) -> int:
+    """Run order under the time budget: bf16 eager, the evaluator, bf16 compiled with
+    channels_last, tf32 eager, fp32 eager, then the other compiled combinations."""
+    if case.kind == "eval":
+        return 1
+    if not case.compile:
+        return {"bf16": 0, "tf32": 3, "fp32": 4}[case.precision]
+    return 2 if case.precision == "bf16" and case.channels_last else 5
+
+
 def experiment_config(plan: Plan, case: Case) -> ExperimentConfig:
     overrides = [*plan.overrides, f"train.precision={case.precision}",
                  f"train.channels_last={str(case.channels_last).lower()}",
@@ -306,9 +316,7 @@ def main(argv: list[str] | None = None) -> int:
 
     train = train_cases(plan)
     evals = [Case("eval", exp, b) for b in plan.eval_batches for exp in plan.eval_experiments]
-    # the key training cases, then the evaluator, then every other combination
-    key = [c for c in train if c.precision == "bf16" and not c.compile] or train[:1]
-    ordered = key + evals + [c for c in train if c not in key]
+    ordered = sorted(train + evals, key=tier)  # stable: train_cases' order within a tier
     done: list[Case] = []
     with tempfile.TemporaryDirectory(prefix="gpu-suite-") as tmp:
         bench = EvalBench(plan, Path(tmp))
@@ -340,7 +348,7 @@ def _run_case(plan: Plan, case: Case, bench: EvalBench, flops: dict[str, float],
         result.update(tflops=tflops, percent_of_peak=100 * tflops / peaks[case.precision],
                       flops_per_step=flops[case.experiment] * case.batch)
         return result
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:
         return {"error": "out of memory"}
     except Exception as err:  # one failed case must not cost the rest of the run
         traceback.print_exc()

@@ -266,7 +266,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for _ in range(state.step - data_start):  # restarted workers: skip what was trained
         next(batches)
     logger = RunLogger(cfg, loop_config, rank=rank, world=world, device=device)
-    logger.event("start", step=state.step)
+    logger.event("start", step=state.step, pid=os.getpid())
     _train(state, batches, logger, rank, world, loop_config)
     logger.finish()
 

@@ -21,6 +21,16 @@ import gpu_suite  # noqa: E402
 import step as steplib  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: see tests/test_precision.py (two threads on a shared 2-core machine
+    wait for each other most of the time)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-suite")
@@ -73,14 +83,9 @@ def test_suite_flops_match_an_independent_count_at_the_case_batch(smoke_run):
 
 
 def test_step_benchmark_times_train_step_and_writes_its_figures(tmp_path):
-    threads = torch.get_num_threads()
-    try:
-        code = steplib.main(["--experiment", "toy", *(f"--set={o}" for o in gpu_suite.SMOKE_MODEL),
-                             "--batch-size", "2", "--steps", "1", "--repeats", "2",
-                             "--warmup", "1", "--threads", "1", "--json",
-                             str(tmp_path / "step.json")])
-    finally:
-        torch.set_num_threads(threads)
+    code = steplib.main(["--experiment", "toy", *(f"--set={o}" for o in gpu_suite.SMOKE_MODEL),
+                         "--batch-size", "2", "--steps", "1", "--repeats", "2", "--warmup", "1",
+                         "--json", str(tmp_path / "step.json")])
     assert code == 0
     result = json.loads((tmp_path / "step.json").read_text())
     assert result["batch_size"] == 2 and result["img_size"] == 32
