@@ -112,9 +112,11 @@ def fake_state(cfg: ExperimentConfig) -> TrainState:
     fresh = build_networks(cfg.model)
     nets_ema = Networks(**{name: getattr(fresh, name).requires_grad_(False) for name in EMA},
                         fan=fan)
-    if cfg.train.channels_last:
+    if cfg.train.channels_last:  # what module.to(memory_format=...) does, which fakes refuse
         for _, module in (*nets.items(), *nets_ema.items()):
-            module.to(memory_format=torch.channels_last)
+            for param in module.parameters():
+                if param.dim() == 4:
+                    param.data = param.data.contiguous(memory_format=torch.channels_last)
     return TrainState(cfg=cfg, nets=nets, nets_ema=nets_ema, optims=build_optimizers(cfg, nets),
                       step=0, rng=torch.Generator(), device=torch.device("cpu"))
 

@@ -46,7 +46,7 @@ SCHEDULER_KEYS: dict[str, dict[str, type]] = {
     "fifo": {},
     "asha": {"grace_period": int, "reduction_factor": float, "max_t": int},
     "pbt": {"perturbation_interval": int, "burn_in_period": int, "quantile_fraction": float,
-            "resample_probability": float, "perturbation_factors": list},
+            "resample_probability": float, "perturbation_factors": list, "synch": bool},
 }
 TUNE_KEYS: dict[str, type] = {"metric": str, "mode": str, "num_samples": int,
                               "max_concurrent": int, "max_failures": int, "search": str,
@@ -151,8 +151,11 @@ def space_path(name_or_path: str | Path) -> Path:
 
 
 def _typed(where: str, value: Any, tp: type) -> Any:
-    ok = (isinstance(value, tp) and not isinstance(value, bool)) or (
-        tp is float and isinstance(value, int) and not isinstance(value, bool))
+    if tp is bool:
+        ok = isinstance(value, bool)
+    else:
+        ok = (isinstance(value, tp) and not isinstance(value, bool)) or (
+            tp is float and isinstance(value, int) and not isinstance(value, bool))
     if not ok:
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return float(value) if tp is float else value
@@ -364,6 +367,7 @@ def build_scheduler(space: Space, base: ExperimentConfig):
             burn_in_period=s("burn_in_period", 0), quantile_fraction=s("quantile_fraction", 0.25),
             resample_probability=s("resample_probability", 0.25),
             perturbation_factors=tuple(s("perturbation_factors", [1.2, 0.8])),
+            synch=s("synch", False),
             hyperparam_mutations={d.key: d.mutation() for d in space.searched},
             custom_explore_fn=ClipToSpace(space.searched))
     return FIFOScheduler()

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -156,40 +152,6 @@ def test_stopped_and_resumed_run_ends_with_the_same_parameters(uninterrupted, tm
     _assert_equal_states(state, reference)
     starts = [e["step"] for e in _events(tmp_path / "resumed") if e["event"] == "start"]
     assert starts == [0, 8]
-
-
-@pytest.mark.ray
-def test_a_killed_worker_is_replaced_and_the_run_finishes_exactly(uninterrupted, tmp_path):
-    storage, (_, reference) = uninterrupted
-    cfg = _cfg()
-    run_dir = tmp_path / "killed"
-    errors: list[BaseException] = []
-
-    def fit():
-        try:
-            run_training(cfg, _opts(tmp_path, "killed"))
-        except BaseException as err:  # surfaced by the assertions below
-            errors.append(err)
-
-    thread = threading.Thread(target=fit)
-    thread.start()
-    deadline = time.time() + 300
-    while not (run_dir / "events.jsonl").exists() and time.time() < deadline:
-        time.sleep(0.1)  # the workers are training
-    pid = _events(run_dir)[0]["pid"]  # rank 0's worker process
-    while not (run_dir / "checkpoint_00000004").exists() and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)  # let Ray register the checkpoint it is writing
-    os.kill(pid, signal.SIGKILL)  # a real crash of one worker process
-    thread.join(timeout=300)
-    assert not thread.is_alive() and not errors, errors
-    step, state = _final_state(tmp_path, "killed")
-    assert step == cfg.train.total_iters
-    starts = [e["step"] for e in _events(run_dir) if e["event"] == "start"]
-    assert len(starts) >= 2 and starts[0] == 0
-    # restarted from a checkpoint: at most save_every steps were trained twice
-    assert all(s % cfg.train.save_every == 0 and s > 0 for s in starts[1:])
-    _assert_equal_states(state, reference)
 
 
 @pytest.mark.ray

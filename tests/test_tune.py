@@ -29,6 +29,7 @@ from stargan_ray.engine import TrainState, train_step
 from stargan_ray.tune import (ClipToSpace, Dist, SweepOptions, check_space, read_space,
                               run_sweep, trial_run_name)
 from tests.conftest import tiny_config
+from tests.helpers import random_batch
 
 SHIPPED = [("quick", "toy"), ("lambdas_asha", "afhq"), ("lambdas_asha", "celeba_hq"),
            ("schedules_pbt", "afhq"), ("schedules_pbt", "celeba_hq")]
@@ -256,12 +257,9 @@ def test_the_best_config_loads_and_trains(asha_sweep):
     assert cfg.loss.lambda_cyc == best["loss.lambda_cyc"]
     assert cfg.name == "sweep-best"
     assert cfg.model == asha_sweep["cfg"].model and cfg.train == asha_sweep["cfg"].train
-    from stargan_ray.data.pipeline import local_batches
-
     state = TrainState.create(cfg, "cpu")
-    batches = local_batches(cfg)
-    for _ in range(2):
-        stats = train_step(state, next(batches))
+    for seed in range(2):
+        stats = train_step(state, random_batch(cfg, seed=seed))
     assert state.step == 2 and all(math.isfinite(v.item()) for v in stats.values())
 
 
@@ -269,9 +267,10 @@ def test_the_best_config_loads_and_trains(asha_sweep):
 
 
 PBT_SPACE = """
-# Two trials ranked by the lambda_ds they train with (constant: ds_decay = "none"), so the
-# exploit is certain: the trial with the smaller value copies the other's checkpoint and
-# perturbs both searched values by x0.8 or x1.2.
+# Two trials ranked by the lambda_ds they train with (constant: ds_decay = "none"). Synchronous
+# PBT waits until both reach step 8, so the exploit is certain however the trials' starts are
+# spread: the one with the smaller value copies the other's checkpoint and perturbs both searched
+# values by x0.8 or x1.2.
 [tune]
 metric = "G/lambda_ds"
 mode = "max"
@@ -281,9 +280,10 @@ max_failures = 1
 seed = 1
 [scheduler]
 kind = "pbt"
-perturbation_interval = 4
+perturbation_interval = 8
 quantile_fraction = 0.5
 resample_probability = 0.0
+synch = true
 [train]
 total_iters = 16
 print_every = 4
