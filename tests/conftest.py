@@ -23,9 +23,11 @@ def ray_session():
     """
     import ray
 
+    from stargan_ray.train import start_local_ray
+
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=8, include_dashboard=True, configure_logging=False,
-                 log_to_driver=True, runtime_env={"env_vars": {"WANDB_MODE": "offline"}})
+        start_local_ray(8, env_vars={"WANDB_MODE": "offline"}, include_dashboard=True,
+                        configure_logging=False, log_to_driver=True)
     yield ray
     ray.shutdown()
 

@@ -16,6 +16,7 @@ import math
 import os
 import signal
 import struct
+import time
 from pathlib import Path
 
 import pyarrow.csv as pacsv
@@ -221,6 +222,20 @@ def test_asha_stops_a_trial_before_the_maximum(asha_sweep):
                                    if h["step"] == 4) for r in rows}
     went_on = min(at_rung[r["trial_id"]] for r in rows if r["state"] == "completed")
     assert all(at_rung[r["trial_id"]] > went_on for r in stopped)
+
+
+@pytest.mark.ray
+def test_stopped_trials_give_their_cpus_back(asha_sweep):
+    # ASHA killed trials mid-run; their Train runs' placement groups must not outlive them, or
+    # a long sweep ends up waiting forever for CPUs.
+    import ray
+    from ray.util import placement_group_table
+
+    deadline = time.time() + 60
+    while live := [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"]:
+        assert time.time() < deadline, f"placement groups left after the sweep: {live}"
+        time.sleep(1)
+    assert ray.available_resources()["CPU"] == ray.cluster_resources()["CPU"]
 
 
 @pytest.mark.ray
