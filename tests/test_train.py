@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -152,6 +156,52 @@ def test_stopped_and_resumed_run_ends_with_the_same_parameters(uninterrupted, tm
     _assert_equal_states(state, reference)
     starts = [e["step"] for e in _events(tmp_path / "resumed") if e["event"] == "start"]
     assert starts == [0, 8]
+
+
+def _registered(run_dir: Path) -> set[str]:
+    """Checkpoints the Train controller has registered (what a restart can restore)."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or mid-write
+        return set()
+    return {r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]}
+
+
+@pytest.mark.ray
+def test_a_killed_worker_is_replaced_and_the_run_finishes_exactly(uninterrupted, tmp_path):
+    storage, (_, reference) = uninterrupted
+    cfg = _cfg()
+    run_dir = tmp_path / "killed"
+    outcome: list[BaseException | None] = []
+
+    def fit() -> None:
+        try:
+            run_training(cfg, _opts(tmp_path, "killed"))
+            outcome.append(None)
+        except BaseException as err:  # reported by the assertion below
+            outcome.append(err)
+
+    thread = threading.Thread(target=fit)
+    thread.start()
+    deadline = time.time() + 300
+    while "checkpoint_00000004" not in _registered(run_dir) and thread.is_alive():
+        assert time.time() < deadline, "no checkpoint registered in 300 s"
+        time.sleep(0.05)
+    kill_step = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())[
+        "checkpoint_results"][-1]["metrics"]["step"]
+    assert kill_step < cfg.train.total_iters, "the run ended before the kill"
+    pid = next(e["pid"] for e in _events(run_dir) if e["event"] == "start")  # rank 0
+    os.kill(pid, signal.SIGKILL)  # a real crash of one worker process
+    thread.join(timeout=400)
+    assert not thread.is_alive() and outcome == [None], outcome
+    step, state = _final_state(tmp_path, "killed")
+    assert step == cfg.train.total_iters
+    starts = [e["step"] for e in _events(run_dir) if e["event"] == "start"]
+    # restarted once, from the checkpoint registered before the kill (or a later one): at most
+    # save_every steps were trained twice
+    assert starts[0] == 0 and len(starts) == 2 and starts[1] >= kill_step, starts
+    assert starts[1] % cfg.train.save_every == 0
+    _assert_equal_states(state, reference)
 
 
 @pytest.mark.ray
