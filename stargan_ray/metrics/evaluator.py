@@ -506,7 +506,9 @@ def evaluate(nets_ema: Networks, cfg: ExperimentConfig, *, step: int, mode: str 
         lpips_values: dict[str, Any] = {}
         lpips_notes = [lpips_note] if lpips_note else []
         for t, task in enumerate(tasks):
-            result = fidlib.fid_from_moments(collected.real[task.trg], collected.fake[(m, t)])
+            # fid_quick: the eigh trace, equal within rounding and several times faster
+            result = fidlib.fid_from_moments(collected.real[task.trg], collected.fake[(m, t)],
+                                             method="eigh" if quick else "sqrtm")
             fid_values[f"FID_{m}/{task.name}"] = result.value
             fid_notes += [f"{task.name}: {w}" for w in result.warnings]
             per_source = collected.lpips.get((m, t))

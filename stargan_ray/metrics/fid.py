@@ -253,13 +253,36 @@ class FrechetResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
+    """tr sqrtm(cov1 cov2) for symmetric positive semi-definite matrices, from two eigh calls.
+
+    cov1 cov2 is similar to R cov2 R with R = cov1^(1/2), a symmetric PSD matrix whose square
+    roots of eigenvalues sum to the trace: no general (Schur) sqrtm, whose 2048-dimensional call
+    took 18-90 s on a 2-core machine. Rounding makes tiny eigenvalues negative; they count as 0.
+    """
+    w, v = np.linalg.eigh(cov1)
+    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    inner = root @ cov2 @ root
+    eig = np.linalg.eigvalsh((inner + inner.T) / 2)
+    return float(np.sqrt(np.clip(eig, 0.0, None)).sum())
+
+
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray,
-                     eps: float = 1e-6) -> FrechetResult:
+                     eps: float = 1e-6, method: str = "sqrtm") -> FrechetResult:
     """||mu1 - mu2||^2 + tr(cov1 + cov2 - 2 sqrtm(cov1 cov2)), with the usual safeguards.
 
-    A non-finite sqrtm is retried with eps added to both diagonals; an imaginary part that is not
-    negligible becomes a warning, and the real part is the value (what the official code reports).
+    method="sqrtm" is the official computation (scipy's sqrtm): a non-finite sqrtm is retried with
+    eps added to both diagonals; an imaginary part that is not negligible becomes a warning, and
+    the real part is the value (what the official code reports). method="eigh" computes the same
+    trace from symmetric eigen-decompositions (trace_sqrt_product): several times faster, equal
+    within float rounding, used by fid_quick.
     """
+    diff = mu1 - mu2
+    if method == "eigh":
+        value = diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * trace_sqrt_product(cov1, cov2)
+        return FrechetResult(float(value))
+    if method != "sqrtm":
+        raise ValueError(f"method: expected 'sqrtm' or 'eigh', got {method!r}")
     from scipy import linalg
 
     notes: list[str] = []
@@ -284,13 +307,12 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
             notes.append(f"sqrtm has an imaginary component (max {imag:.3g} on the diagonal); "
                          "the real part is reported, as the official code does")
         covmean = covmean.real
-    diff = mu1 - mu2
     value = float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))
     return FrechetResult(value, notes)
 
 
-def fid_from_moments(a: FeatureMoments, b: FeatureMoments) -> FrechetResult:
-    result = frechet_distance(a.mean(), a.cov(), b.mean(), b.cov())
+def fid_from_moments(a: FeatureMoments, b: FeatureMoments, method: str = "sqrtm") -> FrechetResult:
+    result = frechet_distance(a.mean(), a.cov(), b.mean(), b.cov(), method=method)
     dim = a.sum.shape[0]
     few = min(a.n, b.n)
     if few < dim:
