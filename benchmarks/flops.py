@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/flops.py --experiment celeba_hq --batch-size 1
     .venv/bin/python benchmarks/flops.py --experiment afhq --batch-size 8 --memory
-    .venv/bin/python benchmarks/flops.py --experiment toy --official /tmp/official --deps /tmp/offdeps
+    .venv/bin/python benchmarks/flops.py --experiment toy --official /tmp/official \
+        --deps /tmp/offdeps
 
 FLOPs are torch's own formulas (torch.utils.flop_counter: 2 per multiply-add of matmuls and
 convolutions, forward and backward; element-wise work is not counted), gathered by a dispatch mode

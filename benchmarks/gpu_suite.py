@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops as flopslib  # noqa: E402
 from step import fan_for, load_config, synchronize, time_train_step  # noqa: E402
 
-from stargan_ray.config import ExperimentConfig, with_overrides  # noqa: E402
+from stargan_ray.config import ExperimentConfig  # noqa: E402
 
 EXPERIMENTS = ("celeba_hq", "afhq")
 SCHEDULE_ITERS = 100_000  # the paper's schedule, at batch 8
@@ -272,7 +272,8 @@ def table(results: dict[str, Any]) -> str:
             lines.append(f"{name:34s} {r['item_s'] * 1e3 / r['images_per_item']:9.2f} "
                          f"{r['images_per_s']:8.1f}   (per generated image: G + Inception + LPIPS)")
         else:
-            mem = f"{r['peak_memory_gib']:9.2f}" if r["peak_memory_gib"] is not None else f"{'-':>9s}"
+            peak = r["peak_memory_gib"]
+            mem = f"{peak:9.2f}" if peak is not None else f"{'-':>9s}"
             hours = (f"{SCHEDULE_ITERS * r['step_s'] / 3600:9.2f}" if c["batch"] == 8
                      else f"{'':9s}")
             lines.append(f"{name:34s} {r['step_s'] * 1e3:9.1f} {r['images_per_s']:8.1f} {mem} "
@@ -323,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         for case in ordered:
             need = estimate_s(plan, case, done)
             if need > budget.left():
-                case.result = {"skipped": f"skipped: ~{need:.0f} s needed, {budget.left():.0f} s left"}
+                case.result = {"skipped": f"skipped: ~{need:.0f} s needed, "
+                                          f"{budget.left():.0f} s left"}
             elif case.compile and plan.device.type != "cuda":
                 case.result = {"skipped": "skipped: compile is timed on GPUs only"}
             else:
@@ -352,7 +354,8 @@ def _run_case(plan: Plan, case: Case, bench: EvalBench, flops: dict[str, float],
         return {"error": "out of memory"}
     except Exception as err:  # one failed case must not cost the rest of the run
         traceback.print_exc()
-        return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"}
+        first_line = str(err).splitlines()[0][:120] if str(err) else ""
+        return {"error": f"{type(err).__name__}: {first_line}"}
     finally:
         if case.compile:
             torch._dynamo.reset()
@@ -368,7 +371,8 @@ def _brief(result: dict[str, Any]) -> str:
         return f"{result['images_per_s']:.1f} images/s"
     mem = result["peak_memory_gib"]
     return (f"{result['step_s'] * 1e3:.1f} ms/step, {result['images_per_s']:.1f} images/s, "
-            f"{result['tflops']:.3g} TFLOP/s" + (f", peak {mem:.2f} GiB" if mem is not None else ""))
+            f"{result['tflops']:.3g} TFLOP/s"
+            + (f", peak {mem:.2f} GiB" if mem is not None else ""))
 
 
 if __name__ == "__main__":

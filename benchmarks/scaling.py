@@ -1,6 +1,6 @@
 """Data-parallel scaling of the toy training on Ray Train: 1 worker against 2 workers, on CPU.
 
-    .venv/bin/python benchmarks/scaling.py [--iters 60] [--print-every 10] [--workers 1 2]
+    .venv/bin/python benchmarks/scaling.py [--iters 40] [--print-every 10] [--workers 1 2] [--rounds 2]
 
 Each run is a real `stargan-ray train` run (stargan_ray.train.run_training: Ray Data pipeline,
 TorchTrainer, gradient all-reduce, checkpoints) of experiments/toy.toml with the per-worker batch
@@ -8,6 +8,9 @@ of the experiment, so N workers train on N times the images per step (weak scali
 loop reports its throughput (images/s over all workers) every print_every steps; a Train callback
 collects every report, the first window (worker start-up, pipeline warm-up) is dropped and the
 median of the others is the run's figure. Scaling efficiency = images/s(N) / (N * images/s(1)).
+Runs alternate between the worker counts for --rounds rounds (1, 2, then 2, 1, ...), so that a
+change in the load of a shared machine does not fall on one side only; the figures are medians
+over rounds, and each round's own efficiency is printed too.
 
 Every run also pays for what the loop does at its last step (samples, fid_quick, a checkpoint);
 none of that falls inside a measured window.
@@ -43,53 +46,67 @@ def _collector(path: str):
     return CollectReports()
 
 
-def run(workers: int, iters: int, print_every: int, storage: Path) -> dict:
+def run(workers: int, iters: int, print_every: int, storage: Path, tag: str) -> dict:
     cfg = load_experiment("toy", [f"train.total_iters={iters}", f"train.print_every={print_every}",
                                   f"train.save_every={iters}", f"train.sample_every={iters}",
                                   f"train.eval_every={iters}"])
     opts = RunOptions(num_workers=workers, cpus_per_worker=1.0, storage=str(storage),
-                      name=f"scaling-{workers}w", wandb="disabled", max_failures=0)
-    reports = storage / f"reports-{workers}.jsonl"
+                      name=f"scaling-{workers}w-{tag}", wandb="disabled", max_failures=0)
+    reports = storage / f"reports-{workers}w-{tag}.jsonl"
     start = time.perf_counter()
     run_training(cfg, opts, callbacks=[_collector(str(reports))])
     wall = time.perf_counter() - start
     rows = [json.loads(line) for line in reports.read_text().splitlines()]
     windows = [r["images_per_s"] for r in rows if "images_per_s" in r]
     steady = windows[1:] or windows
-    return {"workers": workers, "images_per_s": statistics.median(steady),
+    return {"workers": workers, "round": tag, "images_per_s": statistics.median(steady),
             "windows_images_per_s": windows, "batch_per_worker": cfg.data.batch_size,
-            "iters": iters, "wall_s": wall}
+            "iters": iters, "wall_s": wall, "load_average": os.getloadavg()}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--iters", type=int, default=60)
+    p.add_argument("--iters", type=int, default=40)
     p.add_argument("--print-every", type=int, default=10)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "disabled")
     import ray
 
     init_ray(RunOptions(num_workers=max(args.workers), cpus_per_worker=1.0))
+    results = []
     try:
         with tempfile.TemporaryDirectory(prefix="scaling-") as tmp:
-            results = [run(n, args.iters, args.print_every, Path(tmp)) for n in args.workers]
+            for r in range(args.rounds):
+                order = args.workers if r % 2 == 0 else args.workers[::-1]
+                results += [run(n, args.iters, args.print_every, Path(tmp), str(r)) for n in order]
     finally:
         ray.shutdown()
-    base = next((r for r in results if r["workers"] == 1), None)
-    load = os.getloadavg()
-    print(f"toy training, {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f}")
+    print(f"toy training, batch {results[0]['batch_per_worker']} per worker, {os.cpu_count()} CPUs")
     for r in results:
-        line = (f"{r['workers']} worker(s): {r['images_per_s']:7.1f} images/s (median of windows "
-                f"{', '.join(f'{x:.1f}' for x in r['windows_images_per_s'])}; first dropped), "
-                f"run wall {r['wall_s']:.0f} s")
-        if base is not None and r is not base:
-            r["efficiency"] = r["images_per_s"] / (r["workers"] * base["images_per_s"])
-            line += f", scaling efficiency {r['efficiency']:.2f}"
-        print(line)
+        load = r["load_average"]
+        print(f"round {r['round']}, {r['workers']} worker(s): {r['images_per_s']:6.1f} images/s "
+              f"(windows {', '.join(f'{x:.1f}' for x in r['windows_images_per_s'])}; first "
+              f"dropped), run wall {r['wall_s']:.0f} s, load average after it {load[0]:.1f}")
+    summary = {}
+    for n in args.workers:
+        summary[n] = statistics.median(r["images_per_s"] for r in results if r["workers"] == n)
+    line = ", ".join(f"{n} worker(s) {v:.1f} images/s" for n, v in summary.items())
+    if 1 in summary:
+        for n in args.workers:
+            if n == 1:
+                continue
+            per_round = [a["images_per_s"] / (n * b["images_per_s"])
+                         for a in results for b in results
+                         if a["workers"] == n and b["workers"] == 1 and a["round"] == b["round"]]
+            line += (f"; scaling efficiency {n} workers: {summary[n] / (n * summary[1]):.2f} "
+                     f"(per round: {', '.join(f'{e:.2f}' for e in per_round)})")
+    print(f"median over {args.rounds} rounds: {line}")
     if args.json:
-        args.json.write_text(json.dumps({"load_average": load, "runs": results}, indent=2))
+        args.json.write_text(json.dumps({"runs": results, "median_images_per_s": summary},
+                                        indent=2))
     return 0
 
 

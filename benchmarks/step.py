@@ -1,7 +1,8 @@
 """Time engine.train_step; with --official, also the official loop on identical shapes and batches.
 
     .venv/bin/python benchmarks/step.py --experiment toy --device cpu --batch-size 8
-    .venv/bin/python benchmarks/step.py --experiment toy --official /tmp/official --deps /tmp/offdeps
+    .venv/bin/python benchmarks/step.py --experiment toy --official /tmp/official \
+        --deps /tmp/offdeps
 
 --official is a checkout of clovaai/stargan-v2 (it cannot ship with us: CC BY-NC), made with
     mkdir -p /tmp/official && git -C <mirror of clovaai/stargan-v2> archive HEAD core metrics \
@@ -31,7 +32,7 @@ import statistics
 import sys
 import time
 import types
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -283,7 +284,8 @@ class OfficialLoop:
 
 
 def _float64(batch: Batch) -> Batch:
-    return Batch(**{k: (v.double() if v.is_floating_point() else v) for k, v in vars(batch).items()})
+    return Batch(**{k: (v.double() if v.is_floating_point() else v)
+                    for k, v in vars(batch).items()})
 
 
 def _max_difference(a: Networks, b: Networks, names: tuple[str, ...]) -> tuple[float, str, int]:
@@ -349,7 +351,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--official", type=Path, default=None, help="checkout of clovaai/stargan-v2")
-    p.add_argument("--deps", type=Path, default=None, help="folder with munch for the official code")
+    p.add_argument("--deps", type=Path, default=None,
+                   help="folder with munch for the official code")
     p.add_argument("--no-parity", action="store_true", help="skip the float64 parity check")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     return p.parse_args(argv)
@@ -385,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         official = import_official(args.official.resolve(), args.deps)
         if official.placeholders:
-            print(f"placeholder modules for unused official imports: {', '.join(official.placeholders)}")
+            print("placeholder modules for unused official imports: "
+                  + ", ".join(official.placeholders))
         batches = make_batches(cfg, cfg.data.batch_size, 4, device, args.seed)
         if not args.no_parity:
             parity = check_parity(official, cfg, device, batches[0], args.seed)
@@ -426,7 +430,8 @@ def compare(official, cfg: ExperimentConfig, device: torch.device, batches: list
     clocks = ("wall", "cpu") if device.type == "cpu" else ("wall",)
     for c, clock in enumerate(clocks):
         med = {name: statistics.median(t[c] for t in values) for name, values in times.items()}
-        per_repeat = statistics.median(a[c] / b[c] for a, b in zip(times["ours"], times["official"]))
+        per_repeat = statistics.median(a[c] / b[c]
+                                       for a, b in zip(times["ours"], times["official"]))
         for name in ("ours", "official"):
             print(f"{clock:4s} {name:9s}: {med[name] * 1e3:8.1f} ms/step, "
                   f"{n / med[name]:7.1f} images/s   "

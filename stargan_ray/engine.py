@@ -225,7 +225,7 @@ class StepNetworks:
             if t.precision == "bf16":
                 module = Autocast(module, device_type)
             if compile_:
-                # static shapes: the step calls each network with a few fixed batch sizes
+                # static shapes: every call in a step has the batch size of the step
                 module = torch.compile(module, backend=backend, dynamic=False)
             return module
 
