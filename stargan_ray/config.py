@@ -102,6 +102,9 @@ class EvalConfig:
     alexnet_path: str = ""
     quick_sources: int = 16  # fid_quick: sources per task
     quick_outs: int = 2  # fid_quick: outputs per source
+    # FID's trace term: sqrtm (scipy, as the official code) | eigh (symmetric eigen-decompositions:
+    # equal within 1e-8 relative, several times faster on CPUs). fid_quick always uses eigh.
+    frechet_method: str = "sqrtm"
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.nan_policy": ("stop", "rollback"),
     "train.precision": ("fp32", "tf32", "bf16"),
     "eval.feature_weights": ("pretrained", "random"),
+    "eval.frechet_method": ("sqrtm", "eigh"),
 }
 
 

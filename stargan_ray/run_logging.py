@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,16 @@ from .models import Networks
 
 log = logging.getLogger(__name__)
 SAMPLE_SOURCES = 6  # sources (rows) and references (columns) in the training sample grids
+
+
+def console(line: str) -> None:
+    """Print one line to the process's stdout, once.
+
+    Ray Train workers patch print to send lines to the root logger and, when sys.stdout has been
+    replaced (it is, in Ray workers), to the original print as well: every line twice. A line
+    written to the real stdout skips the patch.
+    """
+    print(line, file=sys.__stdout__, flush=True)
 
 
 def local_run_dir(run_dir: str) -> Path:
@@ -155,12 +166,12 @@ class RunLogger:
         with open(self.run_dir / "events.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         if kind != "start" or fields.get("step"):
-            print(f"[stargan-ray] {kind}: {fields}", flush=True)
+            console(f"[stargan-ray] {kind}: {fields}")
 
     def log(self, step: int, metrics: dict[str, float], line: str) -> None:
         if self.rank != 0:
             return
-        print(line, flush=True)
+        console(line)
         self._wandb_log(metrics, step)
 
     def samples(self, state, step: int) -> None:

@@ -238,6 +238,16 @@ def _restore(state: TrainState, checkpoint) -> None:
             group.update({k: v for k, v in fresh_group.items() if k != "params"})
 
 
+def _quiet_train_reports() -> None:
+    """Ray Train logs every ray.train.report of every worker at INFO, metrics included: a flood
+    next to our one line per print_every. Its logger is named after its file."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: keep its logs
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker: restore, then train_step until total_iters with logs and checkpoints."""
     import ray.train
@@ -247,6 +257,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from .run_logging import RunLogger
 
     cfg = from_dict(loop_config["cfg"])
+    _quiet_train_reports()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
