@@ -267,22 +267,13 @@ def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
     return float(np.sqrt(np.clip(eig, 0.0, None)).sum())
 
 
-def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray,
-                     eps: float = 1e-6, method: str = "sqrtm") -> FrechetResult:
-    """||mu1 - mu2||^2 + tr(cov1 + cov2 - 2 sqrtm(cov1 cov2)), with the usual safeguards.
+def trace_sqrtm_official(cov1: np.ndarray, cov2: np.ndarray, eps: float = 1e-6
+                         ) -> tuple[float, list[str]]:
+    """tr sqrtm(cov1 cov2) as the official code computes it (scipy's sqrtm), with its safeguards.
 
-    method="sqrtm" is the official computation (scipy's sqrtm): a non-finite sqrtm is retried with
-    eps added to both diagonals; an imaginary part that is not negligible becomes a warning, and
-    the real part is the value (what the official code reports). method="eigh" computes the same
-    trace from symmetric eigen-decompositions (trace_sqrt_product): several times faster, equal
-    within float rounding, used by fid_quick.
+    A non-finite sqrtm is retried with eps added to both diagonals; an imaginary part that is not
+    negligible becomes a warning, and the real part is the value (what the official code reports).
     """
-    diff = mu1 - mu2
-    if method == "eigh":
-        value = diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * trace_sqrt_product(cov1, cov2)
-        return FrechetResult(float(value))
-    if method != "sqrtm":
-        raise ValueError(f"method: expected 'sqrtm' or 'eigh', got {method!r}")
     from scipy import linalg
 
     notes: list[str] = []
@@ -307,7 +298,25 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
             notes.append(f"sqrtm has an imaginary component (max {imag:.3g} on the diagonal); "
                          "the real part is reported, as the official code does")
         covmean = covmean.real
-    value = float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))
+    return float(np.trace(covmean)), notes
+
+
+def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray,
+                     eps: float = 1e-6, method: str = "sqrtm") -> FrechetResult:
+    """||mu1 - mu2||^2 + tr(cov1 + cov2 - 2 sqrtm(cov1 cov2)).
+
+    method="sqrtm" takes the trace term as the official code does (trace_sqrtm_official);
+    method="eigh" from symmetric eigen-decompositions (trace_sqrt_product): several times faster,
+    equal within float rounding, used by fid_quick.
+    """
+    if method == "sqrtm":
+        trace, notes = trace_sqrtm_official(cov1, cov2, eps)
+    elif method == "eigh":
+        trace, notes = trace_sqrt_product(cov1, cov2), []
+    else:
+        raise ValueError(f"method: expected 'sqrtm' or 'eigh', got {method!r}")
+    diff = mu1 - mu2
+    value = float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * trace)
     return FrechetResult(value, notes)
 
 
