@@ -158,13 +158,13 @@ def test_stopped_and_resumed_run_ends_with_the_same_parameters(uninterrupted, tm
     assert starts == [0, 8]
 
 
-def _registered(run_dir: Path) -> set[str]:
-    """Checkpoints the Train controller has registered (what a restart can restore)."""
+def _registered_steps(run_dir: Path) -> list[int]:
+    """Steps of the checkpoints the Train controller registered (what a restart restores)."""
     try:
         snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or mid-write
-        return set()
-    return {r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]}
+        return []
+    return [r["metrics"]["step"] for r in snapshot["checkpoint_results"]]
 
 
 @pytest.mark.ray
@@ -184,11 +184,11 @@ def test_a_killed_worker_is_replaced_and_the_run_finishes_exactly(uninterrupted,
     thread = threading.Thread(target=fit)
     thread.start()
     deadline = time.time() + 300
-    while "checkpoint_00000004" not in _registered(run_dir) and thread.is_alive():
+    while 4 not in (registered := _registered_steps(run_dir)) and thread.is_alive():
         assert time.time() < deadline, "no checkpoint registered in 300 s"
         time.sleep(0.05)
-    kill_step = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())[
-        "checkpoint_results"][-1]["metrics"]["step"]
+    assert registered, f"the run ended without a registered checkpoint: {outcome}"
+    kill_step = max(registered)
     assert kill_step < cfg.train.total_iters, "the run ended before the kill"
     pid = next(e["pid"] for e in _events(run_dir) if e["event"] == "start")  # rank 0
     os.kill(pid, signal.SIGKILL)  # a real crash of one worker process
