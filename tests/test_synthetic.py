@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import threading
 
 import numpy as np
@@ -44,22 +45,35 @@ def test_train_and_val_differ(tmp_path):
     assert not np.array_equal(_pixels(train / first), _pixels(val / first))
 
 
-def test_styles_vary_within_a_domain_and_shapes_differ_between():
-    """Colours vary per image; with colours fixed, the domain alone changes the silhouette."""
+def _silhouette(img: np.ndarray) -> np.ndarray:
+    """Pixels far from the corner colour: the shape (the background is one plain colour)."""
+    return np.abs(img - img[0, 0]).sum(-1) > 60
+
+
+def test_styles_vary_within_a_domain_and_domains_differ_in_shape_and_hue():
     rng = np.random.default_rng(0)
-    means = np.stack([np.asarray(synthetic.draw_image("circle", 32, rng), float).mean((0, 1))
-                      for _ in range(20)])
-    assert means.std(0).min() > 10  # per-image colours, not one palette per domain
+    images = [np.asarray(synthetic.draw_image("circle", 32, rng), float) for _ in range(20)]
+    backgrounds = np.stack([img[0, 0] for img in images])
+    assert backgrounds.std(0).min() > 10  # per-image background colours, not one per domain
+    shades = np.stack([img[_silhouette(img)].mean(0) for img in images])
+    assert shades.std(0).max() > 10  # the shape's shade varies within its family too
 
-    def silhouette(shape):  # same random stream, so identical colours, size and position
-        img = np.asarray(synthetic.draw_image(shape, 64, np.random.default_rng(7)), float)
-        return img
+    def drawn(shape):  # same random stream, so identical background, size, position and shade
+        return np.asarray(synthetic.draw_image(shape, 64, np.random.default_rng(7)), float)
 
-    shapes = [silhouette(s) for s in synthetic.SHAPES]
-    for i in range(len(shapes)):
-        for j in range(i + 1, len(shapes)):
-            names = (synthetic.SHAPES[i], synthetic.SHAPES[j])
-            assert np.abs(shapes[i] - shapes[j]).mean() > 1.0, names
+    masks = {s: _silhouette(drawn(s)) for s in synthetic.SHAPES}
+    for i, a in enumerate(synthetic.SHAPES):
+        for b in synthetic.SHAPES[i + 1:]:
+            assert (masks[a] != masks[b]).mean() > 0.02, (a, b)
+
+    def hue(shape):
+        img = drawn(shape)
+        r, g, b = img[masks[shape]].mean(0) / 255
+        return colorsys.rgb_to_hsv(r, g, b)[0]
+
+    for shape in synthetic.SHAPES:  # the family's hue, within the jitter (and edge blending)
+        gap = abs(hue(shape) - synthetic.HUES[shape])
+        assert min(gap, 1 - gap) <= synthetic.HUE_JITTER + 0.02, shape
 
 
 def test_too_many_domains_is_a_config_error():

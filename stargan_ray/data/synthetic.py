@@ -1,16 +1,17 @@
-"""The embedded dataset: procedurally drawn shapes, one shape family per domain.
+"""The embedded dataset: procedurally drawn shapes, one shape family and colour family per domain.
 
 Every image is drawn from its own random stream seeded by (seed, split, domain, index), so the set
-is identical on every machine and run. The domain is the shape family; everything else varies per
-image (shape colour and texture, background colour and texture, size, position, a small rotation).
-A translator that works keeps the layout (position, size) and the colours of a source while taking
-the shape of the reference domain, which a sample grid shows at a glance.
+is identical on every machine and run. A domain is a shape with its own hue; everything else varies
+per image (the shade within that hue, the pale background colour, size, position, a small
+rotation). A translator that works keeps the layout (position, size) of a source while taking
+the reference domain's shape and colour and the reference's shade, which a grid shows at a glance.
 
 Files follow the official layout, ``train/<domain>/*.png`` and ``val/<domain>/*.png``.
 """
 
 from __future__ import annotations
 
+import colorsys
 import math
 import os
 import shutil
@@ -27,10 +28,16 @@ if TYPE_CHECKING:
     from stargan_ray.config import ExperimentConfig
 
 # Bump when the drawing changes: it is part of the cache key, so old caches are never reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 # Folder names are the shape names; domain ids come from their sorted order, as for any folder tree.
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon")
-N_TRAIN = 300  # per domain: enough for the toy model to learn on 2 CPU cores
+# Each family's colour (HSV hue). A domain differs in shape and colour, like cats and dogs differ in
+# shape and fur. The colour is what a toy model learns first, so the demo's short run already shows
+# the domain change. The first three, the toy's domains, are far apart (red, green, blue).
+HUES = {"circle": 0.0, "square": 0.33, "triangle": 0.62, "star": 0.12, "cross": 0.8, "ring": 0.5,
+        "diamond": 0.9, "hexagon": 0.22}
+HUE_JITTER = 0.06  # per-image shade within the family: part of an image's style
+N_TRAIN = 200  # per domain: enough for the toy, and the demo's real FID statistics read every one
 N_VAL = 30
 DATA_SEED = 0  # fixed, so training seeds and tune trials share one dataset
 _SPLITS = {"train": 0, "val": 1}
@@ -88,58 +95,23 @@ def _shape_mask(shape: str, size: int, cx: float, cy: float, r: float, angle: fl
     return mask
 
 
-def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A (size, size) bool mask: plain, stripes at a random angle, checks or dots."""
-    kind = rng.integers(4)
-    if kind == 0:
-        return np.zeros((size, size), bool)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    period = rng.uniform(0.08, 0.25)
-    if kind == 1:
-        theta = rng.uniform(0, math.pi)
-        u = (xx * math.cos(theta) + yy * math.sin(theta)) / period
-        return np.mod(u, 1.0) < 0.5
-    if kind == 2:
-        return (np.floor(xx / period) + np.floor(yy / period)) % 2 == 1
-    fx, fy = np.mod(xx / period, 1.0) - 0.5, np.mod(yy / period, 1.0) - 0.5
-    return fx * fx + fy * fy < 0.09
-
-
-def _colour(rng: np.random.Generator) -> np.ndarray:
-    return rng.integers(0, 256, size=3)
-
-
-def _contrasting(rng: np.random.Generator, other: np.ndarray,
-                 min_dist: float = 120.0) -> np.ndarray:
-    """A colour far enough from `other` that the shape stays visible."""
-    for _ in range(32):
-        colour = _colour(rng)
-        if np.linalg.norm(colour - other) >= min_dist:
-            return colour
-    return 255 - other
-
-
-def _textured(rng: np.random.Generator, size: int, c1: np.ndarray, c2: np.ndarray,
-              strength: float) -> Image.Image:
-    """Colour c1 with a texture of colour c2 blended in at the given strength."""
-    alpha = Image.fromarray((_texture(rng, size) * round(255 * strength)).astype(np.uint8), "L")
-    return Image.composite(Image.new("RGB", (size, size), tuple(int(v) for v in c2)),
-                           Image.new("RGB", (size, size), tuple(int(v) for v in c1)), alpha)
+def _hsv(hue: float, saturation: float, value: float) -> tuple[int, int, int]:
+    r, g, b = colorsys.hsv_to_rgb(hue % 1.0, saturation, value)
+    return round(255 * r), round(255 * g), round(255 * b)
 
 
 def draw_image(shape: str, img_size: int, rng: np.random.Generator) -> Image.Image:
     """One RGB image of the given shape family; every other attribute drawn from rng."""
     size = max(128, 2 * img_size)  # drawn large and downsampled: anti-aliased edges
-    bg, bg2 = _colour(rng), _colour(rng)
-    fg = _contrasting(rng, bg)
-    fg2 = np.clip(fg + rng.integers(-90, 91, size=3), 0, 255)
+    background = _hsv(rng.uniform(), rng.uniform(0.0, 0.3), rng.uniform(0.75, 1.0))  # pale, any hue
+    foreground = _hsv(HUES[shape] + rng.uniform(-HUE_JITTER, HUE_JITTER),  # the domain's colour
+                      rng.uniform(0.6, 1.0), rng.uniform(0.35, 0.8))
     r = rng.uniform(0.2, 0.38) * size  # layout: size ...
     cx, cy = rng.uniform(r + 0.04 * size, size - r - 0.04 * size, size=2)  # ... and position
     angle = rng.uniform(-math.pi / 12, math.pi / 12)
-
-    background = _textured(rng, size, bg, bg2, rng.uniform(0.2, 0.5))  # faint background texture
-    foreground = _textured(rng, size, fg, fg2, 1.0)
-    image = Image.composite(foreground, background, _shape_mask(shape, size, cx, cy, r, angle))
+    image = Image.composite(Image.new("RGB", (size, size), foreground),
+                            Image.new("RGB", (size, size), background),
+                            _shape_mask(shape, size, cx, cy, r, angle))
     return image.resize((img_size, img_size), Image.Resampling.LANCZOS)
 
 
@@ -205,4 +177,4 @@ def resolve_data_dirs(cfg: "ExperimentConfig") -> tuple[str, str]:
 
 
 __all__ = ["generate", "cached", "resolve_data_dirs", "draw_image", "domain_names", "cache_root",
-           "SHAPES", "N_TRAIN", "N_VAL", "GENERATOR_VERSION"]
+           "SHAPES", "HUES", "HUE_JITTER", "N_TRAIN", "N_VAL", "GENERATOR_VERSION"]
