@@ -322,7 +322,7 @@ def _train(state: TrainState, batches, logger, rank: int, world: int,
             logger.log(step, metrics, _console_line(step, t.total_iters, metrics, images_per_s, eta))
         if step % t.sample_every == 0 or step == t.total_iters:
             logger.samples(state, step)
-        if step % t.eval_every == 0 or step == t.total_iters:
+        if step % t.eval_every == 0:  # not forced at the end: a full evaluation usually follows
             metrics.update(logger.evaluate(state, step))
         if step % t.save_every == 0 or step == t.total_iters:
             _save_report(state, metrics, rank)
