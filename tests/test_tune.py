@@ -100,13 +100,17 @@ BAD_SPACES = {
                            "scheduler.grace_period"),
     "ASHA past the run": ("[scheduler]\nkind = \"asha\"\ngrace_period = 10\nmax_t = 100000\n"
                           "[loss]\nlambda_ds = { grid = [1, 2] }\n", "max_t"),
+    "fid_quick missing at the end": ("[scheduler]\nkind = \"fifo\"\n[train]\neval_every = 300\n"
+                                     "[loss]\nlambda_ds = { grid = [1, 2] }\n",
+                                     "train.total_iters (400) must be a multiple of it"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_SPACES))
 def test_a_bad_space_fails_with_one_line_before_any_trial(case, tmp_path, capsys):
     body, message = BAD_SPACES[case]
-    body = "[train]\neval_every = 100\n" + body
+    if "[train]" not in body:
+        body = "[train]\neval_every = 100\n" + body
     if "[scheduler]" not in body:
         body = "[scheduler]\nkind = \"asha\"\ngrace_period = 40\n" + body
     space = _write(tmp_path / "bad.toml", body)
