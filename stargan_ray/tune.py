@@ -317,14 +317,16 @@ def check_space(space: Space, cfg: ExperimentConfig) -> ExperimentConfig:
 
 def _check_budget(space: Space, base: ExperimentConfig) -> None:
     t, s = base.train, space.setting
-    if space.metric == EVAL_METRIC and t.total_iters % t.eval_every:
-        # The loop evaluates only at multiples of eval_every: the last result must carry it.
-        raise ConfigError(f"train.eval_every: {EVAL_METRIC} is the metric, so train.total_iters "
-                          f"({t.total_iters}) must be a multiple of it, got {t.eval_every}")
-    if space.scheduler != "fifo" and space.metric == EVAL_METRIC and t.eval_every >= t.total_iters:
-        raise ConfigError(f"train.eval_every: {t.eval_every} >= train.total_iters "
-                          f"{t.total_iters}: trials would report {EVAL_METRIC} only at the end, "
-                          f"too late for {space.scheduler}")
+    if space.metric == EVAL_METRIC:
+        if t.total_iters % t.eval_every:
+            # The loop evaluates only at multiples of eval_every: the last result must carry it.
+            raise ConfigError(f"train.eval_every: {EVAL_METRIC} is the metric, so "
+                              f"train.total_iters ({t.total_iters}) must be a multiple of it, "
+                              f"got {t.eval_every}")
+        if space.scheduler != "fifo" and t.eval_every >= t.total_iters:
+            raise ConfigError(f"train.eval_every: {t.eval_every} >= train.total_iters "
+                              f"{t.total_iters}: trials would report {EVAL_METRIC} only at the "
+                              f"end, too late for {space.scheduler}")
     if space.scheduler == "asha":
         max_t = s("max_t", t.total_iters)
         if not s("grace_period") <= max_t <= t.total_iters:
