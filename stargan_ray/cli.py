@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -37,6 +38,104 @@ def add_experiment_args(parser: argparse.ArgumentParser, default: str | None = "
 
 def experiment_from_args(args: argparse.Namespace):
     return load_experiment(args.experiment, args.overrides)
+
+
+# ---------------------------------------------------------------- shared argument checks
+# argparse types fail with one usage line and exit code 2; the check_* functions raise
+# ConfigError, which main() prints as one line with exit code 2.
+
+
+def _bounded_int(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _bounded_float(minimum: float, inclusive: bool):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            bound = ">=" if inclusive else ">"
+            raise argparse.ArgumentTypeError(f"must be {bound} {minimum:g}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+positive_int = _bounded_int(1)
+nonnegative_int = _bounded_int(0)
+positive_float = _bounded_float(0.0, inclusive=False)
+nonnegative_float = _bounded_float(0.0, inclusive=True)
+
+
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None,
+                        help="torch device: cpu, cuda or cuda:N (default: cuda when available)")
+
+
+def resolve_device(name: str | None, flag: str = "--device") -> str:
+    """The --device value checked against this machine; default cuda when available, else cpu."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{flag}: expected cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{flag}: expected cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{flag}: {name!r} asked for, but this machine has no usable CUDA "
+                              "device; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"{flag}: {name!r} asked for, but this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s)")
+    return str(device)
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_output(out: str | Path, inputs: list[str | Path], *, flag: str = "--out",
+                 overwrite: bool | None = None, kind: str = "file") -> Path:
+    """Refuse an output that is, contains or lies inside an input; keep an existing output.
+
+    kind "file": an existing file is refused unless overwrite is True (None: never allowed, the
+    command has no --overwrite); an existing directory is refused. kind "dir": an existing
+    non-directory is refused. Paths are compared after resolving symlinks.
+    """
+    out_path = Path(out).expanduser()
+    resolved = out_path.resolve()
+    for inp in inputs:
+        if inp is None or "://" in str(inp):
+            continue
+        if _overlap(resolved, Path(inp).expanduser().resolve()):
+            raise ConfigError(f"{flag} {out}: is, contains or lies inside the input {inp}; "
+                              "write the output somewhere else")
+    if kind == "file":
+        if out_path.is_dir():
+            raise ConfigError(f"{flag} {out}: is a directory; give a file name")
+        if out_path.exists() and not overwrite:
+            hint = "; pass --overwrite to replace it" if overwrite is False else ""
+            raise ConfigError(f"{flag} {out}: already exists and is kept{hint}")
+    elif out_path.exists() and not out_path.is_dir():
+        raise ConfigError(f"{flag} {out}: exists and is not a directory")
+    return out_path
 
 
 def _import_official(args: argparse.Namespace) -> int:
