@@ -1,7 +1,9 @@
 """What a training run shows: console lines, W&B, sample grids, events, quick evaluation.
 
 Only rank 0 writes; every method may be called on every rank. W&B runs offline unless configured
-and never fails a run: an error there turns W&B off with one warning.
+and never fails or delays a run: an online run whose server cannot be reached is logged offline
+instead (one console line says how to upload it), and an error while logging turns W&B off with one
+warning.
 """
 
 from __future__ import annotations
@@ -9,10 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -23,6 +29,13 @@ from .models import Networks
 
 log = logging.getLogger(__name__)
 SAMPLE_SOURCES = 6  # sources (rows) and references (columns) in the training sample grids
+# Before an online W&B run: how long a TCP connection to the server (or its proxy) may take to open.
+# Without this check an unreachable server held the first training step for wandb.init's whole
+# init_timeout (90 s) and then W&B was off, with nothing kept of the run.
+WANDB_PROBE_TIMEOUT_S = 5.0
+# wandb.init's own limit once the host answered (a server that accepts connections but does not
+# respond); then the run is logged offline. wandb's default is 90 s.
+WANDB_INIT_TIMEOUT_S = 30.0
 
 
 def console(line: str) -> None:
@@ -137,16 +150,37 @@ class RunLogger:
             return
         try:
             import wandb
-
-            self.wandb = wandb.init(
-                project=os.environ.get("WANDB_PROJECT", "stargan-ray"),
-                group=loop_config.get("wandb_group"), name=loop_config["run_name"],
-                id=loop_config.get("wandb_id") or _wandb_id(loop_config["run_name"]),
-                resume="allow", dir=str(self.run_dir), mode=mode, config=self.cfg.to_dict(),
-                settings=wandb.Settings(silent=True, console="off"))
+        except ImportError as err:
+            log.warning("W&B disabled for this run: %s", err)
+            return
+        run_args = dict(
+            project=os.environ.get("WANDB_PROJECT", "stargan-ray"),
+            group=loop_config.get("wandb_group"), name=loop_config["run_name"],
+            id=loop_config.get("wandb_id") or _wandb_id(loop_config["run_name"]),
+            resume="allow", dir=str(self.run_dir), config=self.cfg.to_dict())
+        why_offline = None
+        if mode not in ("offline", "dryrun"):
+            base_url, proxies = _wandb_server()
+            why_offline = wandb_unreachable(base_url, proxies)
+            if why_offline is None:
+                try:
+                    self.wandb = wandb.init(mode=mode, settings=wandb.Settings(
+                        silent=True, console="off", init_timeout=WANDB_INIT_TIMEOUT_S), **run_args)
+                    return
+                except Exception as err:  # refused key, no answer in time: log offline instead
+                    why_offline = f"wandb.init failed: {_one_line(err)}"
+                    _quietly(wandb.teardown)  # its service still holds the run id we reuse
+        try:
+            self.wandb = wandb.init(mode="offline",
+                                    settings=wandb.Settings(silent=True, console="off"), **run_args)
         except Exception as err:  # W&B must never fail a training run
             log.warning("W&B disabled for this run: %s", err)
             self.wandb = None
+            return
+        if why_offline is not None:
+            folder = self.wandb.settings.sync_dir
+            console(f"[stargan-ray] W&B {mode} unavailable ({why_offline}); logging offline to "
+                    f"{folder}; upload it later with `wandb sync {folder}`")
 
     def _wandb_log(self, data: dict[str, Any], step: int) -> None:
         if self.wandb is None:
@@ -219,3 +253,66 @@ def _wandb_id(run_name: str) -> str:
     import hashlib
 
     return "sr-" + hashlib.sha1(run_name.encode()).hexdigest()[:12]
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _quietly(fn) -> None:
+    try:
+        fn()
+    except Exception as err:  # W&B clean-up must never fail a run
+        log.warning("W&B clean-up failed: %s", err)
+
+
+def _wandb_server() -> tuple[str, dict[str, str]]:
+    """The W&B server URL and proxies as wandb resolves them (WANDB_BASE_URL, its settings file)."""
+    try:
+        from wandb.sdk import wandb_setup
+
+        settings = wandb_setup.singleton().settings  # loads settings; starts no service process
+        base_url = settings.base_url
+        proxies = {k: v for k, v in (("http", settings.http_proxy),
+                                     ("https", settings.https_proxy)) if v}
+    except Exception:  # another wandb version: its environment variable, else its default
+        base_url, proxies = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"), {}
+    return base_url, proxies
+
+
+def wandb_unreachable(base_url: str, proxies: dict[str, str] | None = None,
+                      timeout: float = WANDB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the W&B server at base_url cannot be reached, or None when it can.
+
+    Opens and closes one TCP connection to the server's host, or to the proxy that requests to it
+    would go through (wandb's settings, else HTTP(S)_PROXY unless NO_PROXY names the host). The
+    connection runs in a thread that is given up after timeout seconds, because name resolution
+    has no timeout of its own.
+    """
+    url = urlsplit(base_url)
+    host = url.hostname
+    if not host:
+        return f"no host in {base_url!r}"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    proxy = (proxies or {}).get(url.scheme)
+    if proxy is None and not urllib.request.proxy_bypass(host):
+        proxy = urllib.request.getproxies().get(url.scheme)
+    target = base_url
+    if proxy:
+        purl = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = purl.hostname or "", purl.port or (443 if purl.scheme == "https" else 80)
+        target = f"{base_url} through proxy {host}:{port}"
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as err:
+            outcome.append(f"{target}: {_one_line(err)}")
+
+    thread = threading.Thread(target=connect, name="wandb-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"{target}: no connection within {timeout:g} s"
