@@ -23,6 +23,7 @@ STEPS = 4
 FIRST_STEP_RTOL = 0.10
 LAST_STEP_ATOL, LAST_STEP_RTOL = 0.05, 0.20
 PARAM_REL_DISTANCE = 0.6
+CHANNELS_LAST_FIRST_STEP_RTOL, CHANNELS_LAST_REL_DISTANCE = 1e-6, 0.1
 
 
 @pytest.fixture(autouse=True)
@@ -99,15 +100,23 @@ def test_float32_mode_sets_the_cuda_flags_for_the_step_and_restores_them(precisi
 
 def test_channels_last_changes_the_layout_not_the_values():
     cfg = tiny_config()
-    contiguous, _, s_ref = _run(cfg, range(2))
+    contiguous, start, s_ref = _run(cfg, range(2))
     last, _, s_cl = _run(with_overrides(cfg, [("train.channels_last", True)]), range(2))
     weight = last.nets.generator.from_rgb.weight
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     ema_weight = last.nets_ema.generator.from_rgb.weight
     assert ema_weight.is_contiguous(memory_format=torch.channels_last)
-    for name in ("D/latent_real", "D/latent_fake", "D/latent_reg"):  # identical weights here
-        assert s_cl[0][name] == pytest.approx(s_ref[0][name], rel=1e-4, abs=1e-6), name
-    assert (_flat(last) - _flat(contiguous)).abs().max() < 1e-2  # two steps of lr 1e-3 at most
+    # Measured (6 initialisation seeds, tiny config, 2 steps): the first step's D/latent losses
+    # (identical weights) within 1.3e-7 relative; the parameters 0.017 to 0.030 of the distance
+    # they moved apart (rounding flips Adam's sign-like updates of near-zero gradients; a max-abs
+    # bound cannot tell that from wrong values), against 1.06 to 1.18 for the same run on other
+    # batches. Allowed: 1e-6 and 0.1.
+    for name in ("D/latent_real", "D/latent_fake", "D/latent_reg"):
+        assert s_cl[0][name] == pytest.approx(s_ref[0][name], rel=CHANNELS_LAST_FIRST_STEP_RTOL,
+                                              abs=0), name
+    moved = (_flat(contiguous) - start).norm()
+    assert moved > 0
+    assert (_flat(last) - _flat(contiguous)).norm() / moved < CHANNELS_LAST_REL_DISTANCE
     state_dict = last.nets.generator.state_dict()
     contiguous.nets.generator.load_state_dict(state_dict)  # checkpoints are layout-free
 
