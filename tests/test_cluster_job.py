@@ -1,8 +1,14 @@
-"""`ray job submit` path: a real local head on loopback, a toy training submitted as a job."""
+"""`ray job submit` path: a real local head on loopback, a toy training submitted as a job.
+
+The head runs with token authentication and a token of its own, in a file that the head and the
+submitting client are both pointed to (RAY_AUTH_TOKEN_PATH), exactly as the README tells users to
+do. Nothing relies on a ~/.ray/auth_token that an earlier `ray.init` may have left behind.
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -22,15 +28,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def local_head():
-    """`ray start --head` on loopback with its own ports and temp dir; killed afterwards.
+def _auth_env(token_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_ADDRESS")}
+    return {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
 
-    Own ports for every agent: the test session's Ray instance already holds the defaults.
+
+@pytest.fixture(scope="module")
+def local_head():
+    """`ray start --head` on loopback with its own token, ports and temp dir; killed afterwards.
+
+    Own ports for every agent: the test session's Ray instance may hold the defaults. One head
+    for the module: it takes about 30 s to start. Yields (dashboard address, token file).
     """
     temp_dir = tempfile.mkdtemp(prefix="srjob", dir="/tmp")  # short: Ray's socket paths
+    token_path = Path(temp_dir) / "auth_token"
+    token_path.write_text(secrets.token_hex(32))
+    token_path.chmod(0o600)
     dashboard = _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
     cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={_free_port()}",
            f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
            "--node-ip-address=127.0.0.1", "--num-cpus=4", "--disable-usage-stats",
@@ -38,47 +52,70 @@ def local_head():
            f"--dashboard-agent-listen-port={_free_port()}",
            f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
            f"--runtime-env-agent-port={_free_port()}", f"--ray-client-server-port={_free_port()}"]
-    head = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    head = subprocess.Popen(cmd, env=_auth_env(token_path), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        yield f"http://127.0.0.1:{dashboard}"
+        yield f"http://127.0.0.1:{dashboard}", token_path
     finally:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait(30)
         subprocess.run(["pkill", "-9", "-f", temp_dir], check=False)
 
 
-def _retry(fn, timeout: float, retry_on: tuple[type[BaseException], ...]):
-    deadline = time.time() + timeout
-    while True:
-        try:
-            return fn()
-        except retry_on:
-            if time.time() > deadline:
-                raise
-            time.sleep(2)
+def _ray_job(args: list[str], address: str, token_path: Path, timeout: float = 120
+             ) -> subprocess.CompletedProcess:
+    command, *rest = args  # options before the entrypoint's "--"
+    return subprocess.run([str(BIN / "ray"), "job", command, "--address", address, *rest],
+                          env=_auth_env(token_path), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _output(done: subprocess.CompletedProcess) -> str:
+    return done.stdout + done.stderr  # the job CLI logs its status lines to stderr
 
 
 @pytest.mark.ray
-def test_a_job_submitted_to_a_local_head_trains_and_checkpoints(local_head, tmp_path, monkeypatch):
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the client reads it at import
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    client = _retry(lambda: JobSubmissionClient(local_head), 180, (Exception,))
+def test_a_job_submitted_to_a_local_head_trains_and_checkpoints(local_head, tmp_path):
+    address, token_path = local_head
+    job_id = f"stargan-{secrets.token_hex(4)}"
     entrypoint = (f"{BIN / 'stargan-ray'} train --experiment toy --num-workers 1 "
                   "--set model.dim_in=8 --set model.max_conv_dim=16 --set data.batch_size=2 "
                   "--set train.total_iters=4 --set train.save_every=2 --set train.print_every=2 "
                   f"--storage {tmp_path} --name job --wandb disabled")
-    # the head's job agent answers "no agent" or drops connections until it is up
-    transient = (RuntimeError, OSError)
-    job_id = _retry(lambda: client.submit_job(entrypoint=entrypoint), 180, transient)
+    # The head's dashboard and job agent refuse connections until they are up.
+    deadline = time.time() + 180
+    while True:
+        submitted = _ray_job(["submit", "--no-wait", "--submission-id", job_id, "--",
+                              *entrypoint.split()], address, token_path)
+        if submitted.returncode == 0:
+            break
+        assert time.time() < deadline, submitted.stdout[-2000:] + submitted.stderr[-2000:]
+        time.sleep(3)
     deadline = time.time() + 600
-    status = _retry(lambda: client.get_job_status(job_id), 60, transient)
-    while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+    while True:
+        status = _output(_ray_job(["status", job_id], address, token_path)).lower()
+        if any(f"' {word}" in status for word in ("succeeded", "failed", "was stopped")):
+            break
         assert time.time() < deadline, "job did not finish"
-        time.sleep(2)
-        status = _retry(lambda: client.get_job_status(job_id), 60, transient)
-    logs = client.get_job_logs(job_id)
-    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+        time.sleep(3)
+    logs = _output(_ray_job(["logs", job_id], address, token_path))
+    assert f"job '{job_id}' succeeded" in status, logs[-3000:]
     assert (tmp_path / "job" / "checkpoint_00000004" / "checkpoint.pt").is_file()
     assert "[4/4]" in logs  # the console line of the last step reached the job log
+
+
+def test_a_client_without_the_heads_token_is_refused(local_head, tmp_path):
+    """The head really checks tokens: a client holding another token cannot submit."""
+    address, token_path = local_head
+    wrong = tmp_path / "other_token"
+    wrong.write_text(secrets.token_hex(32))
+    deadline = time.time() + 180
+    while True:  # wait until the head answers the right token, then try the wrong one
+        listed = _ray_job(["list"], address, token_path)
+        if listed.returncode == 0:
+            break
+        assert time.time() < deadline, listed.stderr[-2000:]
+        time.sleep(3)
+    refused = _ray_job(["list"], address, wrong)
+    assert refused.returncode != 0
+    assert "auth" in (refused.stdout + refused.stderr).lower()
