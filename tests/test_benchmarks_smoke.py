@@ -48,6 +48,9 @@ def test_gpu_suite_smoke_measures_every_planned_case(smoke_run):
     assert set(results["matmul_tflops"]) == {"fp32", "tf32", "bf16"}
     assert all(v > 0 for v in results["matmul_tflops"].values())
     cases = results["cases"]
+    # what benchmarks/README.md says the smoke mode leaves out: compile, the FAN (w_hpf 0)
+    assert not any(c["compile"] for c in cases)
+    assert "model.w_hpf=0.0" in results["plan"]["overrides"]
     train = [c for c in cases if c["kind"] == "train"]
     expected = {(exp, p, cl) for exp in gpu_suite.EXPERIMENTS
                 for p, cl, _ in gpu_suite.SMOKE_COMBOS}
@@ -62,6 +65,7 @@ def test_gpu_suite_smoke_measures_every_planned_case(smoke_run):
         assert r["percent_of_peak"] == pytest.approx(
             100 * r["tflops"] / results["matmul_tflops"][c["precision"]])
     (evaluation,) = [c for c in cases if c["kind"] == "eval"]
+    assert evaluation["experiment"] == "afhq" and results["plan"]["eval_img_size"] == 64
     assert evaluation["result"]["images_per_item"] == 2 * 2  # 2 sources x 2 outputs
     assert evaluation["result"]["images_per_s"] > 0
     assert "torch" in (out / "environment.txt").read_text()
