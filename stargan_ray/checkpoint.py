@@ -80,22 +80,49 @@ def save_checkpoint(state, path: str | Path) -> Path:
 # ---------------------------------------------------------------- reading
 
 
-def safe_load(path: str | Path, device: torch.device | str = "cpu") -> Any:
-    """torch.load with weights_only=True and errors that say what is wrong with the file."""
+# torch.save writes a zip archive (torch >= 1.6) or, in the legacy format, a pickle stream.
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+_OTHER_KINDS = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"))
+
+
+def _not_torch(path: Path, head: bytes) -> str:
+    kind = next((name for magic, name in _OTHER_KINDS if head.startswith(magic)), None)
+    if kind is None:
+        kind = "nothing, it is empty" if not head else (
+            "text" if all(32 <= b < 127 or b in b"\t\r\n" for b in head) else "another format")
+    return f"checkpoint {path}: not a torch checkpoint file (it holds {kind}); give a file " \
+           "written by stargan-ray train or import-official"
+
+
+def safe_load(path: str | Path, device: torch.device | str = "cpu", *, mmap: bool = False) -> Any:
+    """torch.load with weights_only=True and errors that say what is wrong with the file.
+
+    mmap maps a zip-format file instead of reading it: checking a large checkpoint is then cheap.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_FILE
     if not path.is_file():
         raise CheckpointError(f"checkpoint: no such file {path}")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    # Sniff first: the unpickler reads text or images as opcodes and fails with KeyError: 101
+    # or "objects other than tensors", which says nothing about the real problem.
+    if not head.startswith(_TORCH_MAGIC):
+        raise CheckpointError(_not_torch(path, head))
+    zipped = head.startswith(_TORCH_MAGIC[0])
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        return torch.load(path, map_location=device, weights_only=True, mmap=mmap and zipped)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
             f"checkpoint {path}: refused to load, it holds objects other than tensors and plain "
             f"data (weights_only=True): {first}") from None
-    except (RuntimeError, EOFError) as err:
-        raise CheckpointError(f"checkpoint {path}: not a readable torch file ({err})") from None
+    except Exception as err:  # truncated archive, zip of something else, corrupt records
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first.split(". ")[0]  # torch appends paragraphs of advice
+        raise CheckpointError(f"checkpoint {path}: not a readable torch checkpoint, truncated or "
+                              f"corrupt ({first})") from None
 
 
 def read_config(path: str | Path) -> ExperimentConfig:
@@ -109,6 +136,66 @@ def _check_format(data: Any, path: str | Path) -> None:
     if not isinstance(data, Mapping) or data.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path}: not a stargan-ray checkpoint (format {FORMAT});"
                               " official files load with `stargan-ray import-official`")
+
+
+class CheckpointMismatch(CheckpointError):
+    """A readable checkpoint whose networks do not fit the configured model."""
+
+
+def check_fits(data: Mapping[str, Any], cfg: ExperimentConfig, path: str | Path) -> None:
+    """Raise CheckpointMismatch unless every stored network tensor has the shape cfg builds.
+
+    The networks are built on the meta device: no memory and no initialisation, so the driver
+    can check a CelebA-HQ checkpoint in milliseconds before any worker starts.
+    """
+    with torch.device("meta"):
+        nets = build_networks(cfg.model)
+    config = data.get("config")
+    stored = config.get("model", {}) if isinstance(config, Mapping) else {}
+    differ = [f"model.{k}={stored[k]!r} in the checkpoint but {v!r} in the config"
+              for k, v in cfg.to_dict()["model"].items()
+              if k in stored and stored[k] != v and k != "wing_path"]
+    hint = ("; ".join(differ[:3]) if differ else
+            "check model.img_size, model.w_hpf, model.num_domains, model.style_dim, model.dim_in")
+    for group, names in (("nets", TRAINED), ("nets_ema", EMA)):
+        for name in names:
+            own = _module(nets, name).state_dict()
+            sd = data[group][name]
+            missing = [k for k in own if k not in sd]
+            unexpected = [k for k in sd if k not in own]
+            if missing or unexpected:
+                raise CheckpointMismatch(
+                    f"checkpoint {path}: {group}.{name} does not fit the configured model "
+                    f"({len(missing)} missing, {len(unexpected)} unexpected tensors); {hint}")
+            for key, value in sd.items():
+                if tuple(value.shape) != tuple(own[key].shape):
+                    raise CheckpointMismatch(
+                        f"checkpoint {path}: {group}.{name}.{key} has shape {tuple(value.shape)} "
+                        f"but the configured model expects {tuple(own[key].shape)}; {hint}")
+
+
+def verify_checkpoint(path: str | Path, cfg: ExperimentConfig, step: int | None = None) -> int:
+    """The step of a complete checkpoint that fits cfg; CheckpointError says what is wrong.
+
+    Complete: it loads with weights_only, holds every part of a TrainState and, when step is
+    given (the number in its folder name), that step. CheckpointMismatch: complete but built for
+    other network shapes (a config mistake, not a broken file).
+    """
+    data = safe_load(path, mmap=True)
+    _check_format(data, path)
+    try:
+        found = int(data["step"])
+        parts = [data[k] for k in ("nets", "nets_ema", "optims", "rng")]
+        for group, names in ((parts[0], TRAINED), (parts[1], EMA), (parts[2], TRAINED)):
+            for name in names:
+                group[name]
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path}: incomplete, it lacks {err}") from None
+    if step is not None and found != step:
+        raise CheckpointError(f"checkpoint {path}: holds step {found}, not the step {step} of "
+                              "its folder name")
+    check_fits(data, cfg, path)
+    return found
 
 
 def load_state_into(state, data: Mapping[str, Any]) -> None:

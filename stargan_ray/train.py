@@ -12,26 +12,34 @@ detection fit none of that, while one explicit all-reduce per optimiser step is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import os
+import re
+import shutil
+import signal
 import socket
+import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
-from .checkpoint import CHECKPOINT_FILE, load_state_into, safe_load, state_dict
+from .checkpoint import (CHECKPOINT_FILE, CheckpointError, CheckpointMismatch, load_state_into,
+                         safe_load, state_dict, verify_checkpoint)
 from .config import ConfigError, ExperimentConfig, from_dict, to_toml
 from .engine import Batch, TrainState, build_optimizers, stats_to_floats, train_step
 
 log = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "checkpoint_"
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's list of registered checkpoints
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 # ---------------------------------------------------------------- options and resources
@@ -49,6 +57,21 @@ class RunOptions:
     resume: bool = False
     max_failures: int = 3
     wandb: str | None = None  # online | offline | disabled; None: WANDB_MODE or offline
+    resume_from: str | None = None  # a checkpoint file or folder to start from (any run's)
+
+    def __post_init__(self) -> None:
+        # The CLI's argparse types refuse these too; this covers the Python API.
+        for flag, value, ok in (("--num-workers", self.num_workers, self.num_workers >= 1),
+                                ("--gpus-per-worker", self.gpus_per_worker,
+                                 self.gpus_per_worker >= 0),
+                                ("--cpus-per-worker", self.cpus_per_worker,
+                                 self.cpus_per_worker > 0),
+                                ("--max-failures", self.max_failures, self.max_failures >= 0)):
+            if not ok:
+                raise ConfigError(f"{flag}: out of range, got {value}")
+        if self.resume and self.resume_from:
+            raise ConfigError("--resume-from: give either --resume (the run's own newest "
+                              "checkpoint) or --resume-from PATH, not both")
 
     def run_name(self, cfg: ExperimentConfig) -> str:
         return self.name or cfg.name
@@ -77,8 +100,17 @@ def _filesystem(uri: str):
     return pafs.FileSystem.from_uri(uri)
 
 
-def latest_checkpoint(run_dir: str) -> tuple[int, str] | None:
-    """(step, path) of the newest checkpoint_<step> folder of a run, local or on object storage."""
+def check_run_name(name: str, from_flag: bool = True) -> str:
+    """A run name is one plain folder name: '../x' or 'a/b' would write outside the storage."""
+    if not _RUN_NAME.fullmatch(name):
+        where = "--name" if from_flag else "run name (the experiment's name; pass --name)"
+        raise ConfigError(f"{where} {name!r}: must be a plain folder name (letters, digits, '.', "
+                          "'_', '-', not starting with '.'), not a path")
+    return name
+
+
+def checkpoint_folders(run_dir: str) -> list[tuple[int, str]]:
+    """(step, path) of every checkpoint_<step> folder of a run, newest first; local or URI."""
     import pyarrow.fs as pafs
 
     fs, path = _filesystem(run_dir)
@@ -90,7 +122,154 @@ def latest_checkpoint(run_dir: str) -> tuple[int, str] | None:
             suffix = name[len(CHECKPOINT_PREFIX):]
             if suffix.isdigit():
                 steps.append((int(suffix), f"{run_dir}/{name}"))
-    return max(steps) if steps else None
+    return sorted(steps, reverse=True)
+
+
+def latest_checkpoint(run_dir: str) -> tuple[int, str] | None:
+    """(step, path) of the newest checkpoint_<step> folder of a run (complete or not)."""
+    folders = checkpoint_folders(run_dir)
+    return folders[0] if folders else None
+
+
+def _folder_step(path: str) -> int | None:
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    suffix = name[len(CHECKPOINT_PREFIX):]
+    return int(suffix) if name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
+
+
+@contextlib.contextmanager
+def _local_file(uri: str) -> Iterator[str]:
+    """A local path for the checkpoint at uri (a file, or a folder holding checkpoint.pt)."""
+    if "://" not in uri:
+        yield uri
+        return
+    import pyarrow.fs as pafs
+
+    fs, path = _filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        path, info = f"{path}/{CHECKPOINT_FILE}", fs.get_file_info(f"{path}/{CHECKPOINT_FILE}")
+    if info.type != pafs.FileType.File:
+        raise CheckpointError(f"checkpoint: no such file {uri}")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / CHECKPOINT_FILE
+        with fs.open_input_stream(path) as src, open(local, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        yield str(local)
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """The checkpoint a run begins from: its step and its file or folder (a path or a URI)."""
+
+    step: int
+    uri: str
+
+    @property
+    def label(self) -> str:
+        return self.uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def newest_complete_checkpoint(run_dir: str, cfg: ExperimentConfig
+                               ) -> tuple[StartPoint | None, list[str]]:
+    """The run's newest complete checkpoint, whatever Ray's snapshot lists, and the broken ones
+    newer than it (one reason each). Complete: loads with weights_only, holds its folder's step.
+
+    A complete checkpoint whose networks do not fit cfg raises CheckpointMismatch: that is a
+    config mistake, and falling back to an older checkpoint of the same run would not fix it.
+    """
+    broken = []
+    for step, uri in checkpoint_folders(run_dir):
+        try:
+            with _local_file(uri) as local:
+                verify_checkpoint(local, cfg, step)
+        except CheckpointMismatch:
+            raise
+        except CheckpointError as err:
+            broken.append(str(err))
+            continue
+        return StartPoint(step, uri), broken
+    return None, broken
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Where a run writes, the checkpoint it starts from, and what to tell the user about it."""
+
+    run_dir: str
+    start: StartPoint | None
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_run(cfg: ExperimentConfig, opts: RunOptions) -> RunPlan:
+    """Check the run name and choose the start checkpoint, on the driver, before Ray starts.
+
+    --resume: the newest complete checkpoint of the run folder (broken newer ones are skipped
+    and named); none at all is an error. --resume-from: that checkpoint, checked against the
+    config's network shapes, into a run with no later checkpoints. Neither: the run folder
+    must not hold checkpoints yet.
+    """
+    name = check_run_name(opts.run_name(cfg), from_flag=opts.name is not None)
+    run_dir = _run_dir(opts, cfg)
+    notes: list[str] = []
+    start = None
+    if opts.resume_from:
+        uri = storage_uri(opts.resume_from)  # absolute: workers run in another directory
+        with _local_file(uri) as local:
+            start = StartPoint(verify_checkpoint(local, cfg), uri)
+        later = [s for s, _ in checkpoint_folders(run_dir) if s > start.step]
+        if later:
+            # Mixing two lines of checkpoints in one folder: a later --resume would pick the
+            # newest of either line.
+            raise ConfigError(f"--resume-from: run {name!r} already has checkpoints after step "
+                              f"{start.step} (up to {max(later)}) in {run_dir}; choose another "
+                              "--name")
+        notes.append(f"run {name!r} starts from {uri} (step {start.step})")
+    elif opts.resume:
+        start, broken = newest_complete_checkpoint(run_dir, cfg)
+        notes.extend(f"skipping broken {reason}" for reason in broken)
+        if start is None:
+            found = f"only broken checkpoints ({broken[0]})" if broken else "no checkpoint"
+            raise ConfigError(f"--resume: run {name!r} has {found} in {run_dir}; nothing to "
+                              "resume (start it without --resume, or give --resume-from PATH)")
+        notes.append(f"resuming run {name!r} from {start.label} (step {start.step})")
+    elif latest_checkpoint(run_dir) is not None:
+        raise ConfigError(f"--name: run {name!r} already has checkpoints in {run_dir}; pass "
+                          "--resume to continue it or choose another --name")
+    if start is not None and start.step >= cfg.train.total_iters:
+        raise ConfigError(f"train.total_iters: the run already reached step {start.step}; "
+                          f"raise train.total_iters to continue it")
+    return RunPlan(run_dir, start, notes)
+
+
+def reconcile_snapshot(run_dir: str, start: StartPoint | None) -> str | None:
+    """Move Ray's checkpoint snapshot aside unless it agrees with the chosen start; its new path.
+
+    Ray restores the snapshot's latest entry and nothing else: a listed folder that is gone
+    fails the controller, and an unlisted (newer, copied or imported) checkpoint is ignored.
+    Without a snapshot Ray starts clean and the workers begin from the start checkpoint.
+    """
+    import pyarrow.fs as pafs
+
+    fs, path = _filesystem(run_dir)
+    snapshot = f"{path}/{SNAPSHOT_FILE}"
+    if fs.get_file_info(snapshot).type == pafs.FileType.NotFound:
+        return None
+    try:
+        with fs.open_input_stream(snapshot) as f:
+            data = json.loads(f.read().decode())
+        listed = [r["checkpoint_dir_name"] for r in data["checkpoint_results"]]
+        latest = (data.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        listed, latest = None, None  # unreadable: Ray would fail on it too
+    present = {uri.rsplit("/", 1)[-1] for _, uri in checkpoint_folders(run_dir)}
+    inside = start is not None and start.uri.rstrip("/") == f"{run_dir}/{start.label}"
+    wanted = start.label if inside else None
+    if listed is not None and set(listed) <= present and latest == wanted:
+        return None
+    aside = f"{snapshot}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
+    fs.move(snapshot, aside)
+    return aside
 
 
 def _run_exists(run_dir: str) -> bool:
@@ -161,7 +340,9 @@ class StatsWindow:
 
 
 def weights_finite(state: TrainState) -> bool:
-    flags = [torch.isfinite(p).all() for _, m in state.nets.items() for p in m.parameters()]
+    """True when every weight of nets and nets_ema is finite (EMA nets are what users sample)."""
+    flags = [torch.isfinite(p).all() for nets in (state.nets, state.nets_ema)
+             for _, m in nets.items() for p in m.parameters()]
     return bool(torch.stack(flags).all())
 
 
@@ -228,14 +409,25 @@ def _save_report(state: TrainState, metrics: dict[str, Any], rank: int) -> None:
                          checkpoint_dir_name=name)
 
 
-def _restore(state: TrainState, checkpoint) -> None:
-    with checkpoint.as_directory() as folder:
-        load_state_into(state, safe_load(Path(folder) / CHECKPOINT_FILE, state.device))
+def _restore(state: TrainState, data: dict[str, Any]) -> None:
+    load_state_into(state, data)
     # Optimiser hyperparameters come from the config, not the checkpoint: a PBT trial restores
     # another trial's state with mutated values (and a resumed run may change optim.lr).
     for name, fresh in build_optimizers(state.cfg, state.nets).items():
         for group, fresh_group in zip(state.optims[name].param_groups, fresh.param_groups):
             group.update({k: v for k, v in fresh_group.items() if k != "params"})
+
+
+def _restore_newest(state: TrainState, own, start: StartPoint | None) -> None:
+    """Restore the newer of Ray's checkpoint of this run (after a worker failure) and the start
+    checkpoint the driver chose (ties go to Ray's: it is the same or a later copy)."""
+    own_step = None if own is None else _folder_step(own.path)
+    if start is not None and (own is None or (own_step is not None and own_step < start.step)):
+        with _local_file(start.uri) as local:
+            _restore(state, safe_load(local, state.device))
+    elif own is not None:
+        with own.as_directory() as folder:
+            _restore(state, safe_load(Path(folder) / CHECKPOINT_FILE, state.device))
 
 
 def _quiet_train_reports() -> None:
@@ -263,11 +455,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(loop_config.get("threads_per_worker", 1))))
     state = TrainState.create(cfg, device)  # the same seed on every rank: identical networks
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and loop_config.get("start_checkpoint"):
-        checkpoint = ray.train.Checkpoint(loop_config["start_checkpoint"])
-    if checkpoint is not None:
-        _restore(state, checkpoint)
+    start = loop_config.get("start_checkpoint")
+    _restore_newest(state, ray.train.get_checkpoint(),
+                    StartPoint(start["step"], start["uri"]) if start else None)
     if world > 1:
         state.grad_sync = make_grad_sync(world)
     data_start = loop_config["data_start_step"]
@@ -352,20 +542,61 @@ def build_trainer(cfg: ExperimentConfig, opts: RunOptions, *, extra_loop_config:
                   start_from: tuple[int, str] | None = None):
     """A TorchTrainer for cfg: the Ray Data pipeline, scaling, storage, failures, checkpoints.
 
-    start_from: (step, checkpoint folder) to begin from when the run has no checkpoint of its own
-    (a Tune trial restarted from a Tune checkpoint, possibly another trial's under PBT).
+    With opts.resume the run continues from its newest complete checkpoint when it has one
+    (a fresh run otherwise: Tune trials pass resume=True for every start). start_from:
+    (step, checkpoint folder) to begin from when the run has no checkpoint of its own (a Tune
+    trial restarted from a Tune checkpoint, possibly another trial's under PBT).
     """
+    run_dir = run_dir or _run_dir(opts, cfg)
+    start = None
+    if opts.resume:
+        start, broken = newest_complete_checkpoint(run_dir, cfg)
+        for reason in broken:
+            log.warning("skipping broken %s", reason)
+    if start is None and start_from is not None:
+        start = StartPoint(*start_from)
+    if start and start.step >= cfg.train.total_iters:
+        raise ConfigError(f"train.total_iters: the run already reached step {start.step}; "
+                          f"raise train.total_iters to continue it")
+    return _build_trainer(cfg, opts, run_dir, start, extra_loop_config=extra_loop_config,
+                          callbacks=callbacks)
+
+
+_TRAINER_CLASS = None
+
+
+def _trainer_class():
+    """TorchTrainer whose Ctrl+C in the driver raises KeyboardInterrupt (built once, lazily:
+    importing Ray at module import would slow down `stargan-ray --help`)."""
+    global _TRAINER_CLASS
+    if _TRAINER_CLASS is None:
+        from ray.train.torch import TorchTrainer
+
+        class Trainer(TorchTrainer):
+            controller = None
+
+            def _register_sigint_handler(self, controller) -> None:
+                # Ray's handler aborts and then exits the process with status 1 and no word,
+                # stays installed after fit(), and the checkpoint being registered is lost from
+                # its snapshot. Keep the handle; run_training aborts and says where to resume.
+                self.controller = controller
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        _TRAINER_CLASS = Trainer
+    return _TRAINER_CLASS
+
+
+def _build_trainer(cfg: ExperimentConfig, opts: RunOptions, run_dir: str, start: StartPoint | None,
+                   *, extra_loop_config: dict | None = None, callbacks: list | None = None):
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     from .data.pipeline import build_train_dataset, train_data_config
 
     quiet_ray_data()
-    run_dir = run_dir or _run_dir(opts, cfg)
-    latest = (latest_checkpoint(run_dir) if opts.resume else None) or start_from
-    if latest and latest[0] >= cfg.train.total_iters:
-        raise ConfigError(f"train.total_iters: the run already reached step {latest[0]}; "
-                          f"raise train.total_iters to continue it")
+    aside = reconcile_snapshot(run_dir, start)
+    if aside is not None:
+        log.info("moved Ray's checkpoint snapshot (it disagrees with the run folder) to %s", aside)
     # The data stream is a function of (seed, worker count, step) from step 0; a resumed or
     # restarted worker replays it and skips the batches it already trained on, so it sees exactly
     # the batches an uninterrupted run would (at the cost of decoding them again).
@@ -378,10 +609,10 @@ def build_trainer(cfg: ExperimentConfig, opts: RunOptions, *, extra_loop_config:
         "run_name": opts.run_name(cfg),
         "wandb": opts.wandb,
         "threads_per_worker": max(1, int(opts.cpus_per_worker)),
-        "start_checkpoint": start_from[1] if start_from else None,
+        "start_checkpoint": {"step": start.step, "uri": start.uri} if start else None,
         **(extra_loop_config or {}),
     }
-    return TorchTrainer(
+    return _trainer_class()(
         train_loop_per_worker,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend=resources["backend"]),
@@ -398,15 +629,54 @@ def build_trainer(cfg: ExperimentConfig, opts: RunOptions, *, extra_loop_config:
     )
 
 
-def run_training(cfg: ExperimentConfig, opts: RunOptions, **kwargs):
-    """Validate, then fit; returns the ray.train.Result."""
-    run_dir = _run_dir(opts, cfg)
-    if not opts.resume and latest_checkpoint(run_dir) is not None:
-        raise ConfigError(f"--name: run {opts.run_name(cfg)!r} already has checkpoints in "
-                          f"{run_dir}; pass --resume to continue it or choose another --name")
-    trainer = build_trainer(cfg, opts, run_dir=run_dir, **kwargs)
-    result = trainer.fit()
-    reason = read_stop_marker(run_dir)
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl+C stopped the run; the message names the checkpoint it can resume from."""
+
+
+def resume_hint(run_dir: str, cfg: ExperimentConfig, name: str) -> str:
+    """One line: the checkpoint an interrupted run can resume from, or that there is none."""
+    try:
+        start, _ = newest_complete_checkpoint(run_dir, cfg)
+    except ConfigError:
+        start = None
+    if start is None:
+        return f"interrupted: run {name!r} has no complete checkpoint yet; nothing to resume"
+    return (f"interrupted: run {name!r} can resume from {start.label} (step {start.step}): run "
+            "the same command with --resume")
+
+
+def _abort(trainer) -> None:
+    """Stop the controller and its workers now (Ray's graceful abort, else a kill)."""
+    import ray
+
+    controller = getattr(trainer, "controller", None)
+    if controller is None:
+        return
+    try:
+        ray.get(controller.abort.remote(), timeout=20)
+    except ray.exceptions.RayActorError:
+        pass  # abort ends the controller: this is its normal answer
+    except (ray.exceptions.GetTimeoutError, KeyboardInterrupt):
+        ray.kill(controller, no_restart=True)
+
+
+def run_training(cfg: ExperimentConfig, opts: RunOptions, *, plan: RunPlan | None = None,
+                 note: Callable[[str], None] | None = print, **kwargs):
+    """Validate (plan_run), then fit; returns the ray.train.Result.
+
+    Ctrl+C raises TrainingInterrupted (a KeyboardInterrupt) once the workers are stopped.
+    """
+    plan = plan or plan_run(cfg, opts)
+    for line in plan.notes if note else ():
+        note(line)
+    trainer = None
+    try:
+        trainer = _build_trainer(cfg, opts, plan.run_dir, plan.start, **kwargs)
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        _abort(trainer)
+        raise TrainingInterrupted(resume_hint(plan.run_dir, cfg, opts.run_name(cfg))) from None
+    reason = read_stop_marker(plan.run_dir)
     if reason is not None:
         raise TrainingStopped(reason)
     return result
@@ -476,13 +746,17 @@ def quiet_ray_data() -> None:
 def _options_from_args(args: argparse.Namespace) -> RunOptions:
     return RunOptions(num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker,
                       cpus_per_worker=args.cpus_per_worker, storage=args.storage, name=args.name,
-                      resume=args.resume, max_failures=args.max_failures, wandb=args.wandb)
+                      resume=args.resume, max_failures=args.max_failures, wandb=args.wandb,
+                      resume_from=args.resume_from)
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (one per GPU)")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0)
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    from .cli import nonnegative_float, positive_float, positive_int
+
+    p.add_argument("--num-workers", type=positive_int, default=1,
+                   help="Ray Train workers (one per GPU)")
+    p.add_argument("--gpus-per-worker", type=nonnegative_float, default=0.0)
+    p.add_argument("--cpus-per-worker", type=positive_float, default=1.0)
     p.add_argument("--storage", default="runs",
                    help="run storage: a local or shared path, or a URI such as s3://bucket/runs")
     p.add_argument("--wandb", choices=("online", "offline", "disabled"), default=None,
@@ -494,33 +768,47 @@ def _cli_train(args: argparse.Namespace) -> int:
 
     cfg = experiment_from_args(args)
     opts = _options_from_args(args)
+    plan = plan_run(cfg, opts)  # every check that needs no Ray, before Ray starts (~10 s)
     if args.dry_run:
         print(to_toml(cfg))
         print("# Ray resources")
-        print(json.dumps({**opts.resources(), "storage": _run_dir(opts, cfg)}, indent=2))
+        print(json.dumps({**opts.resources(), "storage": plan.run_dir,
+                          "start": asdict(plan.start) if plan.start else None}, indent=2))
         return 0
-    init_ray(opts)
-    result = run_training(cfg, opts)
-    print(f"run folder: {_run_dir(opts, cfg)}")
+    for line in plan.notes:
+        print(line, flush=True)
+    try:
+        init_ray(opts)
+        result = run_training(cfg, opts, plan=plan, note=None)
+    except TrainingInterrupted as err:
+        print(f"stargan-ray: {err}", file=sys.stderr, flush=True)
+        return 130
+    print(f"run folder: {plan.run_dir}")
     if result.checkpoint is not None:
         print(f"last checkpoint: {result.checkpoint.path}")
     return 0
 
 
 def add_cli(sub) -> None:
-    from .cli import add_experiment_args
+    from .cli import add_experiment_args, nonnegative_int
 
     p = sub.add_parser("train", help="train on Ray Train workers (CPU or GPU, one or many nodes)")
     add_experiment_args(p)
     add_run_args(p)
-    p.add_argument("--name", help="run name (default: the experiment name)")
-    p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
-    p.add_argument("--max-failures", type=int, default=3,
+    p.add_argument("--name", help="run name, a plain folder name (default: the experiment name)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run from its newest complete checkpoint")
+    p.add_argument("--resume-from", metavar="PATH",
+                   help="start (a new or this run) from a stargan-ray checkpoint file or folder, "
+                        "e.g. one written by import-official")
+    p.add_argument("--max-failures", type=nonnegative_int, default=3,
                    help="worker failures to recover from (restoring the last checkpoint)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config and the Ray resources, then exit")
     p.set_defaults(func=_cli_train)
 
 
-__all__ = ["RunOptions", "build_trainer", "run_training", "train_loop_per_worker", "make_grad_sync",
-           "latest_checkpoint", "StatsWindow", "asdict"]
+__all__ = ["RunOptions", "RunPlan", "StartPoint", "TrainingInterrupted", "build_trainer",
+           "run_training", "plan_run", "train_loop_per_worker", "make_grad_sync",
+           "latest_checkpoint", "newest_complete_checkpoint", "reconcile_snapshot", "StatsWindow",
+           "asdict"]
