@@ -686,7 +686,7 @@ def init_ray(opts: RunOptions) -> None:
     """Connect to the cluster in RAY_ADDRESS, or start a local one sized for the run.
 
     A local instance gets at least two logical CPUs beyond the workers' own: workers holding every
-    CPU starve Ray Data's decoding tasks, and training then waits forever (RAY_NOTES.md).
+    CPU starve Ray Data's decoding tasks, and training then waits forever (docs/ray.md).
     """
     import ray
 

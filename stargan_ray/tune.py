@@ -58,7 +58,7 @@ PBT_SECTIONS = ("loss", "optim")
 # The trial process only waits on its Train run, whose workers hold the CPUs and GPUs; Tune
 # refuses an empty request, so it gets a sliver.
 TRIAL_DRIVER_CPUS = 0.1
-# Each trial runs its own Ray Data pipeline: CPUs for it beside the workers' (RAY_NOTES.md: Ray
+# Each trial runs its own Ray Data pipeline: CPUs for it beside the workers' (docs/ray.md: Ray
 # Data starves when the workers hold every CPU).
 DATA_CPUS_PER_TRIAL = 1
 TRAIN_FOLDER = "train"  # inside the sweep folder: the trials' Ray Train runs

@@ -19,7 +19,7 @@ def ray_session():
     """Start one local Ray instance for the whole session (7-11 s) and stop it at the end.
 
     The logical CPU count is larger than the 2 physical cores: workers that hold whole CPUs would
-    otherwise starve Ray Data's tasks (see RAY_NOTES.md).
+    otherwise starve Ray Data's tasks (see docs/ray.md).
     """
     import ray
 
