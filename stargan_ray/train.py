@@ -770,6 +770,8 @@ def _cli_train(args: argparse.Namespace) -> int:
     opts = _options_from_args(args)
     plan = plan_run(cfg, opts)  # every check that needs no Ray, before Ray starts (~10 s)
     if args.dry_run:
+        for line in plan.notes:
+            print(f"# {line}")
         print(to_toml(cfg))
         print("# Ray resources")
         print(json.dumps({**opts.resources(), "storage": plan.run_dir,
