@@ -195,12 +195,16 @@ class FaceAligner:
 # Files and CLI
 # ---------------------------------------------------------------------------------------------
 
-def _read_image(path: Path, size: int) -> torch.Tensor:
-    """A photo squashed to size x size (as the official Resize((s, s))), (3, s, s) in [-1, 1]."""
+def _read_image(path: str | Path, size: int) -> torch.Tensor:
+    """A photo squashed to size x size (as the official Resize((s, s))), (3, s, s) in [-1, 1].
+
+    Decoded as training decodes (16-bit files scaled); raises BadImage for an unreadable file.
+    """
     from PIL import Image
 
-    with Image.open(path) as img:
-        img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+    from .data.folders import load_image
+
+    img = load_image(path).resize((size, size), Image.BILINEAR)
     x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
     return x / 255 * 2 - 1
 
@@ -214,37 +218,49 @@ def _write_image(x: torch.Tensor, path: Path) -> None:
 
 def align_folder(inp: str | Path, out: str | Path, aligner: FaceAligner,
                  device: torch.device | str = "cpu", log=print) -> tuple[list[str], list[str]]:
-    """Align every photo in inp (sorted) into out, same names; returns (aligned, skipped) names."""
-    from PIL import UnidentifiedImageError
+    """Align every image file under inp (recursive, sorted, listed as training lists images)
+    into out under the same relative names; returns (aligned, skipped) relative names.
+
+    A file that cannot be decoded is named on stderr and skipped; the rest are still aligned.
+    """
+    from .data import folders
 
     inp, out = Path(inp), Path(out)
     if not inp.is_dir():
         raise ConfigError(f"--inp: {inp} is not a directory")
-    files = sorted(p for p in inp.iterdir() if p.is_file() and not p.name.startswith("."))
+    base = inp.expanduser().resolve()
+    files = [Path(p) for p in folders.list_image_files(inp)]
     if not files:
-        raise ConfigError(f"--inp: {inp} holds no files")
+        raise ConfigError(f"--inp: {inp} holds no image files "
+                          f"({', '.join(folders.IMAGE_EXTENSIONS)}, any case)")
     out.mkdir(parents=True, exist_ok=True)
     aligned, skipped = [], []
     for path in files:
+        name = path.relative_to(base).as_posix()
         try:
             x = _read_image(path, aligner.img_size).to(device)
-        except (UnidentifiedImageError, OSError) as err:
-            skipped.append(path.name)
-            log(f"skipped {path.name}: not a readable image ({err})")
+        except folders.BadImage as err:
+            skipped.append(name)
+            folders.report_unreadable(path, str(err))
             continue
         result = aligner.align(x)
         if result.image is None:
-            skipped.append(path.name)
-            log(f"skipped {path.name}: {result.reason}")
+            skipped.append(name)
+            log(f"skipped {name}: {result.reason}")
             continue
-        _write_image(result.image, out / path.name)
-        aligned.append(path.name)
-        log(f"aligned {path.name} (landmark confidence {result.confidence:.3f})")
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        _write_image(result.image, out / name)
+        aligned.append(name)
+        log(f"aligned {name} (landmark confidence {result.confidence:.3f})")
     return aligned, skipped
 
 
 def _run(args: argparse.Namespace) -> int:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from .cli import check_output, resolve_device
+
+    device = torch.device(resolve_device(args.device))
+    # the outputs keep the input names: an --out that overlaps --inp would overwrite the photos
+    check_output(args.out, [args.inp], kind="dir")
     mean = load_mean_landmarks(args.lm_mean)
     aligner = FaceAligner(load_fan(args.wing, device), mean, args.img_size, args.min_confidence)
     aligned, skipped = align_folder(args.inp, args.out, aligner, device)
@@ -254,22 +270,26 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers) -> None:
+    from .cli import add_device_arg, nonnegative_float, positive_int
+
     p = subparsers.add_parser(
         "align", help="align face photos to the CelebA-HQ mean landmarks (official align mode)",
         description="Align custom face photos like CelebA-HQ so a CelebA-HQ model can translate "
-                    "them. Photos where no face is found are reported and skipped; exits 1 when "
-                    "none was aligned.")
-    p.add_argument("--inp", required=True, help="folder of input photos")
-    p.add_argument("--out", required=True, help="output folder (same file names)")
+                    "them. Photos where no face is found, and files that cannot be decoded, are "
+                    "reported and skipped; exits 1 when none was aligned.")
+    p.add_argument("--inp", required=True, help="folder of input photos (searched recursively)")
+    p.add_argument("--out", required=True,
+                   help="output folder (same relative file names); not inside --inp")
     p.add_argument("--wing", default="expr/checkpoints/wing.ckpt",
                    help="FAN landmark checkpoint of the official release (default: %(default)s)")
     p.add_argument("--lm-mean", default="expr/checkpoints/celeba_lm_mean.npz",
                    help="CelebA-HQ mean landmarks of the official release (default: %(default)s)")
-    p.add_argument("--img-size", type=int, default=256, help="output size, a multiple of 64")
-    p.add_argument("--min-confidence", type=float, default=0.2,
+    p.add_argument("--img-size", type=positive_int, default=256,
+                   help="output size, a multiple of 64 (default: %(default)s)")
+    p.add_argument("--min-confidence", type=nonnegative_float, default=0.2,
                    help="skip photos whose mean landmark heatmap peak is below this "
                         "(no face found); 0 disables the check (default: %(default)s)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    add_device_arg(p)
     p.set_defaults(func=_run)
 
 

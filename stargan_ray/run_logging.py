@@ -106,25 +106,39 @@ def latent_grid(nets: Networks, x_src: torch.Tensor, num_domains: int, latent_di
 
 
 def load_val_samples(cfg: ExperimentConfig, device: torch.device | str):
-    """A fixed set of val images for the grids: sources and references spread over domains."""
-    from .data.folders import scan
+    """A fixed set of val images for the grids: sources and references spread over domains.
+
+    Decoded as the training images are; a file that cannot be decoded is named and the next
+    image of its domain taken.
+    """
+    from .data import folders
     from .data.synthetic import resolve_data_dirs
 
     _, val_dir = resolve_data_dirs(cfg)
-    folder = scan(val_dir, cfg.model.num_domains)
-    per_domain = [[p for p, y in zip(folder.paths, folder.labels) if y == d]
-                  for d in range(len(folder.domains))]
+    folder = folders.scan(val_dir, cfg.model.num_domains)
+    fs, size = folder.fs(), cfg.model.img_size
+
+    def readable(paths):  # decoded images of one domain, in order, unreadable ones skipped
+        for path in paths:
+            try:
+                image = folders.decode(folders.read_bytes(fs, path))
+            except (folders.BadImage, OSError) as err:
+                folders.report_unreadable(path, str(err))
+                continue
+            yield image.resize((size, size), Image.BILINEAR)
+
+    streams = [readable([p for p, y in zip(folder.paths, folder.labels) if y == d])
+               for d in range(len(folder.domains))]
     picks = []
     for k in range(2 * SAMPLE_SOURCES):
-        d = k % len(per_domain)
-        if k // len(per_domain) < len(per_domain[d]):
-            picks.append((per_domain[d][k // len(per_domain)], d))
-    size, fs = cfg.model.img_size, folder.fs()
-    images = []
-    for path, _ in picks:
-        with fs.open_input_file(path) as f:
-            img = Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR)
-        images.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 127.5 - 1)
+        d = k % len(streams)
+        image = next(streams[d], None)
+        if image is not None:
+            picks.append((image, d))
+    if not picks:
+        raise folders.EmptyDomainError(f"{val_dir}: no readable val images for the sample grids")
+    images = [torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 127.5 - 1
+              for img, _ in picks]
     x = torch.stack(images).to(device)
     y = torch.tensor([d for _, d in picks], device=device)
     return x[0::2], y[0::2], x[1::2], y[1::2]

@@ -181,32 +181,40 @@ def load_folder(root: str | Path, img_size: int, limit: int,
                 num_domains: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Up to `limit` images of ROOT/<domain>/..., taken round-robin over the sorted domains.
 
+    Listed as training lists them; a file that cannot be decoded is named and the next one taken.
     Returns images (K, 3, S, S) in [-1, 1], their domain ids and the domain names.
     """
-    from .metrics.fid import list_images
+    from .data import folders
 
-    root = Path(root)
-    if not root.is_dir():
-        raise ConfigError(f"{root}: no such folder")
-    domains = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if num_domains is not None and len(domains) != num_domains:
-        raise ConfigError(f"{root}: {len(domains)} domain folders ({', '.join(domains)}) but "
-                          f"model.num_domains = {num_domains}")
-    files = [list_images(root / d) for d in domains]
-    picked: list[tuple[Path, int]] = []
-    for rank in range(max((len(f) for f in files), default=0)):
-        picked += [(f[rank], y) for y, f in enumerate(files) if rank < len(f)]
-    picked = picked[:limit]
-    if not picked:
-        raise ConfigError(f"{root}: no images in its domain folders")
-    images = torch.stack([_load(path, img_size) for path, _ in picked])
-    return images, torch.tensor([y for _, y in picked]), domains
+    folder = folders.scan(str(root), num_domains)
+    files = [[p for p, y in zip(folder.paths, folder.labels) if y == d]
+             for d in range(len(folder.domains))]
+    order: list[tuple[str, int]] = []
+    for rank in range(max(len(f) for f in files)):
+        order += [(f[rank], y) for y, f in enumerate(files) if rank < len(f)]
+    images, labels = [], []
+    for path, y in order:
+        if len(images) == limit:
+            break
+        try:
+            images.append(_load(path, img_size))
+            labels.append(y)
+        except folders.BadImage as err:
+            folders.report_unreadable(path, str(err))
+    if not images:
+        raise ConfigError(f"{root}: no readable images in its domain folders (the unreadable "
+                          "ones are named above)")
+    return torch.stack(images), torch.tensor(labels), list(folder.domains)
 
 
-def _load(path: Path, img_size: int) -> torch.Tensor:
-    """As the official test loader: PIL bilinear resize, then [0, 1] -> [-1, 1]."""
-    with Image.open(path) as image:
-        rgb = image.convert("RGB").resize((img_size, img_size), Image.Resampling.BILINEAR)
+def _load(path: str | Path, img_size: int) -> torch.Tensor:
+    """As the official test loader: PIL bilinear resize, then [0, 1] -> [-1, 1].
+
+    Decoded as training decodes (16-bit files scaled); raises BadImage for an unreadable file.
+    """
+    from .data.folders import load_image
+
+    rgb = load_image(path).resize((img_size, img_size), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float().div(255).mul(2).sub(1)
 
 
@@ -242,11 +250,23 @@ def sample(nets_ema: Networks, cfg: ExperimentConfig, src_dir: str | Path, ref_d
 # ---------------------------------------------------------------- command line
 
 
+def output_names(animation: str = "gif") -> list[str]:
+    """The files `sample` writes into its output folder, in order."""
+    return (["reference.jpg"] + [f"latent_psi_{psi:.1f}.jpg" for psi in PSIS]
+            + [f"interpolation.{animation}"])
+
+
 def _run(args: argparse.Namespace) -> int:
     from .checkpoint import load_ema_networks, read_config
+    from .cli import check_output, resolve_device
     from .config import load_experiment, with_overrides
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
+    # --out is a folder; it must not lie in the image trees it reads (the grids would become
+    # sources next time), and the files it would write are kept unless --overwrite
+    out = check_output(args.out, [args.src, args.ref], kind="dir")
+    for name in output_names(args.animation):
+        check_output(out / name, [], overwrite=args.overwrite)
     overrides = list(args.set or [])
     path = args.checkpoint or args.official_checkpoint
     if args.experiment:
@@ -256,7 +276,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         cfg = with_overrides(read_config(path), overrides)
     cfg, nets = load_ema_networks(path, cfg, device)
-    paths = sample(nets, cfg, args.src, args.ref, args.out, device, args.num_src, args.num_ref,
+    paths = sample(nets, cfg, args.src, args.ref, out, device, args.num_src, args.num_ref,
                    args.seed, args.animation)
     for p in paths:
         print(p)
@@ -264,11 +284,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers) -> None:
+    from .cli import add_device_arg, positive_int
+
     p = subparsers.add_parser(
         "sample", help="reference / latent grids and an interpolation animation",
         description="Translate images from --src with the references in --ref (both laid out "
                     "ROOT/<domain>/<image>) and write reference.jpg, latent_psi_*.jpg and an "
-                    "interpolation animation into --out.")
+                    "interpolation animation into the folder --out. Image files that cannot be "
+                    "decoded are named on stderr and the next ones taken.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a stargan-ray checkpoint file or folder")
     src.add_argument("--official-checkpoint", help="an official {step}_nets_ema.ckpt")
@@ -276,15 +299,20 @@ def add_cli(subparsers) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
     p.add_argument("--src", required=True, help="source images, ROOT/<domain>/<image>")
     p.add_argument("--ref", required=True, help="reference images, ROOT/<domain>/<image>")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--num-src", type=int, default=8, help="sources (default: %(default)s)")
-    p.add_argument("--num-ref", type=int, default=8, help="references (default: %(default)s)")
+    p.add_argument("--out", required=True,
+                   help="output folder, created if needed; not inside --src or --ref")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace grids an earlier run wrote into --out (default: refuse)")
+    p.add_argument("--num-src", type=positive_int, default=8,
+                   help="sources (default: %(default)s)")
+    p.add_argument("--num-ref", type=positive_int, default=8,
+                   help="references (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="latent codes (default: %(default)s)")
     p.add_argument("--animation", choices=("gif", "webp"), default="gif")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    add_device_arg(p)
     p.set_defaults(func=_run)
 
 
 __all__ = ["reference_grid", "latent_grid", "cycle_grid", "interpolation_frames", "mean_style",
-           "debug_images", "sample", "load_folder", "save_grid", "save_animation", "tile", "ease",
-           "to_uint8", "add_cli", "PSIS"]
+           "debug_images", "sample", "load_folder", "output_names", "save_grid", "save_animation",
+           "tile", "ease", "to_uint8", "add_cli", "PSIS"]

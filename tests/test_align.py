@@ -103,11 +103,12 @@ def run_cli(argv: list[str]) -> int:
     return args.func(args)
 
 
-def test_align_cli_writes_aligned_photos_and_skips_others(wing, tmp_path, capsys):
+def test_align_cli_writes_aligned_photos_and_skips_others(wing, tmp_path, capsys, caplog):
     inp, out = tmp_path / "inp", tmp_path / "out"
     inp.mkdir()
     face_photo(200, 150).save(inp / "face.png")  # not square: squashed, as officially
-    (inp / "notes.txt").write_text("not a photo")
+    (inp / "notes.txt").write_text("not a photo")  # not an image extension: not listed
+    (inp / "fake.png").write_text("not a photo either")
     np.savez(tmp_path / "lm.npz", mean=face_points(np.random.default_rng(1)).astype(np.float32))
     common = ["align", "--inp", str(inp), "--wing", str(wing),
               "--lm-mean", str(tmp_path / "lm.npz"), "--img-size", "128", "--device", "cpu"]
@@ -115,8 +116,9 @@ def test_align_cli_writes_aligned_photos_and_skips_others(wing, tmp_path, capsys
     assert run_cli([*common, "--out", str(out), "--min-confidence", "0"]) == 0
     with Image.open(out / "face.png") as aligned:
         assert aligned.size == (128, 128)
-    assert not (out / "notes.txt").exists()
-    assert "skipped notes.txt: not a readable image" in capsys.readouterr().out
+    assert not (out / "notes.txt").exists() and not (out / "fake.png").exists()
+    assert "skipped 1: fake.png" in capsys.readouterr().out
+    assert f"skipping unreadable image {inp / 'fake.png'}: not an image" in caplog.text
 
     # no face: the landmark heatmaps of this FAN never come near the required peak
     assert run_cli([*common, "--out", str(tmp_path / "none"), "--min-confidence", "1e9"]) == 1

@@ -4,15 +4,18 @@ Everything here runs on the driver before any Ray worker starts, so a wrong path
 seconds with one line naming the path. Roots may be local paths or any URI pyarrow understands
 (``s3://bucket/train``); a cluster needs storage every node can read.
 
-Decoding is shared by ``prepare`` and the training pipeline: any mode Pillow opens (grayscale,
-palette, RGBA, CMYK, 16-bit) becomes 8-bit RGB, and a file that cannot be decoded raises
-``BadImage`` with the reason, which callers count and skip instead of crashing.
+File discovery (``list_image_files``) and decoding (``decode``, ``load_image``) are shared by
+every command that reads images (train, prepare, eval, fid, sample, align): one list of
+extensions in any case, and any mode Pillow opens (grayscale, palette, RGBA, CMYK, 16-bit)
+becomes 8-bit RGB. A file that cannot be decoded raises ``BadImage`` with the reason, which
+callers name (``report_unreadable``) and skip instead of crashing.
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +111,31 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.rsplit("/", 1)[-1].startswith(".")
 
 
+def _image_files(fs, base: str) -> list[str]:
+    """Image files under base inside fs: recursive, sorted, hidden files left out."""
+    import pyarrow.fs as pafs
+
+    return sorted(i.path for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
+                  if i.type == pafs.FileType.File and _is_image(i.path))
+
+
+def list_image_files(folder: str | Path) -> list[str]:
+    """The image files of one folder (recursive, sorted), as training lists a domain's images.
+
+    Raises MissingRootError when folder is not a directory. Local paths come back absolute.
+    """
+    import pyarrow.fs as pafs
+
+    fs, base = filesystem(str(folder))
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        raise MissingRootError(f"{folder}: no such folder")
+    files = _image_files(fs, base)
+    if "://" in str(folder):  # keep the scheme so that load_image can open them again
+        prefix = str(folder).split("://", 1)[0] + "://"
+        files = [prefix + f for f in files]
+    return files
+
+
 def scan(root: str, num_domains: int | None = None) -> DomainFolder:
     """List ``root/<domain>/**/<image>`` and check the layout; raises a DataError subclass."""
     import pyarrow.fs as pafs
@@ -129,8 +157,7 @@ def scan(root: str, num_domains: int | None = None) -> DomainFolder:
     paths: list[str] = []
     labels: list[int] = []
     for label, sub in enumerate(subdirs):
-        files = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(sub.path, recursive=True))
-                       if i.type == pafs.FileType.File and _is_image(i.path))
+        files = _image_files(fs, sub.path)
         if not files:
             raise EmptyDomainError(f"{root}/{sub.base_name}: domain folder has no images"
                                    f" ({', '.join(IMAGE_EXTENSIONS)})")
@@ -202,6 +229,32 @@ def decode(data: bytes, min_side: int | None = None) -> Image.Image:
         raise BadImage(_reason(err)) from None
 
 
+def load_image(path: str | Path, min_side: int | None = None) -> Image.Image:
+    """Read and fully decode one image file (local path or URI) to 8-bit RGB, as ``decode``.
+
+    Raises BadImage for a file that cannot be read or decoded.
+    """
+    try:
+        if "://" in str(path):
+            data = read_bytes(*filesystem(str(path)))
+        else:
+            data = Path(path).read_bytes()
+    except OSError as err:
+        raise BadImage(f"cannot read: {_reason(err)}") from None
+    return decode(data, min_side)
+
+
+_log = logging.getLogger("stargan_ray.data")
+
+
+def report_unreadable(path: str | Path, reason: str) -> None:
+    """One warning line naming a skipped file, in the words the training pipeline uses.
+
+    Without a logging configuration (the command line), it goes to stderr as it is.
+    """
+    _log.warning("skipping unreadable image %s: %s", path, reason)
+
+
 def _reduced_size(size: tuple[int, int], min_side: int | None) -> tuple[int, int] | None:
     if min_side is None or min(size) <= min_side:
         return None
@@ -248,6 +301,7 @@ def drop_unreadable(folder: DomainFolder,
 
 
 __all__ = ["DomainFolder", "scan", "scan_train_val", "decode", "to_rgb", "probe", "drop_unreadable",
-           "filesystem", "read_bytes", "BadImage", "DataError", "MissingRootError",
+           "list_image_files", "load_image", "report_unreadable", "filesystem", "read_bytes",
+           "BadImage", "DataError", "MissingRootError",
            "TooFewDomainsError", "EmptyDomainError", "DomainCountError", "DomainMismatchError",
            "IMAGE_EXTENSIONS"]

@@ -36,6 +36,7 @@ import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -47,6 +48,7 @@ from torchvision import transforms
 from torchvision.transforms import functional as TF
 
 from ..config import SYNTHETIC, ConfigError, ExperimentConfig
+from ..data import folders
 from ..models import Networks, build_networks
 from . import fid as fidlib
 from . import lpips as lpipslib
@@ -68,25 +70,54 @@ class EvalData:
 
     @classmethod
     def discover(cls, train_dir: str | Path, val_dir: str | Path,
-                 num_domains: int | None = None) -> "EvalData":
-        val_root, train_root = Path(val_dir), Path(train_dir)
-        for root in (val_root, train_root):
-            if not root.is_dir():
-                raise ConfigError(f"{root}: no such data folder")
-        domains = tuple(sorted(p.name for p in val_root.iterdir()
-                               if p.is_dir() and not p.name.startswith(".")))
-        if num_domains is not None and len(domains) != num_domains:
-            raise ConfigError(f"{val_root}: {len(domains)} domain folders ({', '.join(domains)}) "
-                              f"but model.num_domains = {num_domains}")
+                 num_domains: int | None = None, img_size: int | None = None) -> "EvalData":
+        """Both splits, listed as training lists them; val images that cannot be decoded are
+        named and left out (they are sources and references, so they are checked up front)."""
+        val_folder = folders.scan(str(val_dir), num_domains)
+        train_folder = folders.scan(str(train_dir), num_domains)
+        if train_folder.domains != val_folder.domains:
+            raise folders.DomainMismatchError(
+                f"{val_dir}: val domains ({', '.join(val_folder.domains)}) differ from train "
+                f"domains in {train_dir} ({', '.join(train_folder.domains)})")
+        val_ok = _readable(val_folder.paths, img_size)
         val, train = [], []
-        for name in domains:
-            for root, out in ((val_root, val), (train_root, train)):
-                files = fidlib.list_images(root / name)
-                if not files:
-                    raise ConfigError(f"{root / name}: no images "
-                                      f"({', '.join(fidlib.OFFICIAL_EXTENSIONS)})")
-                out.append(tuple(str(p) for p in files))
-        return cls(domains, tuple(val), tuple(train))
+        for d, name in enumerate(val_folder.domains):
+            files = tuple(p for p, y, ok in zip(val_folder.paths, val_folder.labels, val_ok)
+                          if y == d and ok)
+            if not files:
+                raise folders.EmptyDomainError(f"{val_dir}/{name}: no readable images (the "
+                                               "unreadable ones are named above)")
+            val.append(files)
+            train.append(tuple(p for p, y in zip(train_folder.paths, train_folder.labels)
+                               if y == d))
+        return cls(val_folder.domains, tuple(val), tuple(train))
+
+
+# (path, size, mtime_ns, img_size) -> decodable; fid_quick calls discover at every evaluation of
+# a training run, which then decodes (and names) each val file only once.
+_checked: dict[tuple[str, int, int, int | None], bool] = {}
+
+
+def _readable(paths: Sequence[str], img_size: int | None) -> list[bool]:
+    """Fully decode each file once (truncation shows only then); name the bad ones."""
+    def check(path: str) -> bool:
+        try:
+            stat = os.stat(path)
+        except OSError as err:
+            folders.report_unreadable(path, f"cannot read: {type(err).__name__}")
+            return False
+        key = (path, stat.st_size, stat.st_mtime_ns, img_size)
+        if key not in _checked:
+            try:
+                folders.load_image(path, img_size)  # draft-decodes large JPEGs: cheap
+                _checked[key] = True
+            except folders.BadImage as err:
+                folders.report_unreadable(path, str(err))
+                _checked[key] = False
+        return _checked[key]
+
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(check, paths))
 
 
 @dataclass(frozen=True)
@@ -148,6 +179,7 @@ class ItemResult:
     key: tuple
     images: int
     lpips: dict[int, float] = field(default_factory=dict)  # source index -> its pair mean
+    bad: list[tuple[str, str]] = field(default_factory=list)  # real files left out: (path, why)
 
 
 class EvalWorker:
@@ -168,10 +200,8 @@ class EvalWorker:
     def _image(self, path: str) -> torch.Tensor:
         """The official generation loader: Resize, ToTensor, Normalize(0.5, 0.5) -> [-1, 1]."""
         if path not in self._pixels:
-            from PIL import Image
-
-            with Image.open(path) as image:
-                pixels = np.asarray(self._resize(image.convert("RGB")))
+            # decoded as training decodes: 8-bit RGB files give the official pixels
+            pixels = np.asarray(self._resize(folders.load_image(path)))
             self._pixels[path] = torch.from_numpy(pixels.copy()).permute(2, 0, 1)
         x = self._pixels[path].float().div(255)
         return TF.normalize(x, [0.5] * 3, [0.5] * 3)
@@ -196,12 +226,14 @@ class EvalWorker:
         if item.kind == "real":
             trg = item.key[1]
             files = [self.job.data.train[trg][i] for i in item.indices]
+            bad: list[tuple[str, str]] = []  # named by the driver (this may be a Ray actor)
             moments = fidlib.features_of_files(files, self.job.cfg.model.img_size, self.inception,
-                                               self.job.cfg.eval.batch_size, self.device)
+                                               self.job.cfg.eval.batch_size, self.device,
+                                               on_bad=lambda p, r: bad.append((p, r)))
             if item.key in self.moments:
                 moments = self.moments[item.key] + moments
             self.moments[item.key] = moments
-            return ItemResult(item.key, len(files))
+            return ItemResult(item.key, len(files), bad=bad)
         return self._run_fake(item)
 
     def _style(self, mode: str, task: Task, index: int,
@@ -325,6 +357,8 @@ class _Progress:
 def _merge(results: ItemResult, lpips: dict[tuple, dict[int, float]]) -> None:
     if results.lpips:
         lpips.setdefault(results.key, {}).update(results.lpips)
+    for path, reason in results.bad:
+        folders.report_unreadable(path, reason)
 
 
 def _run_in_process(job: Job, items: list[Item], nets: Networks, inception: nn.Module,
@@ -410,7 +444,8 @@ def collect(nets_ema: Networks, cfg: ExperimentConfig, *, modes: Sequence[str],
         if mode not in MODES:
             raise ConfigError(f"eval mode: must be one of {', '.join(MODES)}, got {mode!r}")
     device = str(torch.device(device))
-    data = EvalData.discover(*resolve_dirs(cfg), num_domains=cfg.model.num_domains)
+    data = EvalData.discover(*resolve_dirs(cfg), num_domains=cfg.model.num_domains,
+                             img_size=cfg.model.img_size)
     tasks = make_tasks(data.domains)
     num_outs = num_outs or cfg.eval.num_outs_per_domain
     lpips = lpips and num_outs >= 2
@@ -456,6 +491,10 @@ def collect(nets_ema: Networks, cfg: ExperimentConfig, *, modes: Sequence[str],
     for trg, status in cache.items():
         if status == "computed":
             real[trg] = moments.pop(("real", trg))
+            if real[trg].n < 2:
+                raise ConfigError(f"{data.domains[trg]}: {real[trg].n} of {len(data.train[trg])} "
+                                  "train images could be read (the others are named above); "
+                                  "FID needs at least 2")
             real[trg].save(cache_paths[trg])
     return Collected(real, moments, lpips_values, cache), data, tasks
 
@@ -587,9 +626,13 @@ def _load_networks(args: argparse.Namespace, device: str) -> tuple[ExperimentCon
 
 
 def _run(args: argparse.Namespace) -> int:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from ..cli import check_output, resolve_device
+
+    device = resolve_device(args.device)
     cfg, nets, step = _load_networks(args, "cpu" if args.num_workers else device)
     out = args.out or str(Path("outputs") / cfg.name / "eval")
+    check_output(out, [d for d in (cfg.data.train_dir, cfg.data.val_dir) if d != SYNTHETIC],
+                 kind="dir")
     results = evaluate(nets, cfg, step=step, mode=args.mode, out_dir=out,
                        num_workers=args.num_workers, device=device)
     for key, value in results.items():
@@ -599,10 +642,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers) -> None:
+    from ..cli import add_device_arg, nonnegative_int
+
     p = subparsers.add_parser(
         "eval", help="FID and LPIPS of a checkpoint (official protocol, sharded over Ray)",
         description="Evaluate a checkpoint with the official StarGAN v2 protocol and write "
-                    "FID_{step}_{mode}.json / LPIPS_{step}_{mode}.json.")
+                    "FID_{step}_{mode}.json / LPIPS_{step}_{mode}.json. Image files that cannot "
+                    "be decoded are named on stderr and left out.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a stargan-ray checkpoint file or folder")
     src.add_argument("--official-checkpoint", help="an official {step}_nets_ema.ckpt")
@@ -610,12 +656,12 @@ def add_cli(subparsers) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
     p.add_argument("--train-dir", help="real images for FID (data.train_dir)")
     p.add_argument("--val-dir", help="sources and references (data.val_dir)")
-    p.add_argument("--num-workers", type=int, default=0,
+    p.add_argument("--num-workers", type=nonnegative_int, default=0,
                    help="Ray workers (one GPU each on cuda); 0 runs in this process")
     p.add_argument("--mode", choices=("latent", "reference", "both"), default="both")
     p.add_argument("--feature-weights", choices=("pretrained", "random"),
                    help="random: seeded random Inception/AlexNet, for smoke tests only")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    add_device_arg(p)
     p.add_argument("--out", help="output folder (default: outputs/<experiment>/eval)")
     p.set_defaults(func=_run)
 

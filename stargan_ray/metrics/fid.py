@@ -33,14 +33,13 @@ from torch import nn
 from torchvision import transforms
 from torchvision.models.inception import Inception3
 
+from ..data import folders
 from .weights import FeatureWeights, calibrate_batchnorm
 
 INCEPTION_SIZE = 299
 FEATURE_DIM = 2048
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# The official listdir: these extensions, searched recursively, sorted.
-OFFICIAL_EXTENSIONS = ("png", "jpg", "jpeg", "JPG")
 STATS_VERSION = 1  # part of every cache key; bump when the protocol changes
 
 
@@ -145,14 +144,26 @@ def uint8_to_inception(images: np.ndarray, img_size: int) -> torch.Tensor:
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files under folder, as the official loader lists them (recursive, sorted)."""
-    root = Path(folder)
-    return sorted(p for ext in OFFICIAL_EXTENSIONS for p in root.rglob(f"*.{ext}"))
+    """Image files under folder (recursive, sorted), with training's extensions in any case.
+
+    The official listdir took only png/jpg/jpeg/JPG; the files it took are all still taken.
+    """
+    return [Path(p) for p in folders.list_image_files(folder)]
 
 
 def load_for_inception(path: str | Path, img_size: int) -> torch.Tensor:
-    with Image.open(path) as image:
-        return inception_transform(img_size)(image.convert("RGB"))
+    """One file through the official transform; raises BadImage for an unreadable file.
+
+    Decoded as training decodes (8-bit RGB files give the official pixels; 16-bit ones are scaled).
+    """
+    return inception_transform(img_size)(folders.load_image(path))
+
+
+def _load_or_reason(path: str | Path, img_size: int) -> torch.Tensor | str:
+    try:
+        return load_for_inception(path, img_size)
+    except folders.BadImage as err:
+        return str(err)
 
 
 # ---------------------------------------------------------------- moment sums
@@ -231,14 +242,25 @@ def stats_key(files: Sequence[str | Path], img_size: int, weights_id: str) -> st
 @torch.inference_mode()
 def features_of_files(paths: Sequence[str | Path], img_size: int, inception: nn.Module,
                       batch_size: int, device: torch.device | str,
-                      on_batch: Callable[[int], None] | None = None) -> FeatureMoments:
-    """Moment sums of the Inception features of image files (decoded in a thread pool)."""
+                      on_batch: Callable[[int], None] | None = None,
+                      on_bad: Callable[[str, str], None] | None = None) -> FeatureMoments:
+    """Moment sums of the Inception features of image files (decoded in a thread pool).
+
+    A file that cannot be decoded is left out and passed to on_bad(path, reason) (default: one
+    warning line naming it); moments.n counts the files used.
+    """
+    on_bad = on_bad or folders.report_unreadable
     moments = FeatureMoments.zeros(device=device)
     with ThreadPoolExecutor(4) as pool:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
-            x = torch.stack(list(pool.map(lambda p: load_for_inception(p, img_size), chunk)))
-            moments.add(inception(x.to(device)))
+            loaded = list(pool.map(lambda p: _load_or_reason(p, img_size), chunk))
+            good = [x for x in loaded if isinstance(x, torch.Tensor)]
+            for path, x in zip(chunk, loaded):
+                if isinstance(x, str):
+                    on_bad(str(path), x)
+            if good:
+                moments.add(inception(torch.stack(good).to(device)))
             if on_batch is not None:
                 on_batch(len(chunk))
     return moments
@@ -331,20 +353,36 @@ def fid_from_moments(a: FeatureMoments, b: FeatureMoments, method: str = "sqrtm"
     return result
 
 
+def list_pair(dir_a: str | Path, dir_b: str | Path) -> tuple[list[Path], list[Path]]:
+    """The image files of both folders; a ConfigError naming the folder when one has < 2."""
+    from ..config import ConfigError
+
+    listed = (list_images(dir_a), list_images(dir_b))
+    for folder, files in zip((dir_a, dir_b), listed):
+        if len(files) < 2:
+            raise ConfigError(f"{folder}: found {len(files)} image file(s) "
+                              f"({', '.join(folders.IMAGE_EXTENSIONS)}), FID needs at least 2")
+    return listed
+
+
 def fid_folders(dir_a: str | Path, dir_b: str | Path, weights: FeatureWeights, *,
                 img_size: int = 256, batch_size: int = 50,
                 device: torch.device | str = "cpu") -> FrechetResult:
-    """FID between two image folders (the official calculate_fid_given_paths)."""
+    """FID between two image folders (the official calculate_fid_given_paths).
+
+    Files that cannot be decoded are named (one warning line each) and left out.
+    """
+    from ..config import ConfigError
+
+    listed = list_pair(dir_a, dir_b)
     inception = cached_inception(weights, str(device))
     moments = []
-    for folder in (dir_a, dir_b):
-        files = list_images(folder)
-        if len(files) < 2:
-            from ..config import ConfigError
-
-            raise ConfigError(f"{folder}: found {len(files)} image(s) "
-                              f"({', '.join(OFFICIAL_EXTENSIONS)}), FID needs at least 2")
-        moments.append(features_of_files(files, img_size, inception, batch_size, device))
+    for folder, files in zip((dir_a, dir_b), listed):
+        part = features_of_files(files, img_size, inception, batch_size, device)
+        if part.n < 2:
+            raise ConfigError(f"{folder}: {part.n} of {len(files)} image files could be read "
+                              "(the others are named above), FID needs at least 2")
+        moments.append(part)
     return fid_from_moments(*moments)
 
 
@@ -352,9 +390,11 @@ def fid_folders(dir_a: str | Path, dir_b: str | Path, weights: FeatureWeights, *
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..cli import resolve_device
     from ..config import EvalConfig
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
+    list_pair(args.dir_a, args.dir_b)  # a wrong folder is named before any weights are loaded
     eval_cfg = EvalConfig(feature_weights=args.feature_weights, inception_path=args.inception_path)
     weights = FeatureWeights.from_config(eval_cfg, need=("inception",))
     result = fid_folders(args.dir_a, args.dir_b, weights, img_size=args.img_size,
@@ -370,27 +410,30 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers) -> None:
+    from ..cli import add_device_arg, positive_int
+
     p = subparsers.add_parser(
         "fid", help="FID between two image folders (official StarGAN v2 protocol)",
         description="FID between two folders of images with torchvision's Inception v3, as the "
-                    "official calculate_fid_given_paths. The value is the last line of output.")
+                    "official calculate_fid_given_paths. The value is the last line of output. "
+                    "Files that cannot be decoded are named on stderr and left out.")
     p.add_argument("dir_a", help="first image folder (searched recursively)")
     p.add_argument("dir_b", help="second image folder")
-    p.add_argument("--img-size", type=int, default=256,
+    p.add_argument("--img-size", type=positive_int, default=256,
                    help="images are resized to this, then to 299 (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=50,
+    p.add_argument("--batch-size", type=positive_int, default=50,
                    help="Inception batch (default: %(default)s)")
     p.add_argument("--feature-weights", choices=("pretrained", "random"), default="pretrained",
                    help="random: seeded random Inception, for smoke tests only")
     p.add_argument("--inception-path", default="",
                    help="inception_v3_google-0cc3c7bd.pth (default: $TORCH_HOME/hub/checkpoints)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    add_device_arg(p)
     p.add_argument("--json", action="store_true", help="also print details as JSON on stderr")
     p.set_defaults(func=_run)
 
 
 __all__ = ["InceptionFeatures", "build_inception", "random_inception3", "cached_inception",
            "inception_transform", "quantize", "uint8_to_inception", "list_images",
-           "load_for_inception", "FeatureMoments", "stats_key", "features_of_files",
+           "list_pair", "load_for_inception", "FeatureMoments", "stats_key", "features_of_files",
            "FrechetResult", "frechet_distance", "fid_from_moments", "fid_folders", "add_cli",
            "INCEPTION_SIZE", "FEATURE_DIM"]
