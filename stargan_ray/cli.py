@@ -141,10 +141,16 @@ def check_output(out: str | Path, inputs: list[str | Path], *, flag: str = "--ou
 def _import_official(args: argparse.Namespace) -> int:
     from .checkpoint import import_official
 
+    # Checked before the networks are built: the official files are inputs, never replaced.
+    inputs = [p for p in (args.nets_ema, args.nets, args.optims) if p is not None]
+    out = check_output(args.out, inputs, overwrite=args.overwrite)
+    for parent in out.resolve().parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"--out {args.out}: {parent} is not a directory")
     cfg = experiment_from_args(args)
-    out = import_official(cfg, args.nets_ema, args.out, nets_path=args.nets,
-                          optims_path=args.optims, step=args.step)
-    print(f"wrote {out}")
+    written = import_official(cfg, args.nets_ema, out, nets_path=args.nets,
+                              optims_path=args.optims, step=args.step)
+    print(f"wrote {written}")
     return 0
 
 
@@ -155,8 +161,11 @@ def _add_import_official(sub) -> None:
     p.add_argument("--nets-ema", required=True, type=Path, help="official {step}_nets_ema.ckpt")
     p.add_argument("--nets", type=Path, help="official {step}_nets.ckpt (to resume training)")
     p.add_argument("--optims", type=Path, help="official {step}_optims.ckpt (to resume training)")
-    p.add_argument("--step", type=int, help="step to record (default: from the file name)")
-    p.add_argument("--out", required=True, type=Path, help="stargan-ray checkpoint to write")
+    p.add_argument("--step", type=nonnegative_int,
+                   help="step to record (default: from the file name)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="stargan-ray checkpoint to write (not one of the input files)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_import_official)
 
 

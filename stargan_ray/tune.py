@@ -30,11 +30,22 @@ from typing import Any
 
 from .config import (SECTIONS, SYNTHETIC, ConfigError, ExperimentConfig, config_keys, from_dict,
                      get_key, read_toml, to_toml, with_overrides)
+from .models import TRAINED
 from .train import RunOptions, storage_uri
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "tune_spaces"
 TIME_ATTR = "step"  # what trials report and schedulers count in: optimisation steps
 EVAL_METRIC = "fid_quick"  # the metric the training loop adds at every train.eval_every
+# What every report of a trial carries (train._train): engine.train_step's stats under their
+# official names, the learning rates and the throughput. A metric outside these and EVAL_METRIC
+# passes Tune's own checks and then fails the sweep at the first result. "step" is left out: it
+# is the time axis the schedulers count in, not a score.
+LOSS_METRICS = (
+    *(f"D/{mode}_{term}" for mode in ("latent", "ref") for term in ("real", "fake", "reg")),
+    *(f"G/{mode}_{term}" for mode in ("latent", "ref") for term in ("adv", "sty", "ds", "cyc")),
+    "G/lambda_ds",
+)
+RUN_METRICS = (*(f"lr/{name}" for name in TRAINED), "images_per_s", "eta_s")
 DISTRIBUTIONS = {
     "choice": "a non-empty list of values",
     "grid": "a non-empty list of values (every one is run)",
@@ -246,12 +257,18 @@ def _parse_space(name: str, raw: dict[str, Any]) -> Space:
     return space
 
 
+def reported_metrics() -> tuple[str, ...]:
+    """Names tune.metric can take: what trials report (fid_quick every train.eval_every)."""
+    return (EVAL_METRIC, *LOSS_METRICS, *RUN_METRICS)
+
+
 def _check_settings(space: Space) -> None:
     """What can be checked without the experiment: modes, counts, searcher, scheduler values."""
     if space.mode not in ("min", "max"):
         raise ConfigError(f"tune.mode: must be min or max, got {space.mode!r}")
-    if not space.metric:
-        raise ConfigError("tune.metric: must name a reported metric, e.g. fid_quick")
+    if space.metric not in reported_metrics():
+        raise ConfigError(f"tune.metric: no trial reports {space.metric!r}; trials report "
+                          f"{', '.join(reported_metrics())}")
     for key in ("num_samples", "max_concurrent"):
         value = getattr(space, key)
         if value is not None and value < 1:
@@ -866,18 +883,19 @@ def _cli_tune(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers) -> None:
-    from .cli import add_experiment_args
+    from .cli import add_experiment_args, nonnegative_float, positive_int
 
     p = subparsers.add_parser("tune", help="search hyperparameters with Ray Tune (ASHA, PBT)")
     add_experiment_args(p)
     p.add_argument("--space", required=True,
                    help="search space: a name in tune_spaces/ or a path to a .toml file")
-    p.add_argument("--num-samples", type=int, help="trials (default: the space's tune.num_samples)")
-    p.add_argument("--workers-per-trial", type=int, default=1,
+    p.add_argument("--num-samples", type=positive_int,
+                   help="trials (default: the space's tune.num_samples)")
+    p.add_argument("--workers-per-trial", type=positive_int, default=1,
                    help="Ray Train workers per trial (one per GPU)")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0)
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--max-concurrent", type=int,
+    p.add_argument("--gpus-per-worker", type=nonnegative_float, default=0.0)
+    p.add_argument("--cpus-per-worker", type=nonnegative_float, default=1.0)
+    p.add_argument("--max-concurrent", type=positive_int,
                    help="trials at once (default: the space's, else what the cluster fits)")
     p.add_argument("--storage", default="runs",
                    help="sweep storage: a local or shared path, or a URI such as s3://bucket/runs")

@@ -11,7 +11,9 @@ Rows are written in the pipeline's canonical order (every domain spread evenly) 
 ``GROUP_SIZE`` images: a row group is the unit one pipeline task reads. Every image is fully
 decoded here, so a shard set never holds a file the pipeline would have to skip. A
 ``manifest.json`` written last (domains, per-image domain ids, counts, size, files, a content
-hash, skipped files) marks the set complete. OUT may be any URI pyarrow writes (s3://...).
+hash, skipped files) marks the set complete. OUT may be any URI pyarrow writes (s3://...),
+outside SRC (shards inside it would become a domain); a complete set there is kept unless
+--overwrite.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import json
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -130,17 +134,27 @@ class _ShardWriter:
 
 def prepare(src: str, out: str, img_size: int | None = None, shard_mb: float = 256.0,
             workers: int | None = None, group_size: int = GROUP_SIZE,
-            progress: bool | None = None) -> dict[str, Any]:
-    """Pack ``src/<domain>/<image>`` into Parquet shards under ``out``; returns the manifest."""
-    if img_size is not None and img_size < 1:
-        raise DataError(f"--img-size: must be >= 1, got {img_size}")
+            progress: bool | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Pack ``src/<domain>/<image>`` into Parquet shards under ``out``; returns the manifest.
+
+    ``out`` must not be, contain or lie inside ``src``; a shard set already there (a manifest) is
+    kept unless ``overwrite``. Raises a DataError naming the argument before anything is written.
+    """
+    if img_size is not None and (img_size < 32 or img_size & (img_size - 1)):
+        # What model.img_size accepts (config.validate): shards for another size train nothing.
+        raise DataError(f"--img-size: must be a power of two >= 32 (a model.img_size), "
+                        f"got {img_size}")
     if shard_mb <= 0:
         raise DataError(f"--shard-mb: must be > 0, got {shard_mb}")
+    if workers is not None and workers < 1:
+        raise DataError(f"--workers: must be >= 1, got {workers}")
+    check_out(src, out)
     folder = folders.scan(src)
     order = spread_order(folder.labels)
     paths = [folder.paths[i] for i in order]
     labels = folder.labels[order]
     fs, base = folders.filesystem(out)
+    _clear_out(fs, base, out, overwrite)
     fs.create_dir(base, recursive=True)
     writer = _ShardWriter(fs, base, group_size, int(shard_mb * (1 << 20)))
     workers = workers if workers is not None else max(1, min(os.cpu_count() or 1, 16))
@@ -176,6 +190,69 @@ def prepare(src: str, out: str, img_size: int | None = None, shard_mb: float = 2
     with fs.open_output_stream(f"{base}/{MANIFEST}") as f:  # last: its presence means complete
         f.write(json.dumps(manifest, indent=1).encode())
     return manifest
+
+
+def _location(path: str) -> tuple[str, str]:
+    """(scheme, normalised path) to compare locations; file:// URIs are local paths."""
+    if "://" not in path:
+        return "file", str(Path(path).expanduser().resolve())
+    parsed = urlparse(path)
+    if parsed.scheme == "file":
+        return "file", str(Path(parsed.path).resolve())
+    # Object stores: bucket and key, compared as strings (no symlinks, no "..", no cwd).
+    parts = [p for p in f"{parsed.netloc}/{parsed.path}".split("/") if p]
+    return parsed.scheme.lower(), "/" + "/".join(parts)
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether two folders or URIs are the same or one lies inside the other."""
+    (sa, pa), (sb, pb) = _location(a), _location(b)
+    if sa != sb:
+        return False  # a local tree and an object store never share files
+    pa, pb = pa.rstrip("/") + "/", pb.rstrip("/") + "/"
+    return pa.startswith(pb) or pb.startswith(pa)
+
+
+def check_out(src: str, out: str) -> None:
+    """Refuse an OUT that is, contains or lies inside SRC: its shards would become a domain."""
+    if overlaps(src, out):
+        raise DataError(f"OUT {out}: is, contains or lies inside the source {src}; write the "
+                        "shards somewhere else")
+
+
+def _shard_name(name: str) -> bool:
+    return name.startswith("part-") and name.endswith(".parquet")
+
+
+def _clear_out(fs, base: str, out: str, overwrite: bool) -> None:
+    """Make OUT ready for a new set without touching anything that is not ours.
+
+    OUT may be missing, empty, or hold a shard set: a complete one (with a manifest) is replaced
+    only with ``overwrite``; the part files of an interrupted run (no manifest) are replaced.
+    The old manifest goes first, so a failure half way never leaves it describing new files.
+    """
+    import pyarrow.fs as pafs
+
+    info = fs.get_file_info(base)
+    if info.type == pafs.FileType.NotFound:
+        return
+    if info.type != pafs.FileType.Directory:
+        raise DataError(f"OUT {out}: exists and is not a directory")
+    entries = fs.get_file_info(pafs.FileSelector(base))
+    foreign = [e.base_name for e in entries if not e.base_name.startswith(".")
+               and not (e.type == pafs.FileType.File
+                        and (e.base_name == MANIFEST or _shard_name(e.base_name)))]
+    if foreign:
+        raise DataError(f"OUT {out}: holds {foreign[0]!r} and maybe more, not a shard set; give "
+                        "a new or empty folder")
+    if any(e.base_name == MANIFEST for e in entries):
+        if not overwrite:
+            raise DataError(f"OUT {out}: already holds a shard set ({MANIFEST}), kept; pass "
+                            "--overwrite to replace it")
+        fs.delete_file(f"{base}/{MANIFEST}")
+    for e in entries:
+        if e.type == pafs.FileType.File and _shard_name(e.base_name):
+            fs.delete_file(e.path)
 
 
 def _progress(total: int, enabled: bool | None):
@@ -225,26 +302,32 @@ def summary(manifest: dict[str, Any], out: str) -> str:
 
 
 def add_cli(subparsers: Any) -> None:
+    from stargan_ray.cli import positive_float, positive_int
+
     parser = subparsers.add_parser(
         "prepare", help="pack an image folder tree (SRC/<domain>/<image>) into Parquet shards",
         description=__doc__.split("\n\n")[0])
     parser.add_argument("src", metavar="SRC", help="folder tree SRC/<domain>/<image>")
-    parser.add_argument("out", metavar="OUT", help="output folder or URI (s3://bucket/prefix)")
-    parser.add_argument("--img-size", type=int, default=None, metavar="N",
-                        help="model.img_size the shards are for: store PNGs reduced to what the"
-                        " pipeline decodes for it (shorter side 1.2 N); default: original bytes")
-    parser.add_argument("--shard-mb", type=float, default=256.0, metavar="M",
+    parser.add_argument("out", metavar="OUT", help="output folder or URI (s3://bucket/prefix),"
+                        " outside SRC")
+    parser.add_argument("--img-size", type=positive_int, default=None, metavar="N",
+                        help="model.img_size the shards are for (a power of two >= 32): store"
+                        " PNGs reduced to what the pipeline decodes for it (shorter side 1.2 N);"
+                        " default: original bytes")
+    parser.add_argument("--shard-mb", type=positive_float, default=256.0, metavar="M",
                         help="start a new Parquet file after about M MiB (default 256)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help="decoding processes (default: CPU count, at most 16)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a shard set already in OUT (default: keep it and stop)")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     manifest = prepare(args.src, args.out, img_size=args.img_size, shard_mb=args.shard_mb,
-                       workers=args.workers)
+                       workers=args.workers, overwrite=args.overwrite)
     print(summary(manifest, args.out))
     return 0
 
 
-__all__ = ["prepare", "read_manifest", "summary", "add_cli", "MANIFEST"]
+__all__ = ["prepare", "read_manifest", "summary", "check_out", "overlaps", "add_cli", "MANIFEST"]

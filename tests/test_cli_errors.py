@@ -1,0 +1,220 @@
+"""User mistakes in import-official, prepare and tune: one line and exit code 2, inputs untouched.
+
+Every check here fails before any network is built, image decoded or Ray started.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from stargan_ray import cli
+from stargan_ray.checkpoint import load_checkpoint
+from stargan_ray.config import to_toml
+from stargan_ray.data import prepare as prep
+from stargan_ray.engine import TrainState, train_step
+from stargan_ray.tune import EVAL_METRIC, reported_metrics
+
+from .conftest import tiny_config
+from .helpers import random_batch
+from .test_checkpoint import _official_files
+
+
+def _rc(argv: list[str]) -> int:
+    try:
+        return cli.main(argv)
+    except SystemExit as exit_:  # argparse: usage line + error line
+        return exit_.code
+
+
+def _one_line(argv: list[str], capsys, *needles: str) -> str:
+    rc = _rc(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("stargan-ray: error: "), err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def _usage_error(argv: list[str], capsys, needle: str) -> None:
+    rc = _rc(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err.splitlines()[-1], err
+    assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------- import-official
+
+
+@pytest.fixture
+def official(tmp_path):
+    """Official files of the tiny config and an experiment file for it."""
+    cfg = tiny_config()
+    _official_files(tmp_path, cfg, prefix=False, drop_filter=False)
+    (tmp_path / "000020_optims.ckpt").write_bytes(b"not read: the check comes first")
+    experiment = tmp_path / "tiny.toml"
+    experiment.write_text(to_toml(cfg))
+    return tmp_path, ["import-official", "--experiment", str(experiment),
+                      "--nets-ema", str(tmp_path / "000020_nets_ema.ckpt")]
+
+
+@pytest.mark.parametrize("flag, name", [("--nets-ema", "000020_nets_ema.ckpt"),
+                                        ("--nets", "000020_nets.ckpt"),
+                                        ("--optims", "000020_optims.ckpt")])
+def test_import_official_refuses_to_write_over_an_input(official, capsys, flag, name):
+    folder, argv = official
+    target = folder / name
+    before = target.read_bytes()
+    extra = [] if flag == "--nets-ema" else [flag, str(target)]
+    _one_line([*argv, *extra, "--out", str(target), "--overwrite"], capsys,
+              f"--out {target}: is, contains or lies inside the input")
+    assert target.read_bytes() == before
+
+
+def test_import_official_keeps_an_existing_out_unless_overwrite(official, capsys):
+    folder, argv = official
+    out = folder / "imported.pt"
+    out.write_bytes(b"an earlier import")
+    _one_line([*argv, "--out", str(out)], capsys, "already exists", "--overwrite")
+    assert out.read_bytes() == b"an earlier import"
+    assert cli.main([*argv, "--out", str(out), "--overwrite", "--step", "0"]) == 0
+    assert load_checkpoint(out).step == 0  # 0 is a step, not "from the file name" (20)
+
+
+def test_import_official_out_folder_and_negative_step(official, capsys):
+    folder, argv = official
+    (folder / "dir").mkdir()
+    _one_line([*argv, "--out", str(folder / "dir")], capsys, "is a directory")
+    blocker = folder / "file"
+    blocker.write_text("x")
+    _one_line([*argv, "--out", str(blocker / "x.pt")], capsys, "is not a directory")
+    _usage_error([*argv, "--out", str(folder / "x.pt"), "--step", "-5"], capsys,
+                 "argument --step: must be >= 0, got -5")
+    assert not (folder / "x.pt").exists()
+
+
+# ---------------------------------------------------------------- prepare
+
+
+@pytest.fixture
+def src(tmp_path):
+    """Two domains of two images each."""
+    root = tmp_path / "src"
+    for domain in ("a", "b"):
+        (root / domain).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (40, 40), (i * 90, 20, 200)).save(root / domain / f"{i}.png")
+    return root
+
+
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("where", ["inside", "same", "parent", "file-uri"])
+def test_prepare_refuses_an_out_that_overlaps_the_source(src, capsys, where):
+    out = {"inside": str(src / "c"), "same": str(src), "parent": str(src.parent),
+           "file-uri": f"file://{src}/shards"}[where]
+    before = _tree(src)
+    _one_line(["prepare", str(src), out, "--workers", "1"], capsys,
+              "is, contains or lies inside the source")
+    assert _tree(src) == before  # no new "domain" in the source
+
+
+def test_overlap_of_uris_compares_bucket_and_key():
+    assert prep.overlaps("s3://bucket/data", "s3://bucket/data/shards")
+    assert prep.overlaps("s3://bucket/data/", "s3://bucket//data")
+    assert prep.overlaps("s3://bucket/data/shards", "s3://bucket")
+    assert not prep.overlaps("s3://bucket/data", "s3://bucket/database")
+    assert not prep.overlaps("s3://bucket/data", "s3://other/data")
+    assert not prep.overlaps("s3://bucket/data", "gs://bucket/data")
+    assert not prep.overlaps("/data", "s3://data")  # a local tree never overlaps a bucket
+    assert not prep.overlaps(".", "s3://bucket/x")  # not resolved against the cwd
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--img-size", "100"], "--img-size: must be a power of two >= 32"),
+    (["--img-size", "16"], "--img-size: must be a power of two >= 32"),
+])
+def test_prepare_refuses_sizes_no_model_takes(src, tmp_path, capsys, args, needle):
+    _one_line(["prepare", str(src), str(tmp_path / "out"), *args], capsys, needle)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--workers", "0"], "argument --workers: must be >= 1, got 0"),
+    (["--shard-mb", "0"], "argument --shard-mb: must be > 0"),
+    (["--img-size", "0"], "argument --img-size: must be >= 1"),
+])
+def test_prepare_refuses_bad_numbers(src, tmp_path, capsys, args, needle):
+    _usage_error(["prepare", str(src), str(tmp_path / "out"), *args], capsys, needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_keeps_an_existing_shard_set_unless_overwrite(src, tmp_path, capsys):
+    out = tmp_path / "out"
+    first = prep.prepare(str(src), str(out), workers=1, group_size=1, shard_mb=1e-6)
+    assert len(first["files"]) == 4  # one file per image
+    manifest = (out / prep.MANIFEST).read_bytes()
+    _one_line(["prepare", str(src), str(out), "--workers", "1"], capsys,
+              "already holds a shard set", "--overwrite")
+    assert (out / prep.MANIFEST).read_bytes() == manifest
+    assert cli.main(["prepare", str(src), str(out), "--workers", "1", "--overwrite"]) == 0
+    capsys.readouterr()
+    second = prep.read_manifest(str(out))
+    assert second["counts"] == [2, 2] and len(second["files"]) == 1
+    # The old set's extra part files are gone: OUT holds exactly the new set.
+    assert _tree(out) == sorted([prep.MANIFEST, second["files"][0]["path"]])
+
+
+def test_prepare_replaces_an_interrupted_set_but_not_foreign_files(src, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "part-00007.parquet").write_bytes(b"left by a killed run")
+    prep.prepare(str(src), str(out), workers=1)
+    assert not (out / "part-00007.parquet").exists()
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "holiday.jpg").write_bytes(b"precious")
+    _one_line(["prepare", str(src), str(other)], capsys, "holds 'holiday.jpg'", "not a shard set")
+    assert _tree(other) == ["holiday.jpg"]
+    _one_line(["prepare", str(src), str(other / "holiday.jpg")], capsys, "is not a directory")
+
+
+# ---------------------------------------------------------------- tune
+
+
+def _space(tmp_path, metric: str):
+    path = tmp_path / "space.toml"
+    path.write_text(f'[tune]\nmetric = "{metric}"\n[scheduler]\nkind = "fifo"\n'
+                    "[loss]\nlambda_ds = { grid = [1.0, 2.0] }\n")
+    return path
+
+
+@pytest.mark.parametrize("flag", ["--num-samples", "--max-concurrent", "--workers-per-trial"])
+def test_tune_refuses_zero_counts(tmp_path, capsys, flag):
+    storage = tmp_path / "runs"
+    _usage_error(["tune", "--space", "quick", "--storage", str(storage), flag, "0"], capsys,
+                 f"argument {flag}: must be >= 1, got 0")
+    assert not storage.exists()
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_tune_refuses_a_metric_no_trial_reports(tmp_path, capsys, dry_run):
+    storage = tmp_path / "runs"
+    argv = ["tune", "--space", str(_space(tmp_path, "G/cyc")), "--storage", str(storage)]
+    err = _one_line([*argv, *(["--dry-run"] if dry_run else [])], capsys,
+                    "tune.metric: no trial reports 'G/cyc'", "G/latent_cyc", "fid_quick")
+    assert "lr/generator" in err
+    assert not storage.exists()  # refused before Ray or any sweep folder
+    assert cli.main([*argv[:2], str(_space(tmp_path, "G/latent_cyc")), "--dry-run"]) == 0
+
+
+def test_the_metric_names_are_what_a_training_step_reports():
+    state = TrainState.create(tiny_config(), "cpu")
+    stats = train_step(state, random_batch(state.cfg))
+    lrs = {f"lr/{name}" for name in state.optims}
+    assert set(reported_metrics()) == {*stats, *lrs, "images_per_s", "eta_s", EVAL_METRIC}
+    assert torch.isfinite(torch.stack(list(stats.values()))).all()
