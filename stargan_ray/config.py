@@ -102,9 +102,10 @@ class EvalConfig:
     alexnet_path: str = ""
     quick_sources: int = 16  # fid_quick: sources per task
     quick_outs: int = 2  # fid_quick: outputs per source
-    # FID's trace term: sqrtm (scipy, as the official code) | eigh (symmetric eigen-decompositions:
-    # equal within 1e-8 relative, several times faster on CPUs). fid_quick always uses eigh.
-    frechet_method: str = "sqrtm"
+    # FID's trace term (metrics/frechet.py): auto (the smallest exact symmetric eigenproblem: n x n
+    # for a set of n < 2048 images, else a Cholesky factor) | eigh (two symmetric
+    # eigen-decompositions) | sqrtm (scipy, the official code path). All agree within 1e-6 relative.
+    frechet_method: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.nan_policy": ("stop", "rollback"),
     "train.precision": ("fp32", "tf32", "bf16"),
     "eval.feature_weights": ("pretrained", "random"),
-    "eval.frechet_method": ("sqrtm", "eigh"),
+    "eval.frechet_method": ("auto", "eigh", "sqrtm"),
 }
 
 

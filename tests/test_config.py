@@ -33,7 +33,7 @@ def test_overrides_are_parsed_and_typed():
     ("train.total_iters=1.5", "train.total_iters: expected int"),
     ('model.img_size="big"', "model.img_size: expected int"),
     ("train.precision=fp8", "train.precision: must be one of fp32, tf32, bf16"),
-    ("eval.frechet_method=svd", "eval.frechet_method: must be one of sqrtm, eigh"),
+    ("eval.frechet_method=svd", "eval.frechet_method: must be one of auto, eigh, sqrtm"),
     ('model.wing_path=""', "model.wing_path: must name the FAN checkpoint"),
 ])
 def test_bad_values_name_the_key_and_what_is_allowed(override, key):

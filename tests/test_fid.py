@@ -29,7 +29,7 @@ def test_frechet_distance_matches_closed_form_for_commuting_covariances():
     mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
     cov1, cov2 = q @ np.diag(a) @ q.T, q @ np.diag(b) @ q.T
     expected = np.sum((mu1 - mu2) ** 2) + np.sum(a + b - 2 * np.sqrt(a * b))
-    for method in ("sqrtm", "eigh"):
+    for method in ("sqrtm", "eigh", "auto"):
         result = fid.frechet_distance(mu1, cov1, mu2, cov2, method=method)
         assert result.value == pytest.approx(expected, rel=1e-10)
         assert result.warnings == []
@@ -43,7 +43,7 @@ def test_frechet_distance_matches_closed_form_against_scaled_identity():
     c = 1.7
     lam = np.linalg.eigvalsh(cov1)
     expected = np.sum(lam + c - 2 * np.sqrt(c * lam))  # equal means
-    for method in ("sqrtm", "eigh"):
+    for method in ("sqrtm", "eigh", "auto"):
         assert fid.frechet_distance(np.zeros(d), cov1, np.zeros(d), c * np.eye(d),
                                     method=method).value == pytest.approx(expected, rel=1e-10)
 
@@ -55,9 +55,11 @@ def test_eigh_trace_equals_sqrtm_for_few_samples_in_many_dimensions():
     real = rng.standard_normal((2000, d)) @ rng.standard_normal((d, d)) * 0.1
     fake = rng.standard_normal((40, d)) @ rng.standard_normal((d, d)) * 0.1 + 0.3
     a, b = fid.FeatureMoments.of(real), fid.FeatureMoments.of(fake)
-    official = fid.fid_from_moments(a, b).value
+    official = fid.fid_from_moments(a, b, method="sqrtm").value
     fast = fid.fid_from_moments(a, b, method="eigh").value
     assert fast == pytest.approx(official, rel=1e-6)  # measured 1.1e-8
+    assert b.rows is not None and len(b.rows) == 40  # auto takes the 40 x 40 problem
+    assert fid.fid_from_moments(a, b).value == pytest.approx(official, rel=1e-6)
     with pytest.raises(ValueError, match="method"):
         fid.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.eye(2), method="svd")
 
@@ -99,12 +101,12 @@ def test_few_images_imaginary_part_and_non_finite_sqrtm_become_warnings():
     assert "5 images is fewer than the 8 feature dimensions" in few.warnings[0]
     # sqrtm(-I) = iI: not a covariance, but it exercises the imaginary-part path
     mu = np.array([1.0, 2.0])
-    imag = fid.frechet_distance(mu, np.eye(2), np.zeros(2), -np.eye(2))
+    imag = fid.frechet_distance(mu, np.eye(2), np.zeros(2), -np.eye(2), method="sqrtm")
     assert imag.value == pytest.approx(5.0)  # ||mu||^2 + tr(I) + tr(-I) - 2 Re tr(iI)
     assert any("imaginary" in w for w in imag.warnings)
     # a nilpotent product has no square root: scipy returns inf, the retry adds eps
     nil = fid.frechet_distance(np.zeros(2), np.array([[0.0, 1.0], [0.0, 0.0]]), np.zeros(2),
-                               np.eye(2))
+                               np.eye(2), method="sqrtm")
     assert np.isfinite(nil.value)
     assert any("not finite" in w for w in nil.warnings)
 

@@ -539,8 +539,7 @@ def evaluate(nets_ema: Networks, cfg: ExperimentConfig, *, step: int, mode: str 
     results: dict[str, float | None] = {}
     files: list[tuple[Path, dict[str, Any]]] = []
     lpips_note = lpipslib.size_warning(cfg.model.img_size)
-    # fid_quick: the eigh trace, equal within rounding and several times faster
-    frechet_method = "eigh" if quick else cfg.eval.frechet_method
+    frechet_method = cfg.eval.frechet_method  # "auto" by default, for fid_quick too
     for m in modes:
         fid_values: dict[str, Any] = {}
         fid_notes: list[str] = []

@@ -20,9 +20,8 @@ import json
 import os
 import sys
 import tempfile
-import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -40,7 +39,7 @@ INCEPTION_SIZE = 299
 FEATURE_DIM = 2048
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-STATS_VERSION = 1  # part of every cache key; bump when the protocol changes
+STATS_VERSION = 2  # part of every cache key; bump when the protocol changes (2: rows cached)
 
 
 # ---------------------------------------------------------------- the network
@@ -171,16 +170,30 @@ def _load_or_reason(path: str | Path, img_size: int) -> torch.Tensor | str:
 
 @dataclass
 class FeatureMoments:
-    """n, sum x and sum x x^T of features in float64: shards combine by addition."""
+    """n, sum x and sum x x^T of features in float64, and the features themselves: shards combine
+    by addition (rows by concatenation). The rows serve KID and the small-set Frechet trace; the
+    network's float32 features are kept as they are, so nothing is rounded."""
 
     n: int
     sum: torch.Tensor  # (d,) float64
     outer: torch.Tensor  # (d, d) float64
+    # (n, d) float32 on the CPU, as chunks (concatenated when read); None: sums from elsewhere
+    row_chunks: list[torch.Tensor] | None = None
+
+    @property
+    def rows(self) -> torch.Tensor | None:
+        if self.row_chunks is None:
+            return None
+        if len(self.row_chunks) != 1:
+            dim = self.sum.shape[0]
+            self.row_chunks = [torch.cat(self.row_chunks) if self.row_chunks
+                               else torch.zeros(0, dim, dtype=torch.float32)]
+        return self.row_chunks[0]
 
     @classmethod
     def zeros(cls, dim: int = FEATURE_DIM, device: torch.device | str = "cpu") -> "FeatureMoments":
         return cls(0, torch.zeros(dim, dtype=torch.float64, device=device),
-                   torch.zeros(dim, dim, dtype=torch.float64, device=device))
+                   torch.zeros(dim, dim, dtype=torch.float64, device=device), [])
 
     @classmethod
     def of(cls, features: torch.Tensor | np.ndarray) -> "FeatureMoments":
@@ -195,13 +208,20 @@ class FeatureMoments:
         self.n += f.shape[0]
         self.sum += f.sum(0)
         self.outer += f.T @ f
+        if self.row_chunks is not None:
+            self.row_chunks.append(features.detach().float().cpu())
 
     def __add__(self, other: "FeatureMoments") -> "FeatureMoments":
+        rows = (None if self.row_chunks is None or other.row_chunks is None
+                else [*self.row_chunks, *other.row_chunks])
         return FeatureMoments(self.n + other.n, self.sum + other.sum.to(self.sum.device),
-                              self.outer + other.outer.to(self.outer.device))
+                              self.outer + other.outer.to(self.outer.device), rows)
 
     def cpu(self) -> "FeatureMoments":
-        return FeatureMoments(self.n, self.sum.cpu(), self.outer.cpu())
+        return FeatureMoments(self.n, self.sum.cpu(), self.outer.cpu(), self.row_chunks)
+
+    def rows_numpy(self) -> np.ndarray | None:
+        return None if self.rows is None else self.rows.numpy()
 
     def mean(self) -> np.ndarray:
         return (self.sum / self.n).cpu().numpy()
@@ -218,7 +238,9 @@ class FeatureMoments:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, n=self.n, sum=self.sum.cpu().numpy(), outer=self.outer.cpu().numpy())
+                extra = {} if self.rows is None else {"rows": self.rows.numpy()}
+                np.savez(f, n=self.n, sum=self.sum.cpu().numpy(), outer=self.outer.cpu().numpy(),
+                         **extra)
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -226,8 +248,9 @@ class FeatureMoments:
     @classmethod
     def load(cls, path: str | Path) -> "FeatureMoments":
         with np.load(path) as data:
+            rows = [torch.from_numpy(data["rows"])] if "rows" in data.files else None
             return cls(int(data["n"]), torch.from_numpy(data["sum"]),
-                       torch.from_numpy(data["outer"]))
+                       torch.from_numpy(data["outer"]), rows)
 
 
 def stats_key(files: Sequence[str | Path], img_size: int, weights_id: str) -> str:
@@ -267,83 +290,15 @@ def features_of_files(paths: Sequence[str | Path], img_size: int, inception: nn.
 
 
 # ---------------------------------------------------------------- the distance
+# The Frechet math lives in frechet.py; these names stay importable from here.
+from .frechet import (FrechetResult, frechet_distance, trace_sqrt_product,  # noqa: E402
+                      trace_sqrtm_official)
 
 
-@dataclass
-class FrechetResult:
-    value: float
-    warnings: list[str] = field(default_factory=list)
-
-
-def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
-    """tr sqrtm(cov1 cov2) for symmetric positive semi-definite matrices, from two eigh calls.
-
-    cov1 cov2 is similar to R cov2 R with R = cov1^(1/2), a symmetric PSD matrix whose square
-    roots of eigenvalues sum to the trace: no general (Schur) sqrtm, whose 2048-dimensional call
-    took 18-90 s on a 2-core machine. Rounding makes tiny eigenvalues negative; they count as 0.
-    """
-    w, v = np.linalg.eigh(cov1)
-    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-    inner = root @ cov2 @ root
-    eig = np.linalg.eigvalsh((inner + inner.T) / 2)
-    return float(np.sqrt(np.clip(eig, 0.0, None)).sum())
-
-
-def trace_sqrtm_official(cov1: np.ndarray, cov2: np.ndarray, eps: float = 1e-6
-                         ) -> tuple[float, list[str]]:
-    """tr sqrtm(cov1 cov2) as the official code computes it (scipy's sqrtm), with its safeguards.
-
-    A non-finite sqrtm is retried with eps added to both diagonals; an imaginary part that is not
-    negligible becomes a warning, and the real part is the value (what the official code reports).
-    """
-    from scipy import linalg
-
-    notes: list[str] = []
-
-    def sqrtm(a: np.ndarray) -> np.ndarray:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", linalg.LinAlgWarning)
-            root = linalg.sqrtm(a)
-        notes.extend(f"sqrtm: {w.message}" for w in caught
-                     if issubclass(w.category, linalg.LinAlgWarning))
-        return root
-
-    covmean = sqrtm(cov1 @ cov2)
-    if not np.isfinite(covmean).all():
-        notes.append(f"sqrtm(cov1 cov2) was not finite; retried with {eps:g} added to the "
-                     "covariance diagonals")
-        offset = np.eye(cov1.shape[0]) * eps
-        covmean = sqrtm((cov1 + offset) @ (cov2 + offset))
-    if np.iscomplexobj(covmean):
-        imag = float(np.abs(np.diagonal(covmean).imag).max())
-        if imag > 1e-3:
-            notes.append(f"sqrtm has an imaginary component (max {imag:.3g} on the diagonal); "
-                         "the real part is reported, as the official code does")
-        covmean = covmean.real
-    return float(np.trace(covmean)), notes
-
-
-def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray,
-                     eps: float = 1e-6, method: str = "sqrtm") -> FrechetResult:
-    """||mu1 - mu2||^2 + tr(cov1 + cov2 - 2 sqrtm(cov1 cov2)).
-
-    method="sqrtm" takes the trace term as the official code does (trace_sqrtm_official);
-    method="eigh" from symmetric eigen-decompositions (trace_sqrt_product): several times faster,
-    equal within float rounding, used by fid_quick.
-    """
-    if method == "sqrtm":
-        trace, notes = trace_sqrtm_official(cov1, cov2, eps)
-    elif method == "eigh":
-        trace, notes = trace_sqrt_product(cov1, cov2), []
-    else:
-        raise ValueError(f"method: expected 'sqrtm' or 'eigh', got {method!r}")
-    diff = mu1 - mu2
-    value = float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * trace)
-    return FrechetResult(value, notes)
-
-
-def fid_from_moments(a: FeatureMoments, b: FeatureMoments, method: str = "sqrtm") -> FrechetResult:
-    result = frechet_distance(a.mean(), a.cov(), b.mean(), b.cov(), method=method)
+def fid_from_moments(a: FeatureMoments, b: FeatureMoments, method: str = "auto") -> FrechetResult:
+    """FID of two feature sets; method "auto" uses their rows for sets smaller than the dimension."""
+    result = frechet_distance(a.mean(), a.cov(), b.mean(), b.cov(), method=method,
+                              rows1=a.rows_numpy(), rows2=b.rows_numpy())
     dim = a.sum.shape[0]
     few = min(a.n, b.n)
     if few < dim:
