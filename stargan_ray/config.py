@@ -106,6 +106,10 @@ class EvalConfig:
     # for a set of n < 2048 images, else a Cholesky factor) | eigh (two symmetric
     # eigen-decompositions) | sqrtm (scipy, the official code path). All agree within 1e-6 relative.
     frechet_method: str = "auto"
+    # KID beside every FID (not in fid_quick): subsets of min(both set sizes, kid_subset_size)
+    # features; torch-fidelity's and clean-fid's defaults.
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
 
 
 @dataclass(frozen=True)
@@ -258,6 +262,8 @@ def validate(cfg: ExperimentConfig) -> None:
     _require(e.batch_size >= 1, "eval.batch_size", "must be >= 1", e.batch_size)
     _require(e.quick_sources >= 1, "eval.quick_sources", "must be >= 1", e.quick_sources)
     _require(e.quick_outs >= 1, "eval.quick_outs", "must be >= 1", e.quick_outs)
+    _require(e.kid_subsets >= 1, "eval.kid_subsets", "must be >= 1", e.kid_subsets)
+    _require(e.kid_subset_size >= 2, "eval.kid_subset_size", "must be >= 2", e.kid_subset_size)
     for key, choices in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)

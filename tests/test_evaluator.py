@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from stargan_ray.data.synthetic import generate
-from stargan_ray.metrics import evaluator
+from stargan_ray.metrics import evaluator, kid
 from stargan_ray.metrics.weights import FeatureWeights
 from stargan_ray.models import build_networks, ema_copy, he_init
 
@@ -61,7 +61,10 @@ def test_evaluate_writes_official_layout_json(setup, tmp_path):
     fid_keys = [f"FID_reference/{t}" for t in tasks] + ["FID_reference/mean"]
     lpips_keys = [f"LPIPS_reference/{t}" for t in tasks] + ["LPIPS_reference/mean"]
     assert list(fid_json)[:3] == fid_keys and list(lpips_json)[:3] == lpips_keys
-    assert list(results) == fid_keys + lpips_keys
+    kid_keys = [f"KID_reference/{t}" for t in tasks]
+    kid_std_keys = [f"KID_std_reference/{t}" for t in tasks]
+    assert list(results) == (fid_keys + [k for pair in zip(kid_keys, kid_std_keys) for k in pair]
+                             + ["KID_reference/mean"] + lpips_keys)
     for payload, keys in ((fid_json, fid_keys), (lpips_json, lpips_keys)):
         values = [payload[k] for k in keys]
         assert all(np.isfinite(values)) and values[0] != values[1]
@@ -73,6 +76,19 @@ def test_evaluate_writes_official_layout_json(setup, tmp_path):
     assert fid_json["real_stats"] == {"circle": "computed", "square": "computed"}
     assert any("fewer than the 2048" in w for w in fid_json["warnings"])
     assert any("32 px" in w for w in lpips_json["warnings"])  # reported, with the reason
+    # KID beside each FID, in the results and the FID file, from the same Inception features
+    weights = FeatureWeights.from_config(cfg.eval)
+    collected, _, _ = evaluator.collect(nets, cfg, modes=("reference",), weights=weights,
+                                        cache_dir=tmp_path / "cache", progress=False)
+    assert collected.cache == {0: "hit", 1: "hit"}  # real rows come back from the cache
+    for t, task in enumerate(evaluator.make_tasks(["circle", "square"])):
+        real, fake = collected.real[task.trg], collected.fake[("reference", t)]
+        assert len(real.rows) == real.n == 4 and len(fake.rows) == fake.n == 4
+        direct = kid.kid(real.rows.numpy(), fake.rows.numpy(), subsets=cfg.eval.kid_subsets,
+                         subset_size=cfg.eval.kid_subset_size, seed=cfg.train.seed)
+        assert fid_json[kid_keys[t]] == results[kid_keys[t]] == pytest.approx(direct.mean)
+        assert fid_json[kid_std_keys[t]] == pytest.approx(direct.std)
+    assert results["KID_reference/mean"] == pytest.approx(np.mean([results[k] for k in kid_keys]))
 
 
 def test_real_statistics_are_cached_and_invalidated_when_a_file_changes(setup, tmp_path):
@@ -91,6 +107,7 @@ def test_real_statistics_are_cached_and_invalidated_when_a_file_changes(setup, t
     assert second.cache == {0: "hit", 1: "hit"}
     for d in (0, 1):
         torch.testing.assert_close(second.real[d].outer, first.real[d].outer, rtol=0, atol=0)
+        torch.testing.assert_close(second.real[d].rows, first.real[d].rows, rtol=0, atol=0)
     changed = root / "data" / "train" / "square" / "00000.png"
     Image.new("RGB", (32, 32), (200, 30, 30)).save(changed)
     os.utime(changed, ns=(10**9, 10**9))

@@ -544,12 +544,16 @@ def evaluate(nets_ema: Networks, cfg: ExperimentConfig, *, step: int, mode: str 
         fid_values: dict[str, Any] = {}
         fid_notes: list[str] = []
         lpips_values: dict[str, Any] = {}
+        kid_values: dict[str, Any] = {}  # KID_{mode}/{task} and KID_std_{mode}/{task}
         lpips_notes = [lpips_note] if lpips_note else []
         for t, task in enumerate(tasks):
             result = fidlib.fid_from_moments(collected.real[task.trg], collected.fake[(m, t)],
                                              method=frechet_method)
             fid_values[f"FID_{m}/{task.name}"] = result.value
             fid_notes += [f"{task.name}: {w}" for w in result.warnings]
+            if not quick:
+                kid_values.update(_kid(collected.real[task.trg], collected.fake[(m, t)], cfg,
+                                       f"KID_{m}/{task.name}", fid_notes))
             per_source = collected.lpips.get((m, t))
             lpips_values[f"LPIPS_{m}/{task.name}"] = (float(np.mean(list(per_source.values())))
                                                       if per_source else None)
@@ -560,12 +564,17 @@ def evaluate(nets_ema: Networks, cfg: ExperimentConfig, *, step: int, mode: str 
         elif lpips_values[f"LPIPS_{m}/mean"] is None:
             lpips_notes.append("LPIPS needs at least 2 outputs per source "
                                "(eval.num_outs_per_domain)")
+        if kid_values:
+            kid_values[f"KID_{m}/mean"] = _mean([v for k, v in kid_values.items()
+                                                 if k.startswith("KID_") and "_std_" not in k])
         results.update(fid_values)
+        results.update(kid_values)
         results.update(lpips_values)
         if out_dir is not None and not quick:
             common = {"feature_weights": weights.kind, "step": step, "mode": m}
             files.append((Path(out_dir) / f"FID_{step:05d}_{m}.json",
-                          {**fid_values, **common, "weights_id": weights.id("inception"),
+                          {**fid_values, **kid_values, **common,
+                           "weights_id": weights.id("inception"),
                            "frechet_method": frechet_method,
                            "real_stats": {data.domains[d]: s for d, s in collected.cache.items()},
                            "warnings": fid_notes}))
@@ -577,6 +586,20 @@ def evaluate(nets_ema: Networks, cfg: ExperimentConfig, *, step: int, mode: str 
         payload["elapsed_seconds"] = round(elapsed, 3)  # the whole call (all modes together)
         _write_json(payload, path)
     return results
+
+
+def _kid(real: fidlib.FeatureMoments, fake: fidlib.FeatureMoments, cfg: ExperimentConfig,
+         key: str, notes: list[str]) -> dict[str, float | None]:
+    """KID mean and std for one task from the feature rows (same Inception features as FID)."""
+    from . import kid as kidlib
+
+    if real.rows is None or fake.rows is None or min(real.n, fake.n) < 2:
+        notes.append(f"{key}: not computed (needs the feature rows of at least 2 images per set)")
+        return {key: None}
+    result = kidlib.kid(real.rows.numpy(), fake.rows.numpy(), subsets=cfg.eval.kid_subsets,
+                        subset_size=cfg.eval.kid_subset_size, seed=cfg.train.seed)
+    std_key = key.replace("KID_", "KID_std_", 1)
+    return {key: result.mean, std_key: result.std}
 
 
 def fid_quick(nets_ema: Networks, cfg: ExperimentConfig, *, num_workers: int = 0,
