@@ -159,3 +159,19 @@ def test_results_do_not_depend_on_the_number_of_shards(setup, tmp_path, ray_sess
             assert base.lpips[key].keys() == other.lpips[key].keys()
             for source, value in base.lpips[key].items():
                 assert other.lpips[key][source] == pytest.approx(value, rel=1e-6)
+
+
+def test_eval_num_workers_auto_is_the_default_and_runs_in_process_without_gpus(capsys):
+    from stargan_ray.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["eval", "--checkpoint", "x"])
+    assert args.num_workers == "auto"
+    assert parser.parse_args(["eval", "--checkpoint", "x", "--num-workers", "3"]).num_workers == 3
+    with pytest.raises(SystemExit) as stopped:
+        parser.parse_args(["eval", "--checkpoint", "x", "--num-workers", "-1"])
+    assert stopped.value.code == 2 and "auto or an integer" in capsys.readouterr().err
+    # one worker per GPU when there are several; one GPU or none: this process
+    assert [evaluator.auto_workers(g) for g in (0, 1, 2, 8)] == [0, 0, 2, 8]
+    if not torch.cuda.is_available() and not os.environ.get("RAY_ADDRESS"):
+        assert evaluator.auto_workers(evaluator._cluster_gpus()) == 0
