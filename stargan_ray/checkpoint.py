@@ -159,19 +159,9 @@ def check_fits(data: Mapping[str, Any], cfg: ExperimentConfig, path: str | Path)
             "check model.img_size, model.w_hpf, model.num_domains, model.style_dim, model.dim_in")
     for group, names in (("nets", TRAINED), ("nets_ema", EMA)):
         for name in names:
-            own = _module(nets, name).state_dict()
-            sd = data[group][name]
-            missing = [k for k in own if k not in sd]
-            unexpected = [k for k in sd if k not in own]
-            if missing or unexpected:
-                raise CheckpointMismatch(
-                    f"checkpoint {path}: {group}.{name} does not fit the configured model "
-                    f"({len(missing)} missing, {len(unexpected)} unexpected tensors); {hint}")
-            for key, value in sd.items():
-                if tuple(value.shape) != tuple(own[key].shape):
-                    raise CheckpointMismatch(
-                        f"checkpoint {path}: {group}.{name}.{key} has shape {tuple(value.shape)} "
-                        f"but the configured model expects {tuple(own[key].shape)}; {hint}")
+            problem = _state_dict_problem(_module(nets, name).state_dict(), data[group][name])
+            if problem:
+                raise CheckpointMismatch(f"checkpoint {path}: {group}.{name}{problem}; {hint}")
 
 
 def verify_checkpoint(path: str | Path, cfg: ExperimentConfig, step: int | None = None) -> int:
@@ -256,19 +246,26 @@ def _fit_state_dict(name: str, module: nn.Module, sd: Mapping[str, torch.Tensor]
     # The released CelebA-HQ generator predates the HighPass filter buffer: use our constant.
     if "hpf.filter" in own and "hpf.filter" not in sd:
         sd["hpf.filter"] = own["hpf.filter"]
+    hint = "check model.img_size, model.w_hpf, model.num_domains, model.style_dim, model.dim_in"
+    problem = _state_dict_problem(own, sd)
+    if problem:
+        raise CheckpointError(f"{path}: {name}{problem}; {hint}")
+    return dict(sd)
+
+
+def _state_dict_problem(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor]) -> str:
+    """What keeps sd from loading strictly into a module whose state dict is own ("" if nothing),
+    phrased to follow the network's name."""
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    hint = "check model.img_size, model.w_hpf, model.num_domains, model.style_dim, model.dim_in"
     if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: {name} does not fit the configured model ({len(missing)} missing keys, e.g. "
-            f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]}); {hint}")
+        return (f" does not fit the configured model ({len(missing)} missing keys, e.g. "
+                f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})")
     for key, value in sd.items():
         if tuple(value.shape) != tuple(own[key].shape):
-            raise CheckpointError(
-                f"{path}: {name}.{key} has shape {tuple(value.shape)} in the file but the "
-                f"configured model expects {tuple(own[key].shape)}; {hint}")
-    return dict(sd)
+            return (f".{key} has shape {tuple(value.shape)} in the file but the configured "
+                    f"model expects {tuple(own[key].shape)}")
+    return ""
 
 
 def load_official_networks(path: str | Path, networks: Networks) -> list[str]:
