@@ -135,5 +135,10 @@ def test_compile_traces_the_g_steps_and_keeps_the_eager_d_step_for_r1():
     assert not isinstance(run.d_step.discriminator, OptimizedModule)  # R1: double backward
     for name, value in s_eager[-1].items():
         assert s_compiled[-1][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
-    assert (_flat(state) - _flat(eager)).abs().max() < 1e-5
+    # Parameters as in the channels_last test: with one thread the traced graphs round
+    # differently and Adam's sign-like steps of near-zero gradients flip (measured: max 2.1e-3,
+    # 0.014 of the distance moved; 1.5e-8 with two threads), so a max-abs bound cannot fail
+    # only for wrong values. Other batches move them 1.06 to 1.18 of that distance apart.
+    moved = (_flat(eager) - _flat(TrainState.create(cfg, "cpu", seed=3))).norm()
+    assert (_flat(state) - _flat(eager)).norm() / moved < CHANNELS_LAST_REL_DISTANCE
     assert not any(k.startswith("_orig_mod") for k in state.nets.generator.state_dict())
