@@ -87,6 +87,8 @@ class TrainConfig:
     save_every: int = 10000
     eval_every: int = 50000
     keep_checkpoints: int = 3
+    # Also keep the checkpoint with the lowest fid_quick in <run>/best/ (best.json names it).
+    keep_best: bool = False
     nan_policy: str = "stop"  # stop | rollback
     precision: str = "fp32"  # fp32 | tf32 | bf16
     channels_last: bool = False
@@ -257,6 +259,9 @@ def validate(cfg: ExperimentConfig) -> None:
     for key in ("total_iters", "print_every", "sample_every", "save_every", "eval_every",
                 "keep_checkpoints"):
         _require(getattr(t, key) >= 1, f"train.{key}", "must be >= 1", getattr(t, key))
+    if t.keep_best and t.eval_every > t.total_iters:
+        raise ConfigError(f"train.keep_best: needs fid_quick, which train.eval_every="
+                          f"{t.eval_every} > train.total_iters={t.total_iters} disables")
     _require(e.num_outs_per_domain >= 1, "eval.num_outs_per_domain", "must be >= 1",
              e.num_outs_per_domain)
     _require(e.batch_size >= 1, "eval.batch_size", "must be >= 1", e.batch_size)

@@ -409,6 +409,72 @@ def _save_report(state: TrainState, metrics: dict[str, Any], rank: int) -> None:
                          checkpoint_dir_name=name)
 
 
+BEST_DIR = "best"
+BEST_FILE = "best.json"
+
+
+def read_best(run_dir: str) -> dict[str, Any] | None:
+    """The run's <run>/best/best.json ({step, fid_quick, source, checkpoint}), or None."""
+    import pyarrow.fs as pafs
+
+    fs, path = _filesystem(run_dir)
+    marker = f"{path}/{BEST_DIR}/{BEST_FILE}"
+    if fs.get_file_info(marker).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(marker) as f:
+        return json.loads(f.read().decode())
+
+
+def keep_best(run_dir: str, step: int, metrics: dict[str, Any], write: Callable[[Any], None],
+              source: str | None = None) -> bool:
+    """Keep the state of step in <run>/best/ when metrics hold a new best (lowest) fid_quick.
+
+    Ray's CheckpointConfig keeps either the last N or the best N by a score, not both, so the
+    run keeps its best itself, beside Ray's last train.keep_checkpoints: write(stream) writes the
+    checkpoint file into best/checkpoint_<step>/ (written under a temporary name, then moved),
+    then best.json {step, fid_quick, source, checkpoint} replaces the old one atomically, and the
+    previous best copy is deleted; best.json names a complete copy at every moment. A step
+    without a finite fid_quick has no score; ties keep the earlier step. source: the run's
+    checkpoint folder of that step, when the step has one (Ray may delete it later).
+    """
+    import pyarrow.fs as pafs
+
+    score = metrics.get("fid_quick")
+    if score is None or not math.isfinite(float(score)):
+        return False
+    old = read_best(run_dir)
+    if old is not None and not float(score) < float(old["fid_quick"]):
+        return False
+    fs, path = _filesystem(run_dir)
+    best = f"{path}/{BEST_DIR}"
+    name = f"{CHECKPOINT_PREFIX}{step:08d}"
+    tmp = f"{best}/.tmp_{name}"
+    fs.create_dir(tmp, recursive=True)
+    with fs.open_output_stream(f"{tmp}/{CHECKPOINT_FILE}") as f:
+        write(f)
+    if fs.get_file_info(f"{best}/{name}").type != pafs.FileType.NotFound:
+        fs.delete_dir(f"{best}/{name}")  # left by an earlier attempt at this step
+    fs.move(tmp, f"{best}/{name}")
+    record = {"step": step, "fid_quick": float(score), "source": source,
+              "checkpoint": f"{name}/{CHECKPOINT_FILE}"}
+    with fs.open_output_stream(f"{best}/.{BEST_FILE}.tmp") as f:
+        f.write(json.dumps(record, indent=2).encode())
+    fs.move(f"{best}/.{BEST_FILE}.tmp", f"{best}/{BEST_FILE}")
+    if old is not None and old["checkpoint"].split("/", 1)[0] != name:
+        previous = f"{best}/{old['checkpoint'].split('/', 1)[0]}"
+        if fs.get_file_info(previous).type == pafs.FileType.Directory:
+            fs.delete_dir(previous)
+    return True
+
+
+def best_checkpoint(run_dir: str) -> tuple[int, str] | None:
+    """(step, checkpoint file) of the run's kept best, or None."""
+    record = read_best(run_dir)
+    if record is None:
+        return None
+    return int(record["step"]), f"{run_dir}/{BEST_DIR}/{record['checkpoint']}"
+
+
 def _restore(state: TrainState, data: dict[str, Any]) -> None:
     load_state_into(state, data)
     # Optimiser hyperparameters come from the config, not the checkpoint: a PBT trial restores
@@ -514,7 +580,8 @@ def _train(state: TrainState, batches, logger, rank: int, world: int,
             logger.samples(state, step)
         if step % t.eval_every == 0:  # not forced at the end: a full evaluation usually follows
             metrics.update(logger.evaluate(state, step))
-        if step % t.save_every == 0 or step == t.total_iters:
+        saved = step % t.save_every == 0 or step == t.total_iters
+        if saved:
             _save_report(state, metrics, rank)
             if t.nan_policy == "rollback":
                 last_good = _cpu_copy(state_dict(state))
@@ -522,6 +589,11 @@ def _train(state: TrainState, batches, logger, rank: int, world: int,
             import ray.train
 
             ray.train.report(metrics, checkpoint=None)
+        if t.keep_best and rank == 0 and "fid_quick" in metrics and weights_finite(state):
+            # After the report: the step's checkpoint folder (the source) is in storage by now.
+            keep_best(loop_config["run_dir"], step, metrics,
+                      lambda f: torch.save(state_dict(state), f),
+                      source=f"{CHECKPOINT_PREFIX}{step:08d}" if saved else None)
 
 
 def _cpu_copy(obj: Any) -> Any:
@@ -813,4 +885,5 @@ def add_cli(sub) -> None:
 __all__ = ["RunOptions", "RunPlan", "StartPoint", "TrainingInterrupted", "build_trainer",
            "run_training", "plan_run", "train_loop_per_worker", "make_grad_sync",
            "latest_checkpoint", "newest_complete_checkpoint", "reconcile_snapshot", "StatsWindow",
+           "keep_best", "read_best", "best_checkpoint",
            "asdict"]

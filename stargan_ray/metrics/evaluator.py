@@ -680,9 +680,15 @@ def _run(args: argparse.Namespace) -> int:
     from ..cli import check_output, resolve_device
 
     device = resolve_device(args.device)
+    if args.every is not None and not args.run:
+        raise ConfigError("--every: only with --run RUN_DIR")
     if args.num_workers == "auto":
         args.num_workers = auto_workers(_cluster_gpus())
         print(f"evaluation workers: {args.num_workers or 'none (in this process)'}")
+    if args.run:
+        from .by_step import evaluate_run
+
+        return evaluate_run(args, device)
     cfg, nets, step = _load_networks(args, "cpu" if args.num_workers else device)
     out = args.out or str(Path("outputs") / cfg.name / "eval")
     check_output(out, [d for d in (cfg.data.train_dir, cfg.data.val_dir) if d != SYNTHETIC],
@@ -696,7 +702,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers) -> None:
-    from ..cli import add_device_arg
+    from ..cli import add_device_arg, positive_int
 
     p = subparsers.add_parser(
         "eval", help="FID and LPIPS of a checkpoint (official protocol, sharded over Ray)",
@@ -706,6 +712,11 @@ def add_cli(subparsers) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a stargan-ray checkpoint file or folder")
     src.add_argument("--official-checkpoint", help="an official {step}_nets_ema.ckpt")
+    src.add_argument("--run", metavar="RUN_DIR",
+                     help="every complete checkpoint of a training run: writes "
+                          "RUN_DIR/metrics/by_step.csv and by_step.png, prints the best step")
+    p.add_argument("--every", type=positive_int, metavar="K",
+                   help="with --run: every K-th checkpoint by step (the oldest first)")
     p.add_argument("--experiment", help="experiment name or TOML (required for official files)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
     p.add_argument("--train-dir", help="real images for FID (data.train_dir)")
