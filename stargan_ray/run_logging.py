@@ -151,9 +151,14 @@ class RunLogger:
         self.run_dir = local_run_dir(loop_config["run_dir"])
         self.wandb = None
         self._val = None
+        self._tb = None  # TensorBoard event files (plots.ScalarWriter), rank 0
+        self._unplotted = False  # metrics logged since plots/losses.png was last drawn
         if rank != 0:
             return
         (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        from .plots import ScalarWriter
+
+        self._tb = ScalarWriter(self.run_dir)
         self._init_wandb(loop_config)
 
     # ------------------------------------------------------------ W&B
@@ -221,6 +226,32 @@ class RunLogger:
             return
         console(line)
         self._wandb_log(metrics, step)
+        self._record_metrics(step, metrics)
+
+    def _record_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+        """One JSON line per log in metrics.jsonl (what plots/losses.png is drawn from) and the
+        same scalars as TensorBoard events; neither ever fails the run."""
+        record = {"step": step, "time": time.time(),
+                  **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
+        try:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            self._unplotted = True
+        except Exception as err:  # a full disk: keep training
+            from .plots import _warn_once
+
+            _warn_once("metrics.jsonl", err)
+        if self._tb is not None:
+            self._tb.add_scalars(step, metrics)
+
+    def plot(self) -> None:
+        """Redraw plots/losses.png from metrics.jsonl when something was logged since (rank 0)."""
+        if self.rank != 0 or not self._unplotted:
+            return
+        from .plots import write_losses_png
+
+        self._unplotted = False
+        write_losses_png(self.run_dir, self.cfg.name)
 
     def samples(self, state, step: int) -> None:
         if self.rank != 0:
@@ -237,6 +268,7 @@ class RunLogger:
         }
         for name, image in grids.items():
             image.save(self.run_dir / "samples" / f"{step:06d}_{name}.png")
+        self.plot()  # the loss plot refreshes with the sample grids
         if self.wandb is not None:
             import wandb
 
@@ -255,6 +287,9 @@ class RunLogger:
         return {"fid_quick": value}
 
     def finish(self) -> None:
+        self.plot()
+        if self._tb is not None:
+            self._tb.close()
         if self.wandb is not None:
             try:
                 self.wandb.finish()

@@ -698,6 +698,10 @@ def run_sweep(cfg: ExperimentConfig, space: Space, opts: SweepOptions, *,
     interrupted = grid.num_terminated + grid.num_errors < trial_count(space, opts)
     best = best_row(rows, space)
     files = write_results(sweep_dir, rows, best, base, space, name)
+    from .plots import write_trials_png  # plots/trials.png; warns and skips on any error
+
+    files.update(write_trials_png(sweep_dir, grid, rows, best, space.metric, trial_id=_trial_id,
+                                  step_key=TIME_ATTR))
     return SweepResult(sweep_dir, rows, best, interrupted, files)
 
 
