@@ -274,7 +274,7 @@ def test_align_aligns_every_good_file_and_names_each_bad_one(tmp_path):
     (["align", "--inp", "{d}", "--out", "{d}", "--device", "cpu"], "lies inside the input"),
     (["align", "--inp", "{d}", "--out", "{d}/aligned", "--device", "cpu"], "lies inside"),
     (["eval", "--checkpoint", "{d}/c.pt", "--device", "foo"], "--device: expected cpu"),
-    (["eval", "--checkpoint", "{d}/c.pt", "--num-workers", "-1"], "must be >= 0"),
+    (["eval", "--checkpoint", "{d}/c.pt", "--num-workers", "-1"], "auto or an integer >= 0"),
     (["sample", "--checkpoint", "{d}/c.pt", "--src", "{d}", "--ref", "{d}", "--out",
       "{t}/file.jpg", "--device", "cpu"], "exists and is not a directory"),
     (["sample", "--checkpoint", "{d}/c.pt", "--src", "{d}", "--ref", "{d}", "--out",
