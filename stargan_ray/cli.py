@@ -107,24 +107,20 @@ def resolve_device(name: str | None, flag: str = "--device") -> str:
     return str(device)
 
 
-def _overlap(a: Path, b: Path) -> bool:
-    return a == b or a in b.parents or b in a.parents
-
-
 def check_output(out: str | Path, inputs: list[str | Path], *, flag: str = "--out",
                  overwrite: bool | None = None, kind: str = "file") -> Path:
     """Refuse an output that is, contains or lies inside an input; keep an existing output.
 
     kind "file": an existing file is refused unless overwrite is True (None: never allowed, the
     command has no --overwrite); an existing directory is refused. kind "dir": an existing
-    non-directory is refused. Paths are compared after resolving symlinks.
+    non-directory is refused. Local paths are compared after resolving symlinks, URIs by scheme,
+    bucket and key (data.folders.overlaps).
     """
+    from .data.folders import overlaps
+
     out_path = Path(out).expanduser()
-    resolved = out_path.resolve()
     for inp in inputs:
-        if inp is None or "://" in str(inp):
-            continue
-        if _overlap(resolved, Path(inp).expanduser().resolve()):
+        if inp is not None and overlaps(str(out), str(inp)):
             raise ConfigError(f"{flag} {out}: is, contains or lies inside the input {inp}; "
                               "write the output somewhere else")
     if kind == "file":

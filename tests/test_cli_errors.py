@@ -12,6 +12,7 @@ from PIL import Image
 from stargan_ray import cli
 from stargan_ray.checkpoint import load_checkpoint
 from stargan_ray.config import to_toml
+from stargan_ray.data import folders
 from stargan_ray.data import prepare as prep
 from stargan_ray.engine import TrainState, train_step
 from stargan_ray.tune import EVAL_METRIC, reported_metrics
@@ -124,14 +125,14 @@ def test_prepare_refuses_an_out_that_overlaps_the_source(src, capsys, where):
 
 
 def test_overlap_of_uris_compares_bucket_and_key():
-    assert prep.overlaps("s3://bucket/data", "s3://bucket/data/shards")
-    assert prep.overlaps("s3://bucket/data/", "s3://bucket//data")
-    assert prep.overlaps("s3://bucket/data/shards", "s3://bucket")
-    assert not prep.overlaps("s3://bucket/data", "s3://bucket/database")
-    assert not prep.overlaps("s3://bucket/data", "s3://other/data")
-    assert not prep.overlaps("s3://bucket/data", "gs://bucket/data")
-    assert not prep.overlaps("/data", "s3://data")  # a local tree never overlaps a bucket
-    assert not prep.overlaps(".", "s3://bucket/x")  # not resolved against the cwd
+    assert folders.overlaps("s3://bucket/data", "s3://bucket/data/shards")
+    assert folders.overlaps("s3://bucket/data/", "s3://bucket//data")
+    assert folders.overlaps("s3://bucket/data/shards", "s3://bucket")
+    assert not folders.overlaps("s3://bucket/data", "s3://bucket/database")
+    assert not folders.overlaps("s3://bucket/data", "s3://other/data")
+    assert not folders.overlaps("s3://bucket/data", "gs://bucket/data")
+    assert not folders.overlaps("/data", "s3://data")  # a local tree never overlaps a bucket
+    assert not folders.overlaps(".", "s3://bucket/x")  # not resolved against the cwd
 
 
 @pytest.mark.parametrize("args, needle", [

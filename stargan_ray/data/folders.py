@@ -19,6 +19,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -76,6 +77,27 @@ def _uri_filesystem(root: str):
     import pyarrow.fs as pafs
 
     return pafs.FileSystem.from_uri(root)
+
+
+def _location(path: str) -> tuple[str, str]:
+    """(scheme, normalised path) to compare locations; file:// URIs are local paths."""
+    if "://" not in path:
+        return "file", str(Path(path).expanduser().resolve())
+    parsed = urlparse(path)
+    if parsed.scheme == "file":
+        return "file", str(Path(parsed.path).resolve())
+    # Object stores: bucket and key, compared as strings (no symlinks, no "..", no cwd).
+    parts = [p for p in f"{parsed.netloc}/{parsed.path}".split("/") if p]
+    return parsed.scheme.lower(), "/" + "/".join(parts)
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether two folders or URIs are the same or one lies inside the other."""
+    (sa, pa), (sb, pb) = _location(a), _location(b)
+    if sa != sb:
+        return False  # a local tree and an object store never share files
+    pa, pb = pa.rstrip("/") + "/", pb.rstrip("/") + "/"
+    return pa.startswith(pb) or pb.startswith(pa)
 
 
 def read_bytes(fs, path: str) -> bytes:

@@ -27,7 +27,6 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import urlparse
 
 import numpy as np
 
@@ -192,30 +191,9 @@ def prepare(src: str, out: str, img_size: int | None = None, shard_mb: float = 2
     return manifest
 
 
-def _location(path: str) -> tuple[str, str]:
-    """(scheme, normalised path) to compare locations; file:// URIs are local paths."""
-    if "://" not in path:
-        return "file", str(Path(path).expanduser().resolve())
-    parsed = urlparse(path)
-    if parsed.scheme == "file":
-        return "file", str(Path(parsed.path).resolve())
-    # Object stores: bucket and key, compared as strings (no symlinks, no "..", no cwd).
-    parts = [p for p in f"{parsed.netloc}/{parsed.path}".split("/") if p]
-    return parsed.scheme.lower(), "/" + "/".join(parts)
-
-
-def overlaps(a: str, b: str) -> bool:
-    """Whether two folders or URIs are the same or one lies inside the other."""
-    (sa, pa), (sb, pb) = _location(a), _location(b)
-    if sa != sb:
-        return False  # a local tree and an object store never share files
-    pa, pb = pa.rstrip("/") + "/", pb.rstrip("/") + "/"
-    return pa.startswith(pb) or pb.startswith(pa)
-
-
 def check_out(src: str, out: str) -> None:
     """Refuse an OUT that is, contains or lies inside SRC: its shards would become a domain."""
-    if overlaps(src, out):
+    if folders.overlaps(src, out):
         raise DataError(f"OUT {out}: is, contains or lies inside the source {src}; write the "
                         "shards somewhere else")
 
@@ -330,4 +308,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["prepare", "read_manifest", "summary", "check_out", "overlaps", "add_cli", "MANIFEST"]
+__all__ = ["prepare", "read_manifest", "summary", "check_out", "add_cli", "MANIFEST"]
