@@ -43,6 +43,15 @@ def tiny_config(**overrides) -> ExperimentConfig:
     return load_experiment("toy", list(base.items()))
 
 
+def tiny_eval_config(train_dir, val_dir, **overrides) -> ExperimentConfig:
+    """tiny_config for evaluations of generated data: one source per batch, 2 outputs per source,
+    seeded random feature weights (nothing downloaded)."""
+    return tiny_config(**{"data.train_dir": str(train_dir), "data.val_dir": str(val_dir),
+                          "data.val_batch_size": 1, "eval.batch_size": 8,
+                          "eval.num_outs_per_domain": 2, "eval.feature_weights": "random",
+                          **overrides})
+
+
 @pytest.fixture
 def tiny_cfg() -> ExperimentConfig:
     return tiny_config()

@@ -17,7 +17,7 @@ from stargan_ray.engine import TrainState
 from stargan_ray.metrics import by_step
 from stargan_ray.metrics.evaluator import evaluate
 
-from .conftest import tiny_config
+from .conftest import tiny_config, tiny_eval_config
 
 STEPS = (2, 4, 6)
 
@@ -27,10 +27,7 @@ def run(tmp_path_factory):
     """A run folder with complete checkpoints at STEPS (different EMA weights) and a broken one."""
     root = tmp_path_factory.mktemp("by_step")
     data_dir, val = generate(root / "data", img_size=32, num_domains=2, n_train=4, n_val=2)
-    cfg = tiny_config(**{"data.train_dir": str(data_dir), "data.val_dir": str(val),
-                         "data.val_batch_size": 1, "eval.batch_size": 8,
-                         "eval.num_outs_per_domain": 2, "eval.feature_weights": "random",
-                         "eval.kid_subsets": 4})
+    cfg = tiny_eval_config(data_dir, val, **{"eval.kid_subsets": 4})
     run_dir = root / "runs" / "tiny"
     state = TrainState.create(cfg, "cpu", seed=0)
     for step in STEPS:

@@ -15,7 +15,7 @@ from stargan_ray.metrics import evaluator, kid
 from stargan_ray.metrics.weights import FeatureWeights
 from stargan_ray.models import build_networks, ema_copy, he_init
 
-from .conftest import tiny_config
+from .conftest import tiny_eval_config
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +23,7 @@ def setup(tmp_path_factory):
     """Two domains, 4 train and 2 val images each at 32 px; a seeded tiny generator."""
     root = tmp_path_factory.mktemp("eval")
     train, val = generate(root / "data", img_size=32, num_domains=2, n_train=4, n_val=2)
-    cfg = tiny_config(**{"data.train_dir": str(train), "data.val_dir": str(val),
-                         "data.val_batch_size": 1, "eval.batch_size": 8,
-                         "eval.num_outs_per_domain": 2, "eval.feature_weights": "random"})
+    cfg = tiny_eval_config(train, val)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         nets = build_networks(cfg.model)
