@@ -20,13 +20,14 @@ import torch
 from torch import nn
 
 from .config import ConfigError, ExperimentConfig, from_dict
+from .errors import UserError
 from .models import EMA, TRAINED, Networks, build_networks, ema_copy
 
 FORMAT = "stargan-ray/1"
 CHECKPOINT_FILE = "checkpoint.pt"  # name inside a checkpoint folder (e.g. a Ray Train checkpoint)
 
 
-class CheckpointError(ConfigError):
+class CheckpointError(UserError):
     """A checkpoint file that is missing, unsafe, or does not fit the configured model."""
 
 

@@ -14,7 +14,8 @@ import math
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_experiment
+from .config import load_experiment
+from .errors import ConfigError, UserError
 
 COMMAND_MODULES = (
     "stargan_ray.demo",
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as err:
+    except UserError as err:
         print(f"stargan-ray: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .errors import ConfigError, UserError  # noqa: F401  (re-exported: config.ConfigError)
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -23,10 +25,6 @@ else:  # pragma: no cover
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 SYNTHETIC = "synthetic"  # data.train_dir value: the embedded dataset, generated into a cache
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the key path and what is allowed."""
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from torch import nn
 from .checkpoint import (CHECKPOINT_FILE, CheckpointError, CheckpointMismatch, load_state_into,
                          safe_load, state_dict, verify_checkpoint)
 from .config import ConfigError, ExperimentConfig, from_dict, to_toml
+from .errors import UserError
 from .engine import Batch, TrainState, build_optimizers, stats_to_floats, train_step
 
 log = logging.getLogger(__name__)
@@ -350,7 +351,7 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-class TrainingStopped(ConfigError):
+class TrainingStopped(UserError):
     """The run stopped itself (non-finite loss); the message names the loss and the step."""
 
 
@@ -709,7 +710,7 @@ def resume_hint(run_dir: str, cfg: ExperimentConfig, name: str) -> str:
     """One line: the checkpoint an interrupted run can resume from, or that there is none."""
     try:
         start, _ = newest_complete_checkpoint(run_dir, cfg)
-    except ConfigError:
+    except UserError:
         start = None
     if start is None:
         return f"interrupted: run {name!r} has no complete checkpoint yet; nothing to resume"

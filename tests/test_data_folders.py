@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from stargan_ray.config import ConfigError
+from stargan_ray.errors import UserError
 from stargan_ray.data import folders
 from stargan_ray.data.folders import (BadImage, DomainCountError, DomainMismatchError,
                                       EmptyDomainError, MissingRootError, TooFewDomainsError)
@@ -31,7 +32,7 @@ def _tree(root, domains=("cat", "dog"), n=2):
 def _one_line_naming(err: pytest.ExceptionInfo, path) -> None:
     text = str(err.value)
     assert "\n" not in text and str(path) in text, text
-    assert isinstance(err.value, ConfigError)  # the CLI prints it and exits 2
+    assert isinstance(err.value, UserError)  # the CLI prints it and exits 2
 
 
 def test_scan_sorts_domains_and_lists_recursively(tmp_path):

@@ -25,13 +25,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from stargan_ray.config import ConfigError
+from stargan_ray.errors import UserError
 
 # Official listdir takes png/jpg/jpeg (and JPG); we match case-insensitively and add the other
 # formats Pillow decodes, since users hand in whatever their cameras and scrapers produced.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
-class DataError(ConfigError):
+class DataError(UserError):
     """A data folder or shard set that cannot be trained on; the message names the path."""
 
 
