@@ -119,7 +119,7 @@ def fake_state(cfg: ExperimentConfig) -> TrainState:
                 if param.dim() == 4:
                     param.data = param.data.contiguous(memory_format=torch.channels_last)
     return TrainState(cfg=cfg, nets=nets, nets_ema=nets_ema, optims=build_optimizers(cfg, nets),
-                      step=0, rng=torch.Generator(), device=torch.device("cpu"))
+                      step=0, device=torch.device("cpu"))
 
 
 def count(fn: Callable[[], object]) -> int:
@@ -167,7 +167,7 @@ def network_flops(cfg: ExperimentConfig) -> dict[str, int]:
         nets = fake_state(cfg).nets
         b: Batch = make_batches(cfg, 1, 1, torch.device("cpu"))[0]
         s_trg = torch.zeros(1, cfg.model.style_dim)
-        masks = nets.fan.get_heatmap(b.x_src) if nets.fan is not None else None
+        masks = nets.masks(b.x_src)
         calls: dict[str, Callable[[], object]] = {
             "generator": lambda: nets.generator(b.x_src, s_trg, masks=masks),
             "mapping_network": lambda: nets.mapping_network(b.z_trg, b.y_ref),

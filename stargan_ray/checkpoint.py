@@ -9,18 +9,17 @@ pickle that would run code is refused.
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from .config import ConfigError, ExperimentConfig, from_dict
+from .config import ExperimentConfig, from_dict
 from .errors import UserError
+from .storage import atomic_write
 from .models import EMA, TRAINED, Networks, build_networks, ema_copy
 
 FORMAT = "stargan-ray/1"
@@ -36,30 +35,16 @@ class CheckpointError(UserError):
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """torch.save to a temporary file in the same folder, fsync, then rename over path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _state_dicts(nets: Networks, names: tuple[str, ...]) -> dict[str, dict[str, torch.Tensor]]:
-    # DDP wraps a module in .module; checkpoints always hold the plain module's names.
-    return {name: getattr(getattr(nets, name), "module", getattr(nets, name)).state_dict()
-            for name in names}
+    return {name: getattr(nets, name).state_dict() for name in names}
 
 
 def state_dict(state) -> dict[str, Any]:
     """Everything of a TrainState as tensors, numbers and strings (loadable with weights_only)."""
-    rng = {"torch": torch.get_rng_state(), "loop": state.rng.get_state()}
+    rng = {"torch": torch.get_rng_state()}
     if state.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(state.device)
     return {
@@ -160,7 +145,7 @@ def check_fits(data: Mapping[str, Any], cfg: ExperimentConfig, path: str | Path)
             "check model.img_size, model.w_hpf, model.num_domains, model.style_dim, model.dim_in")
     for group, names in (("nets", TRAINED), ("nets_ema", EMA)):
         for name in names:
-            problem = _state_dict_problem(_module(nets, name).state_dict(), data[group][name])
+            problem = _state_dict_problem(getattr(nets, name).state_dict(), data[group][name])
             if problem:
                 raise CheckpointMismatch(f"checkpoint {path}: {group}.{name}{problem}; {hint}")
 
@@ -192,15 +177,15 @@ def verify_checkpoint(path: str | Path, cfg: ExperimentConfig, step: int | None 
 def load_state_into(state, data: Mapping[str, Any]) -> None:
     """Restore a TrainState in place from state_dict() output."""
     for name in TRAINED:
-        _module(state.nets, name).load_state_dict(data["nets"][name])
+        getattr(state.nets, name).load_state_dict(data["nets"][name])
     for name in EMA:
-        _module(state.nets_ema, name).load_state_dict(data["nets_ema"][name])
+        getattr(state.nets_ema, name).load_state_dict(data["nets_ema"][name])
     for name, opt in state.optims.items():
         opt.load_state_dict(data["optims"][name])
     state.step = int(data["step"])
     rng = data["rng"]
     torch.set_rng_state(rng["torch"].cpu())
-    state.rng.set_state(rng["loop"].cpu())
+    # rng["loop"], in checkpoints written before the pipeline drew the latent codes, is unused.
     if "cuda" in rng and state.device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"].cpu(), state.device)
 
@@ -216,11 +201,6 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu",
     state = TrainState.create(cfg, device)
     load_state_into(state, data)
     return state
-
-
-def _module(nets: Networks, name: str) -> nn.Module:
-    module = getattr(nets, name)
-    return getattr(module, "module", module)
 
 
 # ---------------------------------------------------------------- official checkpoints
@@ -283,7 +263,6 @@ def load_official_networks(path: str | Path, networks: Networks) -> list[str]:
     for name, module in networks.items():
         if name not in data:
             continue
-        module = getattr(module, "module", module)
         module.load_state_dict(_fit_state_dict(name, module, data[name], path), strict=True)
         loaded.append(name)
     if not loaded:

@@ -63,14 +63,17 @@ class Batch:
 
 @dataclass
 class TrainState:
-    """Everything a run needs to continue exactly: networks, EMA copies, optimisers, step, RNG."""
+    """Everything a run needs to continue exactly: networks, EMA copies, optimisers and step.
+
+    Latent codes are not drawn here: the data pipeline draws z_trg / z_trg2 for each batch from
+    the batch's position in the stream, so a resumed run sees the same codes without an RNG state.
+    """
 
     cfg: ExperimentConfig
     nets: Networks
     nets_ema: Networks
     optims: dict[str, torch.optim.Optimizer]
     step: int
-    rng: torch.Generator  # latent codes drawn by the training loop
     device: torch.device
     # Called between backward() and the optimiser steps with the networks being stepped; the
     # distributed trainer averages their gradients across workers here. None in one process.
@@ -110,17 +113,8 @@ class TrainState:
             for _, module in nets.items():
                 module.to(memory_format=torch.channels_last)
         nets_ema = ema_copy(nets)
-        rng = torch.Generator(device="cpu")
-        rng.manual_seed(seed)
         return cls(cfg=cfg, nets=nets, nets_ema=nets_ema, optims=build_optimizers(cfg, nets),
-                   step=0, rng=rng, device=device)
-
-    def sample_latents(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw z_trg, z_trg2 from the state's own generator (saved in checkpoints)."""
-        shape = (batch_size, self.cfg.model.latent_dim)
-        z_trg = torch.randn(shape, generator=self.rng)
-        z_trg2 = torch.randn(shape, generator=self.rng)
-        return z_trg.to(self.device), z_trg2.to(self.device)
+                   step=0, device=device)
 
     def step_networks(self) -> "StepNetworks":
         cached = self._step_nets
@@ -205,15 +199,15 @@ class StepNetworks:
     bf16, compiled with train.compile.
 
     R1 differentiates the discriminator's input gradient (a double backward), which compiled
-    graphs do not support, so the D steps call an uncompiled discriminator (``d_step``); the G
+    graphs do not support, so the D steps call an uncompiled discriminator (``for_d``); the G
     steps, where D is frozen and only passes gradients through, call the compiled one.
     """
 
     source: Networks
     cfg: ExperimentConfig
     backend: str
-    g_step: Networks
-    d_step: Networks
+    for_g: Networks  # the views the G steps call
+    for_d: Networks  # the views the D steps call: for_g's G, F, E and an uncompiled D
 
     @classmethod
     def build(cls, nets: Networks, cfg: ExperimentConfig,
@@ -229,12 +223,12 @@ class StepNetworks:
                 module = torch.compile(module, backend=backend, dynamic=False)
             return module
 
-        g_step = Networks(**{name: view(module, t.compile) for name, module in nets.items()},
-                          fan=nets.fan)
-        d_step = Networks(generator=g_step.generator, mapping_network=g_step.mapping_network,
-                          style_encoder=g_step.style_encoder,
-                          discriminator=view(nets.discriminator, False), fan=nets.fan)
-        return cls(source=nets, cfg=cfg, backend=backend, g_step=g_step, d_step=d_step)
+        for_g = Networks(**{name: view(module, t.compile) for name, module in nets.items()},
+                         fan=nets.fan)
+        for_d = Networks(generator=for_g.generator, mapping_network=for_g.mapping_network,
+                         style_encoder=for_g.style_encoder,
+                         discriminator=view(nets.discriminator, False), fan=nets.fan)
+        return cls(source=nets, cfg=cfg, backend=backend, for_g=for_g, for_d=for_d)
 
 
 # ---------------------------------------------------------------- the iteration
@@ -274,10 +268,6 @@ def update_ema(nets: Networks, nets_ema: Networks, beta: float) -> None:
         torch._foreach_copy_(params_ema, torch._foreach_lerp(params, params_ema, beta))
 
 
-def _masks(nets: Networks, x: torch.Tensor, w_hpf: float):
-    return nets.fan.get_heatmap(x) if w_hpf > 0 else None
-
-
 def _prepare(batch: Batch, channels_last: bool) -> Batch:
     if not channels_last:
         return batch
@@ -296,45 +286,45 @@ def train_step(state: TrainState, batch: Batch) -> Stats:
 def _iteration(state: TrainState, batch: Batch) -> Stats:
     cfg, nets = state.cfg, state.nets
     run = state.step_networks()
-    G, F, E = run.g_step.generator, run.g_step.mapping_network, run.g_step.style_encoder
+    generator, mapping_network, style_encoder = (run.for_g.generator, run.for_g.mapping_network,
+                                                 run.for_g.style_encoder)
     x_real, y_org, y_trg = batch.x_src, batch.y_src, batch.y_ref
-    weights = GWeights(cfg.loss.lambda_sty, schedules.lambda_ds(cfg.loss, state.step),
+    weights = GWeights(cfg.loss.lambda_sty, schedules.lambda_ds_at(cfg.loss, state.step),
                        cfg.loss.lambda_cyc)
-    r1_weight = schedules.r1_weight(cfg.loss, state.step)
-    w_hpf = cfg.model.w_hpf
-    masks = _masks(nets, x_real, w_hpf)
+    r1_weight = schedules.r1_weight_at(cfg.loss, state.step)
+    masks = nets.masks(x_real)
 
     # Latent fake with its graph: the D step uses it detached, the latent G step reuses it.
-    s_trg = F(batch.z_trg, y_trg)
-    x_fake = G(x_real, s_trg, masks=masks)
+    s_trg = mapping_network(batch.z_trg, y_trg)
+    x_fake = generator(x_real, s_trg, masks=masks)
     # G, F and E are unchanged until the latent G step: the reference fake of the D step and the
     # second latent fake of the diversity term, in one call.
     with torch.no_grad():
-        x_fake_ref = G(x_real, E(batch.x_ref, y_trg), masks=masks)
-        x_fake2 = G(x_real, F(batch.z_trg2, y_trg), masks=masks)
+        x_fake_ref = generator(x_real, style_encoder(batch.x_ref, y_trg), masks=masks)
+        x_fake2 = generator(x_real, mapping_network(batch.z_trg2, y_trg), masks=masks)
 
-    loss, d_latent = d_loss(run.d_step, x_real, y_org, y_trg, x_fake.detach(), r1_weight)
+    loss, d_latent = d_loss(run.for_d, x_real, y_org, y_trg, x_fake.detach(), r1_weight)
     _step_optimizers(state, loss, ("discriminator",))
-    loss, d_ref = d_loss(run.d_step, x_real, y_org, y_trg, x_fake_ref, r1_weight)
+    loss, d_ref = d_loss(run.for_d, x_real, y_org, y_trg, x_fake_ref, r1_weight)
     _step_optimizers(state, loss, ("discriminator",))
 
     with frozen(nets.discriminator):
         # G step with latent codes: steps G, F and E.
-        s_org = E(x_real, y_org)
-        loss, g_latent = g_loss(run.g_step, x_real, y_trg, s_trg, x_fake, x_fake2, s_org,
-                                _masks(nets, x_fake, w_hpf), weights)
+        s_org = style_encoder(x_real, y_org)
+        loss, g_latent = g_loss(run.for_g, x_real, y_trg, s_trg, x_fake, x_fake2, s_org,
+                                nets.masks(x_fake), weights)
         _step_optimizers(state, loss, ("generator", "mapping_network", "style_encoder"))
         del x_fake, x_fake2, s_trg, s_org
 
         # G step with references: steps G only, after the latent step changed G, F and E.
         with frozen(nets.style_encoder):
             with torch.no_grad():
-                s_trg, s_trg2, s_org = (E(batch.x_ref, y_trg), E(batch.x_ref2, y_trg),
-                                        E(x_real, y_org))
-                x_fake2 = G(x_real, s_trg2, masks=masks)
-            x_fake = G(x_real, s_trg, masks=masks)
-            loss, g_ref = g_loss(run.g_step, x_real, y_trg, s_trg, x_fake, x_fake2, s_org,
-                                 _masks(nets, x_fake, w_hpf), weights)
+                s_trg, s_trg2, s_org = (style_encoder(batch.x_ref, y_trg), style_encoder(batch.x_ref2, y_trg),
+                                        style_encoder(x_real, y_org))
+                x_fake2 = generator(x_real, s_trg2, masks=masks)
+            x_fake = generator(x_real, s_trg, masks=masks)
+            loss, g_ref = g_loss(run.for_g, x_real, y_trg, s_trg, x_fake, x_fake2, s_org,
+                                 nets.masks(x_fake), weights)
             _step_optimizers(state, loss, ("generator",))
 
     update_ema(nets, state.nets_ema, cfg.optim.ema_beta)

@@ -21,6 +21,8 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
+from .storage import atomic_write_bytes, write_bytes
+
 log = logging.getLogger(__name__)
 
 # The official stats (DESIGN.md), drawn in this order; D/ref_* and G/ref_* as logged.
@@ -170,10 +172,7 @@ def png_bytes(fig) -> bytes:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write then rename: a viewer refreshing the PNG never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    atomic_write_bytes(path, data)
 
 
 def write_losses_png(run_dir: str | Path, title: str = "") -> Path | None:
@@ -212,15 +211,7 @@ def write_trials_png(sweep_dir: str, grid, rows: list[dict[str, Any]],
                             " (x: ended early)")
         data = png_bytes(fig)
         uri = f"{sweep_dir.rstrip('/')}/plots/trials.png"
-        if "://" in uri:
-            import pyarrow.fs as pafs
-
-            fs, path = pafs.FileSystem.from_uri(uri)
-            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-            with fs.open_output_stream(path) as f:
-                f.write(data)
-        else:
-            _write_atomic(Path(uri), data)
+        write_bytes(uri, data)
         return {"plot": uri}
     except Exception as err:  # the results table is written already; a plot never fails a sweep
         _warn_once("plots/trials.png", err)

@@ -260,7 +260,7 @@ class RunLogger:
             self._val = load_val_samples(self.cfg, self.device)
         x_src, y_src, x_ref, y_ref = self._val
         nets = state.nets_ema
-        masks = nets.fan.get_heatmap(x_src) if self.cfg.model.w_hpf > 0 else None
+        masks = nets.masks(x_src)
         grids = {
             "reference": reference_grid(nets, x_src, x_ref, y_ref, masks),
             "latent": latent_grid(nets, x_src, self.cfg.model.num_domains,

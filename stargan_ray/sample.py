@@ -83,16 +83,12 @@ def save_animation(frames: Sequence[torch.Tensor], path: str | Path, frame_ms: i
 # ---------------------------------------------------------------- grids
 
 
-def _masks(nets: Networks, x: torch.Tensor):
-    return nets.fan.get_heatmap(x) if nets.fan is not None else None
-
-
 @torch.no_grad()
 def reference_grid(nets: Networks, x_src: torch.Tensor, x_ref: torch.Tensor,
                    y_ref: torch.Tensor) -> torch.Tensor:
     """(3, (M+1) H, (N+1) W): sources across the top, references down the first column."""
     n = x_src.size(0)
-    masks = _masks(nets, x_src)
+    masks = nets.masks(x_src)
     s_ref = nets.style_encoder(x_ref, y_ref)
     rows = [torch.cat([torch.ones_like(x_src[:1]), x_src])]
     for i in range(x_ref.size(0)):
@@ -118,7 +114,7 @@ def latent_grid(nets: Networks, x_src: torch.Tensor, domains: Sequence[int], z_t
     z_trg: (K, latent_dim), each code shared by all sources of its row.
     """
     n = x_src.size(0)
-    masks = _masks(nets, x_src)
+    masks = nets.masks(x_src)
     rows = [x_src]
     for y in domains:
         y_trg = torch.full((n,), y, dtype=torch.long, device=x_src.device)
@@ -133,8 +129,8 @@ def latent_grid(nets: Networks, x_src: torch.Tensor, domains: Sequence[int], z_t
 def cycle_grid(nets: Networks, x_src: torch.Tensor, y_src: torch.Tensor, x_ref: torch.Tensor,
                y_ref: torch.Tensor) -> torch.Tensor:
     """(3, 4 H, N W): x_src, x_ref, x_fake = G(x_src, E(x_ref)), x_rec = G(x_fake, E(x_src))."""
-    x_fake = nets.generator(x_src, nets.style_encoder(x_ref, y_ref), masks=_masks(nets, x_src))
-    x_rec = nets.generator(x_fake, nets.style_encoder(x_src, y_src), masks=_masks(nets, x_fake))
+    x_fake = nets.generator(x_src, nets.style_encoder(x_ref, y_ref), masks=nets.masks(x_src))
+    x_rec = nets.generator(x_fake, nets.style_encoder(x_src, y_src), masks=nets.masks(x_fake))
     return tile(torch.cat([x_src, x_ref, x_fake, x_rec]), x_src.size(0))
 
 
@@ -143,7 +139,7 @@ def interpolation_frames(nets: Networks, x_src: torch.Tensor, styles: Sequence[t
                          alphas: Sequence[float]) -> list[torch.Tensor]:
     """Frames moving through consecutive styles (each (1, style_dim)); sources above outputs."""
     n = x_src.size(0)
-    masks = _masks(nets, x_src)
+    masks = nets.masks(x_src)
     frames = []
     for s_prev, s_next in zip(styles[:-1], styles[1:]):
         for alpha in alphas:

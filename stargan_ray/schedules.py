@@ -12,7 +12,7 @@ import math
 from .config import LossConfig
 
 
-def lambda_ds(loss: LossConfig, step: int) -> float:
+def lambda_ds_at(loss: LossConfig, step: int) -> float:
     """Weight of the diversity-sensitive loss at a 0-based step.
 
     linear (official): max(0, l0 * (1 - step / ds_iter)); cosine: half-cosine from l0 to 0 over
@@ -31,7 +31,7 @@ def lambda_ds(loss: LossConfig, step: int) -> float:
     raise ValueError(f"loss.ds_decay: unknown kind {loss.ds_decay!r}")
 
 
-def r1_weight(loss: LossConfig, step: int) -> float:
+def r1_weight_at(loss: LossConfig, step: int) -> float:
     """Weight of the R1 penalty at a step; 0 means skip it this step.
 
     Lazy regularisation (StyleGAN2): with r1_interval k, R1 runs every k-th step with its weight

@@ -54,14 +54,14 @@ def test_r1_matches_finite_differences():
 
 def test_lambda_ds_linear_is_the_official_decay():
     loss = load_experiment("afhq").loss  # lambda_ds 2, ds_iter 100k
-    assert schedules.lambda_ds(loss, 0) == 2.0
-    assert schedules.lambda_ds(loss, 25_000) == pytest.approx(1.5)
-    assert schedules.lambda_ds(loss, 100_000) == 0.0
-    assert schedules.lambda_ds(loss, 150_000) == 0.0
+    assert schedules.lambda_ds_at(loss, 0) == 2.0
+    assert schedules.lambda_ds_at(loss, 25_000) == pytest.approx(1.5)
+    assert schedules.lambda_ds_at(loss, 100_000) == 0.0
+    assert schedules.lambda_ds_at(loss, 150_000) == 0.0
     # the official loop subtracts l0 / ds_iter after every iteration
     official, l0 = 2.0, 2.0
     for step in range(1000):
-        assert schedules.lambda_ds(loss, step) == pytest.approx(official, abs=1e-9)
+        assert schedules.lambda_ds_at(loss, step) == pytest.approx(official, abs=1e-9)
         official -= l0 / loss.ds_iter
 
 
@@ -69,7 +69,7 @@ def test_lambda_ds_linear_is_the_official_decay():
 def test_other_decay_kinds(kind):
     loss = load_experiment("celeba_hq", [f"loss.ds_decay={kind}", "loss.ds_iter=1000",
                                          "loss.ds_step_every=250"]).loss
-    values = [schedules.lambda_ds(loss, t) for t in range(0, 1200, 50)]
+    values = [schedules.lambda_ds_at(loss, t) for t in range(0, 1200, 50)]
     assert values[0] == 1.0
     assert all(a >= b for a, b in zip(values, values[1:]))  # never increases
     if kind == "none":
@@ -77,15 +77,15 @@ def test_other_decay_kinds(kind):
     else:
         assert values[-1] == 0.0
     if kind == "step":
-        assert schedules.lambda_ds(loss, 250) == 0.5 and schedules.lambda_ds(loss, 249) == 1.0
+        assert schedules.lambda_ds_at(loss, 250) == 0.5 and schedules.lambda_ds_at(loss, 249) == 1.0
     if kind == "cosine":
-        assert schedules.lambda_ds(loss, 500) == pytest.approx(0.5)
+        assert schedules.lambda_ds_at(loss, 500) == pytest.approx(0.5)
 
 
 def test_lazy_r1_keeps_the_average_weight():
     loss = load_experiment("toy", ["loss.r1_interval=4", "loss.lambda_reg=2"]).loss
-    weights = [schedules.r1_weight(loss, t) for t in range(16)]
+    weights = [schedules.r1_weight_at(loss, t) for t in range(16)]
     assert weights[0] == 8.0 and weights[1] == 0.0 and weights[4] == 8.0
     assert sum(weights) / len(weights) == pytest.approx(2.0)
     official = load_experiment("toy").loss
-    assert {schedules.r1_weight(official, t) for t in range(5)} == {official.lambda_reg}
+    assert {schedules.r1_weight_at(official, t) for t in range(5)} == {official.lambda_reg}

@@ -131,8 +131,8 @@ def test_compile_traces_the_g_steps_and_keeps_the_eager_d_step_for_r1():
     eager, _, s_eager = _run(tiny_config(), range(2))
     s_compiled = [stats_to_floats(train_step(state, random_batch(cfg, seed=s))) for s in range(2)]
     run = state.step_networks()
-    assert all(isinstance(getattr(run.g_step, name), OptimizedModule) for name in TRAINED)
-    assert not isinstance(run.d_step.discriminator, OptimizedModule)  # R1: double backward
+    assert all(isinstance(getattr(run.for_g, name), OptimizedModule) for name in TRAINED)
+    assert not isinstance(run.for_d.discriminator, OptimizedModule)  # R1: double backward
     for name, value in s_eager[-1].items():
         assert s_compiled[-1][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
     # Parameters as in the channels_last test: with one thread the traced graphs round

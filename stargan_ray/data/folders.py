@@ -13,7 +13,6 @@ callers name (``report_unreadable``) and skip instead of crashing.
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -24,8 +23,8 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from stargan_ray.config import ConfigError
 from stargan_ray.errors import UserError
+from stargan_ray.storage import filesystem  # noqa: F401  (folders.filesystem, used by data)
 
 # Official listdir takes png/jpg/jpeg (and JPG); we match case-insensitively and add the other
 # formats Pillow decodes, since users hand in whatever their cameras and scrapers produced.
@@ -61,23 +60,6 @@ class BadImage(Exception):
 
 
 # ---------------------------------------------------------------- file systems
-
-
-def filesystem(root: str):
-    """(pyarrow FileSystem, path inside it) for a local path or a URI such as s3://bucket/x."""
-    import pyarrow.fs as pafs
-
-    if "://" in root:
-        return _uri_filesystem(root)
-    return pafs.LocalFileSystem(), str(Path(root).expanduser().resolve())
-
-
-@functools.lru_cache(maxsize=64)
-def _uri_filesystem(root: str):
-    # Cached: tasks read many files of one root, and resolving an object store is not free.
-    import pyarrow.fs as pafs
-
-    return pafs.FileSystem.from_uri(root)
 
 
 def _location(path: str) -> tuple[str, str]:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import SYNTHETIC, ConfigError
+from ..storage import atomic_write_text
 
 METRICS_DIR = "metrics"
 CSV_FILE = "by_step.csv"
@@ -64,17 +64,12 @@ def columns(rows: Sequence[dict[str, Any]]) -> list[str]:
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
     """The table, written under a temporary name and moved into place."""
     keys = columns(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(keys)
-            for row in rows:
-                writer.writerow(["" if row.get(k) is None else row[k] for k in keys])
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(keys)
+    for row in rows:
+        writer.writerow(["" if row.get(k) is None else row[k] for k in keys])
+    atomic_write_text(path, text.getvalue())
 
 
 def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:

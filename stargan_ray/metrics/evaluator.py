@@ -31,10 +31,8 @@ LPIPS values and, at the end, its moment sums. num_workers=0 runs in-process (tr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,6 +50,7 @@ from ..data import folders
 from ..models import Networks, build_networks
 from . import fid as fidlib
 from . import lpips as lpipslib
+from ..storage import atomic_write_json
 from .weights import FeatureWeights
 
 MODES = ("latent", "reference")
@@ -248,10 +247,10 @@ class EvalWorker:
     def _run_fake(self, item: Item) -> ItemResult:
         mode, t = item.key
         task = self.job.tasks[t]
-        nets, cfg = self.nets, self.job.cfg
+        nets = self.nets
         x_src = self._images(self.job.data.val[task.src][i] for i in item.indices)
         y_trg = torch.full((len(item.indices),), task.trg, dtype=torch.long, device=self.device)
-        masks = nets.fan.get_heatmap(x_src) if cfg.model.w_hpf > 0 else None
+        masks = nets.masks(x_src)
         outputs = []
         for out in range(self.job.num_outs):
             draws = [self._style(mode, task, i, out) for i in item.indices]
@@ -278,7 +277,6 @@ class EvalWorker:
 def _payload(nets: Networks, inception: nn.Module, lpips_net: nn.Module | None) -> dict[str, Any]:
     """CPU state dicts of everything a Ray worker rebuilds (no weights files needed there)."""
     def cpu(module: nn.Module) -> dict[str, torch.Tensor]:
-        module = getattr(module, "module", module)  # DDP
         return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
     return {
@@ -499,17 +497,6 @@ def collect(nets_ema: Networks, cfg: ExperimentConfig, *, modes: Sequence[str],
     return Collected(real, moments, lpips_values, cache), data, tasks
 
 
-def _write_json(payload: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=4, sort_keys=False)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _mean(values: list[float | None]) -> float | None:
     return None if not values or any(v is None for v in values) else float(np.mean(values))
 
@@ -584,7 +571,7 @@ def evaluate(nets_ema: Networks, cfg: ExperimentConfig, *, step: int, mode: str 
     elapsed = time.perf_counter() - start
     for path, payload in files:
         payload["elapsed_seconds"] = round(elapsed, 3)  # the whole call (all modes together)
-        _write_json(payload, path)
+        atomic_write_json(path, payload)
     return results
 
 

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from torchvision import transforms
 from torchvision.models.inception import Inception3
 
 from ..data import folders
+from ..storage import atomic_write
 from .weights import FeatureWeights, calibrate_batchnorm
 
 INCEPTION_SIZE = 299
@@ -233,17 +233,9 @@ class FeatureMoments:
 
     def save(self, path: str | Path) -> None:
         """Write atomically (temporary file + rename): concurrent readers never see half a file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                extra = {} if self.rows is None else {"rows": self.rows.numpy()}
-                np.savez(f, n=self.n, sum=self.sum.cpu().numpy(), outer=self.outer.cpu().numpy(),
-                         **extra)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        extra = {} if self.rows is None else {"rows": self.rows.numpy()}
+        atomic_write(path, lambda f: np.savez(f, n=self.n, sum=self.sum.cpu().numpy(),
+                                              outer=self.outer.cpu().numpy(), **extra))
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureMoments":

@@ -35,6 +35,20 @@ class Networks:
             if module is not None and (include_fan or f.name != "fan"):
                 yield f.name, module
 
+    def masks(self, x: torch.Tensor) -> torch.Tensor | None:
+        """FAN masks for the high-pass path of x; None for models without one (w_hpf = 0).
+
+        A FAN is attached exactly when model.w_hpf > 0 (engine, checkpoint and evaluator load it
+        only then), so its presence is the one condition every caller uses.
+        """
+        if self.fan is not None:
+            return self.fan.get_heatmap(x)
+        if hasattr(self.generator, "hpf"):
+            # Without masks the generator would silently skip its high-pass path.
+            raise ValueError("the generator has a high-pass path (model.w_hpf > 0) but no FAN "
+                             "is attached; load it with models.fan.load_fan(model.wing_path)")
+        return None
+
     def to(self, device: torch.device | str) -> "Networks":
         for _, module in self.items(include_fan=True):
             module.to(device)
