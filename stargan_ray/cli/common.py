@@ -1,21 +1,24 @@
-"""`stargan-ray` command line: subcommands registered by the modules that own them.
+"""Argument groups and checks shared by the commands, each defined once.
 
-Each module defines add_cli(subparsers); heavy imports (ray, wandb, lpips) stay inside the command
-functions so that `stargan-ray --help` is quick. Errors users can cause are ConfigErrors and are
-printed as one line with exit code 2, without a traceback.
+- add_experiment_args / experiment_from_args: --experiment NAME|PATH and repeated --set.
+- add_model_source_args / load_model: --checkpoint | --official-checkpoint, with --experiment and
+  --set, resolved to (config, EMA networks, step) the same way for eval, sample and translate.
+- add_resource_args / run_resources: --storage, --gpus-per-worker, --cpus-per-worker, --wandb.
+- argparse types (positive_int, ...), --device and its check, and the output-overlap check.
+
+argparse types fail with one usage line and exit code 2; the check_* and resolve_* functions raise
+ConfigError, which main() prints as one line with exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import math
-import sys
 from pathlib import Path
+from typing import Any
 
-from .config import load_experiment
-from .errors import ConfigError, UserError
+from ..config import ExperimentConfig, load_experiment, with_overrides
+from ..errors import ConfigError
 
 COMMAND_MODULES = (
     "stargan_ray.demo",
@@ -37,8 +40,74 @@ def add_experiment_args(parser: argparse.ArgumentParser, default: str | None = "
                         metavar="KEY=VALUE", help="override a config key, e.g. loss.lambda_ds=2")
 
 
-def experiment_from_args(args: argparse.Namespace):
+def experiment_from_args(args: argparse.Namespace) -> ExperimentConfig:
     return load_experiment(args.experiment, args.overrides)
+
+
+def add_model_source_args(parser: argparse.ArgumentParser, *, run: bool = False):
+    """--checkpoint | --official-checkpoint [| --run RUN_DIR], --experiment, --set.
+
+    Returns the mutually exclusive group so a command can add a source of its own.
+    """
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a stargan-ray checkpoint file or folder")
+    src.add_argument("--official-checkpoint", help="an official {step}_nets_ema.ckpt")
+    if run:
+        src.add_argument("--run", metavar="RUN_DIR",
+                         help="every complete checkpoint of a training run: writes "
+                              "RUN_DIR/metrics/by_step.csv and by_step.png, prints the best step")
+    parser.add_argument("--experiment", "-e",
+                        help="experiment name or TOML (required for official files)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config key, e.g. eval.batch_size=8")
+    return src
+
+
+def model_config(args: argparse.Namespace, command: str,
+                 extra: list[tuple[str, Any]] | None = None) -> tuple[ExperimentConfig, str]:
+    """(config, checkpoint path) for --checkpoint / --official-checkpoint.
+
+    A stargan-ray checkpoint carries its config (--experiment replaces it); an official file has
+    only weights, so its shapes come from --experiment. --set and extra overrides apply on top.
+    """
+    from ..checkpoint import read_config
+
+    overrides = [*args.overrides, *(extra or [])]
+    if args.official_checkpoint:
+        if not args.experiment:
+            raise ConfigError(f"{command}: --official-checkpoint needs --experiment NAME for "
+                              "the shapes")
+        return load_experiment(args.experiment, overrides), args.official_checkpoint
+    if args.experiment:
+        return load_experiment(args.experiment, overrides), args.checkpoint
+    return with_overrides(read_config(args.checkpoint), overrides), args.checkpoint
+
+
+def load_model(args: argparse.Namespace, command: str, device: str,
+               extra: list[tuple[str, Any]] | None = None):
+    """(config, EMA networks on device, step) for the model named by add_model_source_args."""
+    from ..checkpoint import load_ema_networks, official_step, safe_load
+
+    cfg, path = model_config(args, command, extra)
+    cfg, nets = load_ema_networks(path, cfg, device)
+    if args.official_checkpoint:
+        step = official_step(path) or 0
+    else:
+        step = int(safe_load(path).get("step", 0))
+    return cfg, nets, step
+
+
+def add_resource_args(parser: argparse.ArgumentParser, *, what: str = "run",
+                      cpus_minimum: float = 0.0, wandb_help: str = "") -> None:
+    """--storage, --gpus-per-worker, --cpus-per-worker, --wandb: where a Ray job runs and logs."""
+    parser.add_argument("--gpus-per-worker", type=nonnegative_float, default=0.0)
+    parser.add_argument("--cpus-per-worker", default=1.0,
+                        type=positive_float if cpus_minimum > 0 else nonnegative_float)
+    parser.add_argument("--storage", default="runs",
+                        help=f"{what} storage: a local or shared path, or a URI such as "
+                             "s3://bucket/runs")
+    parser.add_argument("--wandb", choices=("online", "offline", "disabled"), default=None,
+                        help=f"W&B mode{wandb_help} (default: $WANDB_MODE, else offline)")
 
 
 # ---------------------------------------------------------------- shared argument checks
@@ -117,7 +186,7 @@ def check_output(out: str | Path, inputs: list[str | Path], *, flag: str = "--ou
     non-directory is refused. Local paths are compared after resolving symlinks, URIs by scheme,
     bucket and key (data.folders.overlaps).
     """
-    from .data.folders import overlaps
+    from ..data.folders import overlaps
 
     out_path = Path(out).expanduser()
     for inp in inputs:
@@ -133,64 +202,3 @@ def check_output(out: str | Path, inputs: list[str | Path], *, flag: str = "--ou
     elif out_path.exists() and not out_path.is_dir():
         raise ConfigError(f"{flag} {out}: exists and is not a directory")
     return out_path
-
-
-def _import_official(args: argparse.Namespace) -> int:
-    from .checkpoint import import_official
-
-    # Checked before the networks are built: the official files are inputs, never replaced.
-    inputs = [p for p in (args.nets_ema, args.nets, args.optims) if p is not None]
-    out = check_output(args.out, inputs, overwrite=args.overwrite)
-    for parent in out.resolve().parents:
-        if parent.exists() and not parent.is_dir():
-            raise ConfigError(f"--out {args.out}: {parent} is not a directory")
-    cfg = experiment_from_args(args)
-    written = import_official(cfg, args.nets_ema, out, nets_path=args.nets,
-                              optims_path=args.optims, step=args.step)
-    print(f"wrote {written}")
-    return 0
-
-
-def _add_import_official(sub) -> None:
-    p = sub.add_parser("import-official",
-                       help="convert official {step}_nets_ema/_nets/_optims.ckpt files")
-    add_experiment_args(p, default=None)
-    p.add_argument("--nets-ema", required=True, type=Path, help="official {step}_nets_ema.ckpt")
-    p.add_argument("--nets", type=Path, help="official {step}_nets.ckpt (to resume training)")
-    p.add_argument("--optims", type=Path, help="official {step}_optims.ckpt (to resume training)")
-    p.add_argument("--step", type=nonnegative_int,
-                   help="step to record (default: from the file name)")
-    p.add_argument("--out", required=True, type=Path,
-                   help="stargan-ray checkpoint to write (not one of the input files)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.set_defaults(func=_import_official)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="stargan-ray",
-        description="StarGAN v2 on Ray: train, tune, evaluate and sample.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        if importlib.util.find_spec(name) is not None:
-            module = importlib.import_module(name)
-            if hasattr(module, "add_cli"):
-                module.add_cli(sub)
-    _add_import_official(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except UserError as err:
-        print(f"stargan-ray: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
