@@ -9,7 +9,6 @@ The warp is bicubic (torch.grid_sample) where the official code used OpenCV's La
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ConfigError
-from .models.fan import FAN, NUM_LANDMARKS, heatmap_peaks, load_fan
+from .models.fan import FAN, NUM_LANDMARKS, heatmap_peaks
 
 LM_MEAN_HELP = ("the CelebA-HQ mean landmarks of the official StarGAN v2 release, which the "
                 "official `bash download.sh wing` downloads into "
@@ -255,43 +254,5 @@ def align_folder(inp: str | Path, out: str | Path, aligner: FaceAligner,
     return aligned, skipped
 
 
-def _run(args: argparse.Namespace) -> int:
-    from .cli import check_output, resolve_device
-
-    device = torch.device(resolve_device(args.device))
-    # the outputs keep the input names: an --out that overlaps --inp would overwrite the photos
-    check_output(args.out, [args.inp], kind="dir")
-    mean = load_mean_landmarks(args.lm_mean)
-    aligner = FaceAligner(load_fan(args.wing, device), mean, args.img_size, args.min_confidence)
-    aligned, skipped = align_folder(args.inp, args.out, aligner, device)
-    print(f"aligned {len(aligned)} photo(s) into {args.out}; skipped {len(skipped)}"
-          + (f": {', '.join(skipped)}" if skipped else ""))
-    return 0 if aligned else 1
-
-
-def add_cli(subparsers) -> None:
-    from .cli import add_device_arg, nonnegative_float, positive_int
-
-    p = subparsers.add_parser(
-        "align", help="align face photos to the CelebA-HQ mean landmarks (official align mode)",
-        description="Align custom face photos like CelebA-HQ so a CelebA-HQ model can translate "
-                    "them. Photos where no face is found, and files that cannot be decoded, are "
-                    "reported and skipped; exits 1 when none was aligned.")
-    p.add_argument("--inp", required=True, help="folder of input photos (searched recursively)")
-    p.add_argument("--out", required=True,
-                   help="output folder (same relative file names); not inside --inp")
-    p.add_argument("--wing", default="expr/checkpoints/wing.ckpt",
-                   help="FAN landmark checkpoint of the official release (default: %(default)s)")
-    p.add_argument("--lm-mean", default="expr/checkpoints/celeba_lm_mean.npz",
-                   help="CelebA-HQ mean landmarks of the official release (default: %(default)s)")
-    p.add_argument("--img-size", type=positive_int, default=256,
-                   help="output size, a multiple of 64 (default: %(default)s)")
-    p.add_argument("--min-confidence", type=nonnegative_float, default=0.2,
-                   help="skip photos whose mean landmark heatmap peak is below this "
-                        "(no face found); 0 disables the check (default: %(default)s)")
-    add_device_arg(p)
-    p.set_defaults(func=_run)
-
-
 __all__ = ["FaceAligner", "AlignResult", "align_folder", "similarity_matrix", "pad_mirror", "warp",
-           "load_mean_landmarks", "add_cli"]
+           "load_mean_landmarks"]

@@ -24,11 +24,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import grids
 from .config import ExperimentConfig
 from .models import Networks
 
 log = logging.getLogger(__name__)
-SAMPLE_SOURCES = 6  # sources (rows) and references (columns) in the training sample grids
+SAMPLE_SOURCES = 6  # sources (columns) and references (rows) in the training sample grids
+SAMPLE_LATENTS = 2  # latent codes per target domain in the training latent grid
 # Before an online W&B run: how long a TCP connection to the server (or its proxy) may take to open.
 # Without this check an unreachable server held the first training step for wandb.init's whole
 # init_timeout (90 s) and then W&B was off, with nothing kept of the run.
@@ -55,54 +57,19 @@ def local_run_dir(run_dir: str) -> Path:
     return Path(run_dir)
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8, rounded as torchvision's save_image."""
-    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2 * 255 + 0.5).clamp(0, 255)
-    return x.to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def tile(rows: list[torch.Tensor], pad: int = 2) -> Image.Image:
-    """Images as a grid: each entry of rows is one row (N_i, 3, H, W); white padding."""
-    h, w = rows[0].shape[-2:]
-    cols = max(r.shape[0] for r in rows)
-    canvas = np.full((len(rows) * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
-    for i, row in enumerate(rows):
-        for j, img in enumerate(_to_uint8(row)):
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
-            canvas[y:y + h, x:x + w] = img
-    return Image.fromarray(canvas)
-
-
 @torch.no_grad()
-def reference_grid(nets: Networks, x_src: torch.Tensor, x_ref: torch.Tensor,
-                   y_ref: torch.Tensor, masks=None) -> Image.Image:
-    """Sources down the first column, references along the first row, translations inside."""
-    s_ref = nets.style_encoder(x_ref, y_ref)
-    blank = torch.ones_like(x_src[:1])
-    rows = [torch.cat([blank, x_ref])]
-    for i in range(x_src.size(0)):
-        src = x_src[i:i + 1].expand(x_ref.size(0), -1, -1, -1)
-        m = None if masks is None else tuple(mk[i:i + 1].expand(x_ref.size(0), -1, -1, -1)
-                                             for mk in masks)
-        rows.append(torch.cat([x_src[i:i + 1], nets.generator(src, s_ref, masks=m)]))
-    return tile(rows)
+def sample_grids(nets_ema: Networks, cfg: ExperimentConfig, x_src: torch.Tensor,
+                 x_ref: torch.Tensor, y_ref: torch.Tensor) -> dict[str, Image.Image]:
+    """The training-time samples in the official layouts (grids.py): reference and latent.
 
-
-@torch.no_grad()
-def latent_grid(nets: Networks, x_src: torch.Tensor, num_domains: int, latent_dim: int,
-                seed: int, outs_per_domain: int = 2, masks=None) -> Image.Image:
-    """Each row a source followed by outputs for every target domain (fixed seeded z's)."""
-    gen = torch.Generator().manual_seed(seed)
-    n = x_src.size(0)
-    z = torch.randn(outs_per_domain, latent_dim, generator=gen).to(x_src.device)
-    columns = []
-    for y in range(num_domains):
-        y_trg = torch.full((n,), y, dtype=torch.long, device=x_src.device)
-        for k in range(outs_per_domain):
-            s = nets.mapping_network(z[k:k + 1].expand(n, -1), y_trg)
-            columns.append(nets.generator(x_src, s, masks=masks))
-    rows = [torch.cat([x_src[i:i + 1]] + [c[i:i + 1] for c in columns]) for i in range(n)]
-    return tile(rows)
+    The latent grid uses SAMPLE_LATENTS codes seeded by train.seed, the same at every step, so
+    grids of one run compare; psi 1 (no truncation) shows what the mapping network learnt.
+    """
+    g = torch.Generator().manual_seed(cfg.train.seed)
+    z_trg = torch.randn((SAMPLE_LATENTS, cfg.model.latent_dim), generator=g).to(x_src.device)
+    domains = list(range(min(cfg.model.num_domains, grids.MAX_GRID_DOMAINS)))
+    return {"reference": grids.to_image(grids.reference_grid(nets_ema, x_src, x_ref, y_ref)),
+            "latent": grids.to_image(grids.latent_grid(nets_ema, x_src, domains, z_trg))}
 
 
 def load_val_samples(cfg: ExperimentConfig, device: torch.device | str):
@@ -259,20 +226,14 @@ class RunLogger:
         if self._val is None:
             self._val = load_val_samples(self.cfg, self.device)
         x_src, y_src, x_ref, y_ref = self._val
-        nets = state.nets_ema
-        masks = nets.masks(x_src)
-        grids = {
-            "reference": reference_grid(nets, x_src, x_ref, y_ref, masks),
-            "latent": latent_grid(nets, x_src, self.cfg.model.num_domains,
-                                  self.cfg.model.latent_dim, self.cfg.train.seed, masks=masks),
-        }
-        for name, image in grids.items():
+        images = sample_grids(state.nets_ema, self.cfg, x_src, x_ref, y_ref)
+        for name, image in images.items():
             image.save(self.run_dir / "samples" / f"{step:06d}_{name}.png")
         self.plot()  # the loss plot refreshes with the sample grids
         if self.wandb is not None:
             import wandb
 
-            self._wandb_log({f"samples/{k}": wandb.Image(v) for k, v in grids.items()}, step)
+            self._wandb_log({f"samples/{k}": wandb.Image(v) for k, v in images.items()}, step)
 
     def evaluate(self, state, step: int) -> dict[str, float]:
         """fid_quick of nets_ema on rank 0 (empty where the evaluator is unavailable)."""

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from stargan_ray.align import (FaceAligner, add_cli, load_mean_landmarks, pad_mirror,
+from stargan_ray.align import (FaceAligner, load_mean_landmarks, pad_mirror,
                                similarity_matrix, warp)
+from stargan_ray.cli.align import add_parser
 from stargan_ray.config import ConfigError
 from stargan_ray.models.fan import FAN, load_fan
 
@@ -98,7 +99,7 @@ def test_align_is_identity_when_landmarks_equal_the_mean(wing, tmp_path):
 
 def run_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers())
+    add_parser(parser.add_subparsers())
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -144,7 +144,7 @@ def test_a_16_bit_png_gives_its_8_bit_twin_in_every_loader(tmp_path):
     eight.save(tmp_path / "8.png")
     with Image.open(tmp_path / "16.png") as image:  # what the commands did before: clipped
         assert (np.asarray(image.convert("RGB")) == 255).mean() > 0.9
-    pairs = [(lambda p: fid.load_for_inception(p, S)), (lambda p: sample._load(p, S)),
+    pairs = [(lambda p: fid.load_for_inception(p, S)), (lambda p: sample.load_image_tensor(p, S)),
              (lambda p: align._read_image(p, 64))]
     cfg = tiny_config()
     worker = evaluator.EvalWorker(evaluator.Job(cfg, evaluator.EvalData((), (), ()), (), 1, 0),

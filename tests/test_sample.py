@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision.utils import save_image
 
-from stargan_ray import sample
+from stargan_ray import grids, sample
 from stargan_ray.data.synthetic import generate
 from stargan_ray.models import build_networks, ema_copy, he_init
 
@@ -38,7 +38,7 @@ def test_reference_grid_has_sources_on_top_and_references_in_the_first_column(mo
     x_src = torch.rand((3, 3, S, S), generator=g) * 2 - 1
     x_ref = torch.rand((2, 3, S, S), generator=g) * 2 - 1
     y_ref = torch.tensor([1, 2])
-    grid = sample.reference_grid(nets, x_src, x_ref, y_ref)
+    grid = grids.reference_grid(nets, x_src, x_ref, y_ref)
     assert grid.shape == (3, 3 * S, 4 * S)  # (M + 1) rows, (N + 1) columns
     assert torch.equal(_cell(grid, 0, 0), torch.ones(3, S, S))  # white corner
     for j in range(3):
@@ -58,13 +58,13 @@ def test_latent_grid_rows_and_truncation_to_the_mean_style(model):
     x_src = torch.rand((2, 3, S, S)) * 2 - 1
     g = torch.Generator().manual_seed(1)
     domains = [0, 1, 2]
-    s_avg = {y: sample.mean_style(nets, y, cfg.model.latent_dim, "cpu", g, draws=500)
+    s_avg = {y: grids.mean_style(nets, y, cfg.model.latent_dim, "cpu", g, draws=500)
              for y in domains}
     z = torch.randn((2, cfg.model.latent_dim), generator=g)
-    grid = sample.latent_grid(nets, x_src, domains, z, 1.0, s_avg)
+    grid = grids.latent_grid(nets, x_src, domains, z, 1.0, s_avg)
     assert grid.shape == (3, (1 + 3 * 2) * S, 2 * S)  # sources + one row per (domain, z)
     assert torch.equal(_cell(grid, 0, 1), x_src[1])
-    truncated = sample.latent_grid(nets, x_src, domains, z, 0.0, s_avg)  # psi 0: the mean style
+    truncated = grids.latent_grid(nets, x_src, domains, z, 0.0, s_avg)  # psi 0: the mean style
     with torch.no_grad():
         at_mean = nets.generator(x_src, s_avg[2].expand(2, -1))
     for row in (5, 6):  # domain 2, both codes
@@ -76,7 +76,7 @@ def test_latent_grid_rows_and_truncation_to_the_mean_style(model):
 
 def test_saved_grid_pixels_equal_the_official_save_image(tmp_path):
     grid = torch.rand((3, 2 * S, 3 * S)) * 2.2 - 1.1
-    sample.save_grid(grid, tmp_path / "ours.png")
+    grids.save_grid(grid, tmp_path / "ours.png")
     save_image(((grid + 1) / 2).clamp_(0, 1), tmp_path / "official.png", nrow=1, padding=0)
     with Image.open(tmp_path / "ours.png") as ours, Image.open(tmp_path / "official.png") as ref:
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
@@ -100,7 +100,7 @@ def test_sample_writes_grids_and_an_animation_from_folders(model, tmp_path):
         for k in range(gif.n_frames):  # Pillow merges repeated frames and adds their durations
             gif.seek(k)
             total_ms += gif.info["duration"]
-    assert total_ms == 3 * 1 * len(sample.ease()) * 70  # domains x transitions x steps x 70 ms
+    assert total_ms == 3 * 1 * len(grids.ease()) * 70  # domains x transitions x steps x 70 ms
 
 
 def test_sources_are_taken_round_robin_over_domains(tmp_path):

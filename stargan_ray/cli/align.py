@@ -1,0 +1,47 @@
+"""`stargan-ray align`: align face photos to the CelebA-HQ mean landmarks (official align mode)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import (add_device_arg, check_output, nonnegative_float, positive_int,
+                     resolve_device)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "align", help="align face photos to the CelebA-HQ mean landmarks (official align mode)",
+        description="Align custom face photos like CelebA-HQ so a CelebA-HQ model can translate "
+                    "them. Photos where no face is found, and files that cannot be decoded, are "
+                    "reported and skipped; exits 1 when none was aligned.")
+    p.add_argument("--inp", required=True, help="folder of input photos (searched recursively)")
+    p.add_argument("--out", required=True,
+                   help="output folder (same relative file names); not inside --inp")
+    p.add_argument("--wing", default="expr/checkpoints/wing.ckpt",
+                   help="FAN landmark checkpoint of the official release (default: %(default)s)")
+    p.add_argument("--lm-mean", default="expr/checkpoints/celeba_lm_mean.npz",
+                   help="CelebA-HQ mean landmarks of the official release (default: %(default)s)")
+    p.add_argument("--img-size", type=positive_int, default=256,
+                   help="output size, a multiple of 64 (default: %(default)s)")
+    p.add_argument("--min-confidence", type=nonnegative_float, default=0.2,
+                   help="skip photos whose mean landmark heatmap peak is below this "
+                        "(no face found); 0 disables the check (default: %(default)s)")
+    add_device_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..align import FaceAligner, align_folder, load_mean_landmarks
+    from ..models.fan import load_fan
+
+    device = torch.device(resolve_device(args.device))
+    # the outputs keep the input names: an --out that overlaps --inp would overwrite the photos
+    check_output(args.out, [args.inp], kind="dir")
+    mean = load_mean_landmarks(args.lm_mean)
+    aligner = FaceAligner(load_fan(args.wing, device), mean, args.img_size, args.min_confidence)
+    aligned, skipped = align_folder(args.inp, args.out, aligner, device)
+    print(f"aligned {len(aligned)} photo(s) into {args.out}; skipped {len(skipped)}"
+          + (f": {', '.join(skipped)}" if skipped else ""))
+    return 0 if aligned else 1
