@@ -25,10 +25,13 @@ COMMANDS = (
     ("tune", "stargan_ray.tune"),
     ("eval", "stargan_ray.metrics.evaluator"),
     ("fid", "stargan_ray.metrics.fid"),
-    ("sample", "stargan_ray.sample"),
+    ("sample", None),
+    ("translate", None),
+    ("export", None),
+    ("serve", None),
     ("prepare", "stargan_ray.data.prepare"),
     ("import_official", None),
-    ("align", "stargan_ray.align"),
+    ("align", None),
 )
 
 
