@@ -72,6 +72,9 @@ class DataConfig:
     train_dir: str = "data/celeba_hq/train"
     val_dir: str = "data/celeba_hq/val"
     batch_size: int = 8
+    # At most this many images through the networks at once on one worker; a larger share is
+    # split into micro-batches whose gradients accumulate (same update). 0: the whole share.
+    batch_per_worker: int = 0
     val_batch_size: int = 32
     randcrop_prob: float = 0.5
 
@@ -252,6 +255,9 @@ def validate(cfg: ExperimentConfig) -> None:
         value = getattr(o, key)
         _require(0 <= value < 1, f"optim.{key}", "must be in [0, 1)", value)
     _require(d.batch_size >= 1, "data.batch_size", "must be >= 1", d.batch_size)
+    _require(d.batch_per_worker >= 0, "data.batch_per_worker",
+             "must be >= 0 (0: a worker's whole share of data.batch_size at once)",
+             d.batch_per_worker)
     _require(d.val_batch_size >= 1, "data.val_batch_size", "must be >= 1", d.val_batch_size)
     _require(0 <= d.randcrop_prob <= 1, "data.randcrop_prob", "must be in [0, 1]", d.randcrop_prob)
     for key in ("total_iters", "print_every", "sample_every", "save_every", "eval_every",

@@ -21,7 +21,7 @@ benchmarks/README.md records what each change measured (and what was tried and d
 Precision (train.precision, train.channels_last, train.compile) is applied per step from state.cfg:
 the float32 matmul/convolution mode is set on entry to train_step and the previous process-wide
 setting restored on exit, so the engine never leaves global state changed behind it. See
-``float32_mode`` and ``StepNetworks``.
+``precision.float32_mode`` and ``precision.StepNetworks``.
 
 This is the only module that calls backward().
 """
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -39,6 +39,7 @@ from . import schedules
 from .config import ExperimentConfig
 from .losses import GWeights, Stats, d_loss, g_loss
 from .models import EMA, TRAINED, Networks, build_networks, ema_copy, he_init
+from .precision import Autocast, StepNetworks, float32_mode  # noqa: F401  (engine.float32_mode)
 
 
 @dataclass
@@ -141,96 +142,6 @@ def build_optimizers(cfg: ExperimentConfig, nets: Networks) -> dict[str, torch.o
     }
 
 
-# ---------------------------------------------------------------- precision
-
-
-@contextlib.contextmanager
-def float32_mode(precision: str, device: torch.device) -> Iterator[None]:
-    """Set how float32 matmuls and convolutions run on CUDA for the duration of a step.
-
-    "fp32" means IEEE float32 (torch's own default lets cuDNN convolutions use TF32 on Ampere and
-    newer GPUs; here fp32 means what it says); "tf32" and "bf16" allow TF32 (under bf16 the only
-    float32 convolutions left are the frozen FAN's). The process-wide flags are restored on exit.
-    Other devices have no such flags.
-    """
-    if device.type != "cuda":
-        yield
-        return
-    mode = "ieee" if precision == "fp32" else "tf32"
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    if hasattr(getattr(cudnn, "conv", None), "fp32_precision"):  # torch >= 2.9
-        saved = (matmul.fp32_precision, cudnn.conv.fp32_precision)
-        matmul.fp32_precision = cudnn.conv.fp32_precision = mode
-        try:
-            yield
-        finally:
-            matmul.fp32_precision, cudnn.conv.fp32_precision = saved
-    else:  # the flags older releases have
-        saved = (matmul.allow_tf32, cudnn.allow_tf32)
-        matmul.allow_tf32 = cudnn.allow_tf32 = mode == "tf32"
-        try:
-            yield
-        finally:
-            matmul.allow_tf32, cudnn.allow_tf32 = saved
-
-
-class Autocast(nn.Module):
-    """Runs a network under bfloat16 autocast and returns float32.
-
-    Every loss, its reduction and the R1 penalty (the squared norm of a float32 input gradient)
-    are then computed in float32 outside autocast; only the networks' matmuls and convolutions
-    run in bfloat16. bfloat16 has float32's exponent range, so no loss scaling is needed.
-    """
-
-    def __init__(self, module: nn.Module, device_type: str) -> None:
-        super().__init__()
-        self.module = module
-        self.device_type = device_type
-
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        with torch.autocast(self.device_type, dtype=torch.bfloat16):
-            out = self.module(*args, **kwargs)
-        return out.float()
-
-
-@dataclass
-class StepNetworks:
-    """The networks as train_step calls them: nets themselves in fp32 / tf32, under autocast for
-    bf16, compiled with train.compile.
-
-    R1 differentiates the discriminator's input gradient (a double backward), which compiled
-    graphs do not support, so the D steps call an uncompiled discriminator (``for_d``); the G
-    steps, where D is frozen and only passes gradients through, call the compiled one.
-    """
-
-    source: Networks
-    cfg: ExperimentConfig
-    backend: str
-    for_g: Networks  # the views the G steps call
-    for_d: Networks  # the views the D steps call: for_g's G, F, E and an uncompiled D
-
-    @classmethod
-    def build(cls, nets: Networks, cfg: ExperimentConfig,
-              backend: str = "inductor") -> "StepNetworks":
-        t = cfg.train
-        device_type = next(nets.generator.parameters()).device.type
-
-        def view(module: nn.Module, compile_: bool) -> nn.Module:
-            if t.precision == "bf16":
-                module = Autocast(module, device_type)
-            if compile_:
-                # static shapes: every call in a step has the batch size of the step
-                module = torch.compile(module, backend=backend, dynamic=False)
-            return module
-
-        for_g = Networks(**{name: view(module, t.compile) for name, module in nets.items()},
-                         fan=nets.fan)
-        for_d = Networks(generator=for_g.generator, mapping_network=for_g.mapping_network,
-                         style_encoder=for_g.style_encoder,
-                         discriminator=view(nets.discriminator, False), fan=nets.fan)
-        return cls(source=nets, cfg=cfg, backend=backend, for_g=for_g, for_d=for_d)
-
-
 # ---------------------------------------------------------------- the iteration
 
 
@@ -278,9 +189,25 @@ def _prepare(batch: Batch, channels_last: bool) -> Batch:
 
 
 def train_step(state: TrainState, batch: Batch) -> Stats:
-    """Run one official StarGAN v2 iteration at state.step and advance the step by one."""
+    """Run one official StarGAN v2 iteration at state.step and advance the step by one.
+
+    With data.batch_per_worker > 0 and a larger batch, each of the iteration's four updates
+    accumulates the gradients of micro-batches of at most that many images before it steps (see
+    _accumulated_iteration); otherwise the whole batch goes through the networks at once.
+    """
+    cap = state.cfg.data.batch_per_worker
     with float32_mode(state.cfg.train.precision, state.device):
-        return _iteration(state, _prepare(batch, state.cfg.train.channels_last))
+        batch = _prepare(batch, state.cfg.train.channels_last)
+        if cap and len(batch) > cap:
+            return _accumulated_iteration(state, split_batch(batch, cap))
+        return _iteration(state, batch)
+
+
+def split_batch(batch: Batch, size: int) -> list[Batch]:
+    """Consecutive micro-batches of `size` images (the last may be smaller)."""
+    columns = {f.name: getattr(batch, f.name).split(size) for f in fields(batch)}
+    return [Batch(**{name: parts[i] for name, parts in columns.items()})
+            for i in range(len(columns["x_src"]))]
 
 
 def _iteration(state: TrainState, batch: Batch) -> Stats:
@@ -335,6 +262,91 @@ def _iteration(state: TrainState, batch: Batch) -> Stats:
     # torch.full, not torch.tensor: a fill on the device instead of a host-to-device copy
     stats["G/lambda_ds"] = torch.full((), weights.lambda_ds, device=x_real.device)
     state.step += 1
+    return stats
+
+
+def _accumulated_iteration(state: TrainState, parts: list[Batch]) -> Stats:
+    """The iteration of _iteration over micro-batches: same updates, up to float rounding.
+
+    Every loss is a per-sample mean and the networks normalise per sample (instance norm, no
+    batch statistics), so the loss of the whole batch is the size-weighted mean of the
+    micro-batches' losses, and so are its gradients. Each of the four updates (D latent, D
+    reference, G latent, G reference) accumulates its gradients over all micro-batches before
+    one optimiser step, in the official order, so later updates see the earlier ones as in one
+    pass. The latent fakes are recomputed per update instead of kept with their graphs: G, F and
+    E do not change before the latent G step, and keeping graphs would hold the memory the cap is
+    there to save.
+    """
+    cfg, nets = state.cfg, state.nets
+    run = state.step_networks()
+    generator, mapping_network, style_encoder = (run.for_g.generator, run.for_g.mapping_network,
+                                                 run.for_g.style_encoder)
+    weights = GWeights(cfg.loss.lambda_sty, schedules.lambda_ds_at(cfg.loss, state.step),
+                       cfg.loss.lambda_cyc)
+    r1_weight = schedules.r1_weight_at(cfg.loss, state.step)
+    masks = [nets.masks(b.x_src) for b in parts]
+
+    def d_latent(i: int, b: Batch):
+        with torch.no_grad():
+            x_fake = generator(b.x_src, mapping_network(b.z_trg, b.y_ref), masks=masks[i])
+        return d_loss(run.for_d, b.x_src, b.y_src, b.y_ref, x_fake, r1_weight)
+
+    def d_ref(i: int, b: Batch):
+        with torch.no_grad():
+            x_fake = generator(b.x_src, style_encoder(b.x_ref, b.y_ref), masks=masks[i])
+        return d_loss(run.for_d, b.x_src, b.y_src, b.y_ref, x_fake, r1_weight)
+
+    def g_latent(i: int, b: Batch):
+        s_trg = mapping_network(b.z_trg, b.y_ref)
+        x_fake = generator(b.x_src, s_trg, masks=masks[i])
+        with torch.no_grad():
+            x_fake2 = generator(b.x_src, mapping_network(b.z_trg2, b.y_ref), masks=masks[i])
+        s_org = style_encoder(b.x_src, b.y_src)
+        return g_loss(run.for_g, b.x_src, b.y_ref, s_trg, x_fake, x_fake2, s_org,
+                      nets.masks(x_fake), weights)
+
+    def g_ref(i: int, b: Batch):
+        with torch.no_grad():
+            s_trg, s_trg2, s_org = (style_encoder(b.x_ref, b.y_ref),
+                                    style_encoder(b.x_ref2, b.y_ref),
+                                    style_encoder(b.x_src, b.y_src))
+            x_fake2 = generator(b.x_src, s_trg2, masks=masks[i])
+        x_fake = generator(b.x_src, s_trg, masks=masks[i])
+        return g_loss(run.for_g, b.x_src, b.y_ref, s_trg, x_fake, x_fake2, s_org,
+                      nets.masks(x_fake), weights)
+
+    stats: Stats = {}
+    stats.update(_accumulate(state, parts, d_latent, ("discriminator",), "D/latent_"))
+    stats.update(_accumulate(state, parts, d_ref, ("discriminator",), "D/ref_"))
+    with frozen(nets.discriminator):
+        stats.update(_accumulate(state, parts, g_latent,
+                                 ("generator", "mapping_network", "style_encoder"), "G/latent_"))
+        with frozen(nets.style_encoder):
+            stats.update(_accumulate(state, parts, g_ref, ("generator",), "G/ref_"))
+    update_ema(nets, state.nets_ema, cfg.optim.ema_beta)
+    stats["G/lambda_ds"] = torch.full((), weights.lambda_ds, device=parts[0].x_src.device)
+    state.step += 1
+    return stats
+
+
+def _accumulate(state: TrainState, parts: list[Batch],
+                loss_of: Callable[[int, Batch], tuple[torch.Tensor, Stats]],
+                names: tuple[str, ...], prefix: str) -> Stats:
+    """One update: size-weighted gradients of every micro-batch, then one optimiser step."""
+    total = sum(len(b) for b in parts)
+    for name in names:
+        state.optims[name].zero_grad(set_to_none=True)
+    stats: Stats = {}
+    for i, b in enumerate(parts):
+        loss, group = loss_of(i, b)
+        share = len(b) / total
+        (loss * share).backward()
+        for key, value in group.items():
+            stats[prefix + key] = stats.get(prefix + key, 0) + value * share
+    if state.grad_sync is not None:
+        state.grad_sync([getattr(state.nets, name) for name in names])
+    for name in names:
+        state.optims[name].step()
     return stats
 
 

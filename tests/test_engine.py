@@ -139,3 +139,44 @@ def test_masked_iteration_with_fan_matches_the_official_loop(tmp_path):
     assert all(not p.requires_grad for p in state.nets.fan.parameters())
     for a, b in zip(state.nets.fan.parameters(), ref_nets.fan.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cap", [2, 3])  # 4 equal micro-batches; 3 + 3 + 2 (uneven)
+def test_micro_batches_give_the_update_of_the_whole_batch(cap):
+    """data.batch_per_worker splits a batch of 8; the k-step parameters equal one pass's."""
+    cfg = tiny_config(**{"data.batch_size": 8, "optim.ema_beta": 0.9, "loss.ds_iter": 4,
+                         "loss.lambda_reg": 2.0})
+    whole, split = _double_state(cfg), _double_state(cfg)
+    split.cfg = tiny_config(**{"data.batch_size": 8, "optim.ema_beta": 0.9, "loss.ds_iter": 4,
+                               "loss.lambda_reg": 2.0, "data.batch_per_worker": cap})
+    sizes = []  # what the generator was given at once: never more than the cap
+    split.nets.generator.register_forward_hook(lambda m, args, out: sizes.append(len(args[0])))
+    for step in range(3):
+        batch = _double(random_batch(cfg, seed=step))
+        stats_whole, stats_split = train_step(whole, batch), train_step(split, batch)
+        for key in OFFICIAL_STATS:
+            assert stats_split[key].item() == pytest.approx(stats_whole[key].item(), rel=1e-9,
+                                                            abs=1e-12), key
+    for group in ("nets", "nets_ema"):
+        names = TRAINED if group == "nets" else EMA
+        for name in names:
+            for (key, p), q in zip(getattr(getattr(split, group), name).named_parameters(),
+                                   getattr(getattr(whole, group), name).parameters()):
+                # Every convolution of G feeds an instance norm, which removes its bias: those
+                # gradients are 0 up to rounding, and Adam turns the rounding into steps well
+                # below lr (1e-4) that differ between any two summation orders.
+                no_effect = name == "generator" and key.endswith(".bias") and "conv" in key \
+                    or key == "from_rgb.bias" and name == "generator"
+                atol = 1e-5 if no_effect else 1e-10
+                assert torch.allclose(p, q, rtol=0, atol=atol), f"{group}.{name}.{key}"
+    assert max(sizes) == cap and min(sizes) == (8 % cap or cap)
+    fresh = _double_state(cfg)  # and the steps moved the networks
+    assert not torch.allclose(fresh.nets.generator.from_rgb.weight,
+                              split.nets.generator.from_rgb.weight)
+
+
+def test_batch_per_worker_is_checked_at_the_door():
+    from stargan_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.batch_per_worker: must be >= 0"):
+        tiny_config(**{"data.batch_per_worker": -1})
