@@ -27,8 +27,9 @@ from stargan_ray import cli
 from stargan_ray.checkpoint import read_config
 from stargan_ray.config import get_key, load_experiment, to_toml, with_overrides
 from stargan_ray.engine import TrainState, train_step
-from stargan_ray.tune import (ClipToSpace, Dist, SweepOptions, check_space, read_space,
-                              run_sweep, trial_run_name)
+from stargan_ray.tune import (Dist, SweepOptions, check_space, read_space, run_sweep,
+                              trial_run_name)
+from stargan_ray.tune.schedulers import ClipToSpace
 from tests.conftest import tiny_config
 from tests.helpers import random_batch
 
