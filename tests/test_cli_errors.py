@@ -14,6 +14,7 @@ from stargan_ray.checkpoint import load_checkpoint
 from stargan_ray.config import to_toml
 from stargan_ray.data import folders
 from stargan_ray.data import prepare as prep
+from stargan_ray.data import shards
 from stargan_ray.engine import TrainState, train_step
 from stargan_ray.tune.space import EVAL_METRIC, reported_metrics
 
@@ -158,16 +159,16 @@ def test_prepare_keeps_an_existing_shard_set_unless_overwrite(src, tmp_path, cap
     out = tmp_path / "out"
     first = prep.prepare(str(src), str(out), workers=1, group_size=1, shard_mb=1e-6)
     assert len(first["files"]) == 4  # one file per image
-    manifest = (out / prep.MANIFEST).read_bytes()
+    manifest = (out / shards.MANIFEST).read_bytes()
     _one_line(["prepare", str(src), str(out), "--workers", "1"], capsys,
               "already holds a shard set", "--overwrite")
-    assert (out / prep.MANIFEST).read_bytes() == manifest
+    assert (out / shards.MANIFEST).read_bytes() == manifest
     assert cli.main(["prepare", str(src), str(out), "--workers", "1", "--overwrite"]) == 0
     capsys.readouterr()
-    second = prep.read_manifest(str(out))
+    second = shards.read_manifest(str(out))
     assert second["counts"] == [2, 2] and len(second["files"]) == 1
     # The old set's extra part files are gone: OUT holds exactly the new set.
-    assert _tree(out) == sorted([prep.MANIFEST, second["files"][0]["path"]])
+    assert _tree(out) == sorted([shards.MANIFEST, second["files"][0]["path"]])
 
 
 def test_prepare_replaces_an_interrupted_set_but_not_foreign_files(src, tmp_path, capsys):

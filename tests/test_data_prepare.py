@@ -12,11 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
+from stargan_ray.cli import prepare as prepare_cli
 from stargan_ray.data import prepare as prep
-from stargan_ray.data import synthetic
+from stargan_ray.data import shards, synthetic
 from stargan_ray.data.folders import DomainCountError, DomainMismatchError, MissingRootError
-from stargan_ray.data.pipeline import (GROUP_SIZE, load_size, local_raw_batches, open_table,
-                                       open_train_table)
+from stargan_ray.data.layout import GROUP_SIZE
+from stargan_ray.data.sampling import load_size, local_raw_batches
+from stargan_ray.data.table import open_table, open_train_table
 
 from .conftest import tiny_config
 
@@ -51,7 +53,7 @@ def test_shard_layout_and_manifest(tree, tmp_path):
     train, _ = tree
     out = tmp_path / "shards"
     manifest = prep.prepare(str(train), str(out), workers=2)
-    on_disk = json.loads((out / prep.MANIFEST).read_text())
+    on_disk = json.loads((out / shards.MANIFEST).read_text())
     assert on_disk == manifest
     files = manifest["files"]
     assert len(files) == 1 and files[0]["rows"] == 210
@@ -105,7 +107,7 @@ def test_bad_files_are_skipped_and_reported(tmp_path, capsys):
     (src / "circle" / "zero.png").write_bytes(b"")
     (src / "square" / "text.png").write_text("not a picture")
     parser = argparse.ArgumentParser()
-    prep.add_cli(parser.add_subparsers())
+    prepare_cli.add_parser(parser.add_subparsers())
     args = parser.parse_args(["prepare", str(src), str(tmp_path / "out"), "--img-size", "32",
                               "--shard-mb", "1"])
     assert args.func(args) == 0
@@ -115,7 +117,7 @@ def test_bad_files_are_skipped_and_reported(tmp_path, capsys):
                          ("text.png", "not an image")):
         line = next(line for line in out.splitlines() if name in line)
         assert reason in line and str(src) in line
-    manifest = prep.read_manifest(str(tmp_path / "out"))
+    manifest = shards.read_manifest(str(tmp_path / "out"))
     assert manifest["counts"] == [6, 6] and len(manifest["skipped"]) == 3
 
 
@@ -123,11 +125,11 @@ def test_uri_output_and_manifest_errors(tree, tmp_path):
     train, _ = tree
     uri = f"file://{tmp_path}/uri_out"
     prep.prepare(str(train), uri, workers=1)
-    assert prep.read_manifest(uri)["counts"] == [70, 70, 70]
+    assert shards.read_manifest(uri)["counts"] == [70, 70, 70]
     with pytest.raises(DomainCountError, match="uri_out"):
-        prep.read_manifest(uri, num_domains=2)
+        shards.read_manifest(uri, num_domains=2)
     with pytest.raises(MissingRootError, match="no manifest.json"):
-        prep.read_manifest(str(tmp_path))
+        shards.read_manifest(str(tmp_path))
 
 
 def test_val_shards_are_checked_against_train(tree, tmp_path):

@@ -10,7 +10,9 @@ import torch
 
 from stargan_ray.data import prepare as prep
 from stargan_ray.data.pipeline import (build_train_dataset, ingest_options, iter_raw_batches,
-                                       open_train_table, to_batch, train_data_config)
+                                       train_data_config)
+from stargan_ray.data.sampling import to_batch
+from stargan_ray.data.table import open_train_table
 
 from .conftest import tiny_config
 from .test_data_sampling import colour_domain, write_colour_tree

@@ -14,9 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from stargan_ray.data import pipeline
-from stargan_ray.data.pipeline import (BadImageLog, crop_box, local_batches, local_raw_batches,
-                                       open_train_table, spread_order)
+from stargan_ray.data import layout, sampling
+from stargan_ray.data.layout import spread_order
+from stargan_ray.data.sampling import BadImageLog, crop_box, local_batches, local_raw_batches
+from stargan_ray.data.table import open_train_table
 
 from .conftest import tiny_config
 
@@ -155,14 +156,14 @@ def test_augment_probabilities_and_output():
     image = Image.fromarray(ramp)
     flips = crops = 0
     for _ in range(400):
-        out = pipeline.augment(image, rng, 32, randcrop_prob=0.5)
+        out = sampling.augment(image, rng, 32, randcrop_prob=0.5)
         assert out.shape == (3, 32, 32) and out.dtype == np.uint8
         plain = np.asarray(image.resize((32, 32), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
         flipped = out[0, 0, 0] > out[0, 0, -1]
         flips += flipped
         crops += not np.array_equal(out[:, :, ::-1] if flipped else out, plain)
     assert abs(flips / 400 - 0.5) < 0.08 and abs(crops / 400 - 0.5) < 0.08
-    never = [pipeline.augment(image, rng, 32, randcrop_prob=0.0) for _ in range(20)]
+    never = [sampling.augment(image, rng, 32, randcrop_prob=0.0) for _ in range(20)]
     unflipped = [o if o[0, 0, 0] < o[0, 0, -1] else o[:, :, ::-1] for o in never]
     assert all(np.array_equal(o, plain) for o in unflipped)
 
@@ -218,7 +219,7 @@ def test_unreadable_permissions(tmp_path):
 
 
 def test_chunks_cover_small_domains():
-    plan = pipeline.make_plan([1000, 20], group_size=64, img_size=32, seed=0)
+    plan = layout.make_plan([1000, 20], group_size=64, img_size=32, seed=0)
     per_chunk = plan.groups_per_chunk * 64 * 20 / 1020
-    assert per_chunk >= pipeline.MIN_PER_DOMAIN
+    assert per_chunk >= layout.MIN_PER_DOMAIN
     assert plan.chunks_per_epoch == math.ceil(plan.num_groups / plan.groups_per_chunk)

@@ -1,4 +1,4 @@
-"""``stargan-ray prepare SRC OUT``: pack an image folder tree into Parquet shards.
+"""Pack an image folder tree into Parquet shards (``stargan-ray prepare SRC OUT``).
 
 Shards hold *encoded* images (column ``image``): the original file bytes, or with ``--img-size N``
 (the model.img_size they are for) a lossless PNG of the image reduced exactly as the pipeline
@@ -11,47 +11,38 @@ Rows are written in the pipeline's canonical order (every domain spread evenly) 
 ``GROUP_SIZE`` images: a row group is the unit one pipeline task reads. Every image is fully
 decoded here, so a shard set never holds a file the pipeline would have to skip. A
 ``manifest.json`` written last (domains, per-image domain ids, counts, size, files, a content
-hash, skipped files) marks the set complete. OUT may be any URI pyarrow writes (s3://...),
-outside SRC (shards inside it would become a domain); a complete set there is kept unless
---overwrite.
+hash, skipped files) marks the set complete; the format itself is in ``shards``. OUT may be any
+URI pyarrow writes (s3://...), outside SRC (shards inside it would become a domain); a complete
+set there is kept unless --overwrite.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
-import json
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from stargan_ray import storage
 from stargan_ray.data import folders
-from stargan_ray.data.folders import BadImage, DataError, DomainCountError, MissingRootError
-from stargan_ray.data.pipeline import GROUP_SIZE, load_size, spread_order
-
-MANIFEST = "manifest.json"
-FORMAT = "stargan-ray-shards"
-FORMAT_VERSION = 1
-SCHEMA_FIELDS = (("image", "binary"), ("domain", "int32"), ("path", "string"))
+from stargan_ray.data.folders import BadImage, DataError
+from stargan_ray.data.layout import GROUP_SIZE, spread_order
+from stargan_ray.data.sampling import load_size
+from stargan_ray.data.shards import (FORMAT, FORMAT_VERSION, MANIFEST, ShardWriter, is_shard_name,
+                                     read_manifest, write_manifest)
 
 
 # ---------------------------------------------------------------- one image
 
 
-_FS_CACHE: dict[str, Any] = {}
-
-
 def _load(root: str, path: str, img_size: int | None) -> tuple[bytes | None, str]:
     """(bytes to store, "") or (None, reason). Runs in a worker process."""
-    if root not in _FS_CACHE:
-        _FS_CACHE[root] = folders.filesystem(root)[0]
     try:
-        data = folders.read_bytes(_FS_CACHE[root], path)
+        data = folders.read_bytes(storage.filesystem(root)[0], path)
     except OSError as err:
         return None, f"cannot read: {type(err).__name__}: {err}".splitlines()[0]
     try:
@@ -82,55 +73,6 @@ def _processed(root: str, paths: list[str], img_size: int | None, workers: int
 # ---------------------------------------------------------------- writing
 
 
-class _ShardWriter:
-    """Row groups of exactly group_size rows (the last may be short); new file past shard_bytes."""
-
-    def __init__(self, fs, base: str, group_size: int, shard_bytes: int) -> None:
-        import pyarrow as pa
-
-        self.fs, self.base, self.group_size, self.shard_bytes = fs, base, group_size, shard_bytes
-        self.schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in SCHEMA_FIELDS])
-        self.files: list[dict[str, Any]] = []
-        self.rows: list[tuple[bytes, int, str]] = []
-        self.writer = None
-        self.file_bytes = 0
-
-    def add(self, image: bytes, domain: int, path: str) -> None:
-        self.rows.append((image, domain, path))
-        if len(self.rows) == self.group_size:
-            self._flush()
-
-    def _flush(self) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        if not self.rows:
-            return
-        if self.writer is None:
-            name = f"part-{len(self.files):05d}.parquet"
-            self.writer = pq.ParquetWriter(f"{self.base}/{name}", self.schema, filesystem=self.fs,
-                                           compression="none")  # images are compressed already
-            self.files.append({"path": name, "rows": 0, "row_groups": 0})
-            self.file_bytes = 0
-        images, domains, paths = zip(*self.rows)
-        table = pa.table([pa.array(images, pa.binary()), pa.array(domains, pa.int32()),
-                          pa.array(paths, pa.string())], schema=self.schema)
-        self.writer.write_table(table, row_group_size=len(self.rows))
-        self.files[-1]["rows"] += len(self.rows)
-        self.files[-1]["row_groups"] += 1
-        self.file_bytes += sum(len(i) for i in images)
-        self.rows = []
-        if self.file_bytes >= self.shard_bytes:
-            self.writer.close()
-            self.writer = None
-
-    def close(self) -> list[dict[str, Any]]:
-        self._flush()
-        if self.writer is not None:
-            self.writer.close()
-        return self.files
-
-
 def prepare(src: str, out: str, img_size: int | None = None, shard_mb: float = 256.0,
             workers: int | None = None, group_size: int = GROUP_SIZE,
             progress: bool | None = None, overwrite: bool = False) -> dict[str, Any]:
@@ -152,15 +94,15 @@ def prepare(src: str, out: str, img_size: int | None = None, shard_mb: float = 2
     order = spread_order(folder.labels)
     paths = [folder.paths[i] for i in order]
     labels = folder.labels[order]
-    fs, base = folders.filesystem(out)
+    fs, base = storage.filesystem(out)
     _clear_out(fs, base, out, overwrite)
     fs.create_dir(base, recursive=True)
-    writer = _ShardWriter(fs, base, group_size, int(shard_mb * (1 << 20)))
+    writer = ShardWriter(fs, base, group_size, int(shard_mb * (1 << 20)))
     workers = workers if workers is not None else max(1, min(os.cpu_count() or 1, 16))
     digest = hashlib.sha256()
     kept: list[int] = []
     skipped: list[dict[str, str]] = []
-    prefix = len(folders.filesystem(src)[1].rstrip("/")) + 1
+    prefix = len(storage.filesystem(src)[1].rstrip("/")) + 1
     bar = _progress(len(paths), progress)
     results = _processed(src, paths, img_size, workers)
     for path, label, (data, reason) in zip(paths, labels, results):
@@ -186,8 +128,7 @@ def prepare(src: str, out: str, img_size: int | None = None, shard_mb: float = 2
         "group_size": group_size, "files": files, "labels": kept,
         "content_hash": digest.hexdigest(), "skipped": skipped,
     }
-    with fs.open_output_stream(f"{base}/{MANIFEST}") as f:  # last: its presence means complete
-        f.write(json.dumps(manifest, indent=1).encode())
+    write_manifest(out, manifest)  # last: its presence means complete
     return manifest
 
 
@@ -196,10 +137,6 @@ def check_out(src: str, out: str) -> None:
     if folders.overlaps(src, out):
         raise DataError(f"OUT {out}: is, contains or lies inside the source {src}; write the "
                         "shards somewhere else")
-
-
-def _shard_name(name: str) -> bool:
-    return name.startswith("part-") and name.endswith(".parquet")
 
 
 def _clear_out(fs, base: str, out: str, overwrite: bool) -> None:
@@ -219,7 +156,7 @@ def _clear_out(fs, base: str, out: str, overwrite: bool) -> None:
     entries = fs.get_file_info(pafs.FileSelector(base))
     foreign = [e.base_name for e in entries if not e.base_name.startswith(".")
                and not (e.type == pafs.FileType.File
-                        and (e.base_name == MANIFEST or _shard_name(e.base_name)))]
+                        and (e.base_name == MANIFEST or is_shard_name(e.base_name)))]
     if foreign:
         raise DataError(f"OUT {out}: holds {foreign[0]!r} and maybe more, not a shard set; give "
                         "a new or empty folder")
@@ -229,7 +166,7 @@ def _clear_out(fs, base: str, out: str, overwrite: bool) -> None:
                             "--overwrite to replace it")
         fs.delete_file(f"{base}/{MANIFEST}")
     for e in entries:
-        if e.type == pafs.FileType.File and _shard_name(e.base_name):
+        if e.type == pafs.FileType.File and is_shard_name(e.base_name):
             fs.delete_file(e.path)
 
 
@@ -241,29 +178,11 @@ def _progress(total: int, enabled: bool | None):
     return tqdm(total=total, unit="img", desc="prepare", file=sys.stderr, disable=disable)
 
 
-# ---------------------------------------------------------------- reading
-
-
-def read_manifest(root: str, num_domains: int | None = None) -> dict[str, Any]:
-    """The manifest of a shard set, checked; raises a DataError subclass naming the path."""
-    fs, base = folders.filesystem(root)
-    try:
-        with fs.open_input_stream(f"{base}/{MANIFEST}") as f:
-            manifest = json.loads(f.read())
-    except FileNotFoundError:
-        raise MissingRootError(f"{root}: no {MANIFEST}; not a prepared shard set") from None
-    except ValueError as err:
-        raise DataError(f"{root}/{MANIFEST}: not valid JSON ({err})") from None
-    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
-        raise DataError(f"{root}/{MANIFEST}: not a {FORMAT} v{FORMAT_VERSION} manifest")
-    domains = manifest["domains"]
-    if num_domains is not None and len(domains) != num_domains:
-        raise DomainCountError(f"{root}: {len(domains)} domains ({', '.join(domains)}) but"
-                               f" model.num_domains = {num_domains}")
-    return manifest
+# ---------------------------------------------------------------- report
 
 
 def summary(manifest: dict[str, Any], out: str) -> str:
+    """What ``prepare`` printed: images per domain, skipped files and the content hash."""
     lines = [f"prepared {sum(manifest['counts'])} images into {out}"
              f" ({len(manifest['files'])} file(s), image size "
              f"{manifest['img_size'] or 'original'})"]
@@ -276,36 +195,5 @@ def summary(manifest: dict[str, Any], out: str) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- CLI
-
-
-def add_cli(subparsers: Any) -> None:
-    from stargan_ray.cli import positive_float, positive_int
-
-    parser = subparsers.add_parser(
-        "prepare", help="pack an image folder tree (SRC/<domain>/<image>) into Parquet shards",
-        description=__doc__.split("\n\n")[0])
-    parser.add_argument("src", metavar="SRC", help="folder tree SRC/<domain>/<image>")
-    parser.add_argument("out", metavar="OUT", help="output folder or URI (s3://bucket/prefix),"
-                        " outside SRC")
-    parser.add_argument("--img-size", type=positive_int, default=None, metavar="N",
-                        help="model.img_size the shards are for (a power of two >= 32): store"
-                        " PNGs reduced to what the pipeline decodes for it (shorter side 1.2 N);"
-                        " default: original bytes")
-    parser.add_argument("--shard-mb", type=positive_float, default=256.0, metavar="M",
-                        help="start a new Parquet file after about M MiB (default 256)")
-    parser.add_argument("--workers", type=positive_int, default=None,
-                        help="decoding processes (default: CPU count, at most 16)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a shard set already in OUT (default: keep it and stop)")
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    manifest = prepare(args.src, args.out, img_size=args.img_size, shard_mb=args.shard_mb,
-                       workers=args.workers, overwrite=args.overwrite)
-    print(summary(manifest, args.out))
-    return 0
-
-
-__all__ = ["prepare", "read_manifest", "summary", "check_out", "add_cli", "MANIFEST"]
+# read_manifest and MANIFEST are re-exported: callers and tests used them from here.
+__all__ = ["prepare", "read_manifest", "summary", "check_out", "MANIFEST"]

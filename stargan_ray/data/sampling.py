@@ -1,0 +1,284 @@
+"""Training rows without Ray: balanced sources, reference pairs and the official augmentation.
+
+How a run's data is drawn (the same rules in the Ray Data pipeline and in ``local_batches``):
+
+- The images of a split sit in the canonical order of ``layout``, cut into groups; each epoch a
+  seeded ``Plan`` deals the groups into chunks.
+- One chunk is read and decoded once, then gives as many training rows as it has images
+  (``chunk_rows``). Per row ``y_src`` and ``y_ref`` are uniform over the domains (the official
+  balanced sampler), ``x_src`` is a random image of ``y_src``, and ``x_ref``, ``x_ref2`` are two
+  different random images of ``y_ref``. Pairs are new every epoch (the official code fixes them
+  once at start). Each use of an image gets its own official augmentation.
+- Every random choice comes from (seed, epoch, chunk), so the rows do not depend on which process
+  draws a chunk.
+- Rows hold uint8 images (4x less to move than float); ``to_batch`` scales them to [-1, 1] on
+  the worker's device and draws ``z_trg`` / ``z_trg2`` there.
+
+A bad file (empty, truncated, not an image, unreadable) is skipped and reported once with its path
+(``BadImageLog``): files that fail a header probe before the run starts, files that fail the full
+decode by the chunk that meets them. A domain left with no readable image stops the run at start.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from stargan_ray.data import folders
+from stargan_ray.data.folders import BadImage
+from stargan_ray.data.layout import IMAGE_COLUMNS, Plan, epoch_of_step, make_plan
+from stargan_ray.data.table import ImageTable, open_train_table
+
+if TYPE_CHECKING:
+    import torch
+
+    from stargan_ray.config import ExperimentConfig
+    from stargan_ray.engine import Batch
+
+LOAD_SCALE = 1.2  # decoded images keep a shorter side of 1.2 x img_size (see load_size)
+CROP_SCALE = (0.8, 1.0)  # official RandomResizedCrop
+CROP_RATIO = (0.9, 1.1)
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def load_size(img_size: int) -> int:
+    """Shorter side images are reduced to on decode (never enlarged).
+
+    The smallest official crop (area 0.8, aspect 1.1) spans 0.85 of a side, so from 1.2 x img_size
+    every crop is still reduced to img_size, never enlarged: nothing the output can show is lost,
+    while resizing a 1024 px original three times per use would cost 16x the pixels.
+    """
+    return math.ceil(img_size * LOAD_SCALE)
+
+
+def crop_box(width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of a random crop with area scale CROP_SCALE, aspect CROP_RATIO.
+
+    The sampling rule of torchvision's RandomResizedCrop (the official loader's), drawn from rng.
+    """
+    area = width * height
+    log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    for _ in range(10):
+        target = area * rng.uniform(*CROP_SCALE)
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return left, top, left + w, top + h
+    ratio = width / height  # fallback: the largest centred crop within the ratio range
+    if ratio < CROP_RATIO[0]:
+        w, h = width, int(round(width / CROP_RATIO[0]))
+    elif ratio > CROP_RATIO[1]:
+        w, h = int(round(height * CROP_RATIO[1])), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+def augment(image: Image.Image, rng: np.random.Generator, img_size: int,
+            randcrop_prob: float) -> np.ndarray:
+    """Official training transform up to ToTensor: (3, S, S) uint8.
+
+    With probability randcrop_prob a random resized crop, then resize to img_size (bilinear,
+    antialiased as torchvision does for PIL images), then a horizontal flip with probability 0.5.
+    """
+    size = (img_size, img_size)
+    if rng.random() < randcrop_prob:
+        image = image.resize(size, Image.Resampling.BILINEAR, box=crop_box(*image.size, rng))
+    elif image.size != size:
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    pixels = np.asarray(image)
+    if rng.random() < 0.5:
+        pixels = pixels[:, ::-1]
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def to_unit_range(x: "torch.Tensor") -> "torch.Tensor":
+    """uint8 [0, 255] -> float32 [-1, 1]: ToTensor then Normalize(0.5, 0.5)."""
+    return x.float().div_(127.5).sub_(1.0)
+
+
+# ---------------------------------------------------------------- one chunk -> training rows
+
+
+def _decode_chunk(table: ImageTable, plan: Plan, epoch: int, index: int, img_size: int
+                  ) -> tuple[list[Image.Image], list[int], list[int], list[tuple[str, str]]]:
+    """(images, labels, image ids, bad files) of one chunk, each image decoded once."""
+    images: list[Image.Image] = []
+    labels, ids, bad = [], [], []
+    for group in plan.chunk(epoch, index):
+        for i, label, data, path in table.read_group(int(group)):
+            try:
+                if isinstance(data, BadImage):
+                    raise data
+                images.append(folders.decode(data, min_side=load_size(img_size)))
+            except BadImage as err:
+                bad.append((path, str(err)))
+                continue
+            labels.append(label)
+            ids.append(i)
+    return images, labels, ids, bad
+
+
+def chunk_rows(table: ImageTable, plan: Plan, epoch: int, index: int, img_size: int,
+               randcrop_prob: float, report: Callable[[list[tuple[str, str]]], Any] | None = None
+               ) -> dict[str, np.ndarray]:
+    """Decode one chunk's images once and draw its training rows (see the module docstring)."""
+    rng = np.random.default_rng([plan.seed, epoch, index, 0xDA7A])
+    images, labels, ids, bad = _decode_chunk(table, plan, epoch, index, img_size)
+    if bad and report is not None:
+        report(bad)
+    labels_arr, ids_arr = np.asarray(labels, np.int64), np.asarray(ids, np.int64)
+    members = [np.flatnonzero(labels_arr == d) for d in range(len(table.domains))]
+    sources = [d for d, m in enumerate(members) if len(m) >= 1]
+    refs = [d for d, m in enumerate(members) if len(m) >= 2]
+    n = len(images)
+    if not refs:  # a chunk of nothing but bad files; the run goes on with the next chunk
+        return empty_rows(img_size)
+
+    y_src = rng.choice(sources, size=n)
+    y_ref = rng.choice(refs, size=n)
+    i_src = np.empty(n, np.int64)
+    i_ref = np.empty(n, np.int64)
+    i_ref2 = np.empty(n, np.int64)
+    for row in range(n):
+        pool = members[y_src[row]]
+        i_src[row] = pool[rng.integers(len(pool))]
+        pool = members[y_ref[row]]
+        a = rng.integers(len(pool))
+        b = (a + 1 + rng.integers(len(pool) - 1)) % len(pool)  # any other image of the domain
+        i_ref[row], i_ref2[row] = pool[a], pool[b]
+
+    out = {}
+    for column, picks in zip(IMAGE_COLUMNS, (i_src, i_ref, i_ref2)):
+        out[column] = np.stack([augment(images[k], rng, img_size, randcrop_prob) for k in picks])
+    out.update(y_src=y_src.astype(np.int64), y_ref=y_ref.astype(np.int64),
+               i_src=ids_arr[i_src], i_ref=ids_arr[i_ref], i_ref2=ids_arr[i_ref2],
+               epoch=np.full(n, epoch, np.int64))
+    return out
+
+
+def empty_rows(img_size: int) -> dict[str, np.ndarray]:
+    """No rows, with the columns and dtypes of chunk_rows."""
+    out = {c: np.zeros((0, 3, img_size, img_size), np.uint8) for c in IMAGE_COLUMNS}
+    out.update({c: np.zeros(0, np.int64) for c in ("y_src", "y_ref", "i_src", "i_ref", "i_ref2",
+                                                   "epoch")})
+    return out
+
+
+# ---------------------------------------------------------------- bad files across chunks
+
+
+class BadImageLog:
+    """Collects skipped files; logs each path the first time any task meets it.
+
+    Used in-process by local_batches and as a Ray actor (0 CPUs) by the Ray pipeline, so a file
+    met again every epoch, or by several tasks, is reported once.
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+
+    def report(self, items: list[tuple[str, str]]) -> int:
+        for path, reason in items:
+            if path not in self.seen:
+                self.seen[path] = reason
+                logging.getLogger("stargan_ray.data").warning(
+                    "skipping unreadable image %s: %s (%d skipped so far)", path, reason,
+                    len(self.seen))
+        return len(self.seen)
+
+    def summary(self) -> dict[str, str]:
+        return dict(self.seen)
+
+
+# ---------------------------------------------------------------- rows -> Batch
+
+
+def to_batch(raw: dict[str, "torch.Tensor"], latent_dim: int, seed: int, rank: int, step: int,
+             device: "torch.device | str" = "cpu") -> "Batch":
+    """A Batch on device from pipeline rows: images to [-1, 1] there, latent codes drawn here.
+
+    z depends only on (seed, rank, step), so a resumed run draws what it would have drawn.
+    """
+    import torch
+
+    from stargan_ray.engine import Batch
+
+    state = np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0]
+    gen = torch.Generator().manual_seed(int(state >> np.uint64(1)))
+    n = raw["y_src"].shape[0]
+    z_trg = torch.randn(n, latent_dim, generator=gen)
+    z_trg2 = torch.randn(n, latent_dim, generator=gen)
+    return Batch(x_src=to_unit_range(raw["x_src"].to(device)), y_src=raw["y_src"].to(device),
+                 x_ref=to_unit_range(raw["x_ref"].to(device)),
+                 x_ref2=to_unit_range(raw["x_ref2"].to(device)), y_ref=raw["y_ref"].to(device),
+                 z_trg=z_trg.to(device), z_trg2=z_trg2.to(device))
+
+
+# ---------------------------------------------------------------- the in-process reader
+
+
+def local_raw_batches(cfg: "ExperimentConfig", seed: int | None = None, *, world_rank: int = 0,
+                      world_size: int = 1, start_step: int = 0, table: ImageTable | None = None,
+                      bad_log: BadImageLog | None = None) -> Iterator[dict[str, "torch.Tensor"]]:
+    """Endless uint8 row batches in this process, drawn by the rules of the Ray pipeline.
+
+    With world_size > 1, rank r takes chunks r, r + world_size, ... (Ray's split deals the same
+    chunks whole, in the order workers ask for them).
+    """
+    import torch
+
+    seed = cfg.train.seed if seed is None else seed
+    bad_log = bad_log if bad_log is not None else BadImageLog()
+    if table is None:
+        table, bad = open_train_table(cfg)
+        bad_log.report(bad)
+    size, batch_size = cfg.model.img_size, cfg.data.batch_size
+    plan = make_plan(table.counts, table.group_size, size, seed, world_size)
+    epoch = epoch_of_step(start_step, batch_size, world_size, len(table.labels))
+    task = epoch * plan.chunks_per_epoch
+    buffer = empty_rows(size)
+    while True:
+        if task % world_size == world_rank:
+            rows = chunk_rows(table, plan, task // plan.chunks_per_epoch,
+                              task % plan.chunks_per_epoch, size, cfg.data.randcrop_prob,
+                              bad_log.report)
+            buffer = {k: np.concatenate([buffer[k], rows[k]]) for k in buffer}
+            while len(buffer["y_src"]) >= batch_size:
+                yield {k: torch.from_numpy(v[:batch_size]) for k, v in buffer.items()}
+                buffer = {k: v[batch_size:] for k, v in buffer.items()}
+        task += 1
+
+
+def to_batches(raws: Iterator[dict[str, "torch.Tensor"]], cfg: "ExperimentConfig", seed: int,
+            world_rank: int, start_step: int, device: "torch.device | str"
+            ) -> Iterator["Batch"]:
+    """Batches on device from row batches, step by step from start_step (shared with Ray)."""
+    for step, raw in enumerate(raws, start=start_step):
+        yield to_batch(raw, cfg.model.latent_dim, seed, world_rank, step, device)
+
+
+def local_batches(cfg: "ExperimentConfig", seed: int | None = None, *, world_rank: int = 0,
+                  world_size: int = 1, start_step: int = 0, device: "torch.device | str" = "cpu",
+                  table: ImageTable | None = None, bad_log: BadImageLog | None = None
+                  ) -> Iterator["Batch"]:
+    """Endless Batches in this process (no Ray): for unit tests of the core and benchmarks."""
+    seed = cfg.train.seed if seed is None else seed
+    raws = local_raw_batches(cfg, seed, world_rank=world_rank, world_size=world_size,
+                             start_step=start_step, table=table, bad_log=bad_log)
+    return to_batches(raws, cfg, seed, world_rank, start_step, device)
+
+
+__all__ = ["LOAD_SCALE", "CROP_SCALE", "CROP_RATIO", "load_size", "crop_box", "augment",
+           "to_unit_range", "chunk_rows", "empty_rows", "BadImageLog", "to_batch",
+           "local_raw_batches", "to_batches", "local_batches"]
