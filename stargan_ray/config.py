@@ -284,16 +284,21 @@ def validate(cfg: ExperimentConfig) -> None:
 
 def experiment_path(name_or_path: str | Path) -> Path:
     """Resolve an experiment name (``toy``) or a path to its TOML file."""
+    return toml_file(name_or_path, EXPERIMENTS_DIR, "experiment")
+
+
+def toml_file(name_or_path: str | Path, folder: Path, what: str) -> Path:
+    """A path to a .toml file, or the name of one in folder; the error lists the names there."""
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
-            raise ConfigError(f"experiment: no such file {path}")
+            raise ConfigError(f"{what}: no such file {path}")
         return path
-    candidate = EXPERIMENTS_DIR / f"{name_or_path}.toml"
+    candidate = folder / f"{name_or_path}.toml"
     if candidate.is_file():
         return candidate
-    known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.toml"))
-    raise ConfigError(f"experiment: {name_or_path!r} is neither a file nor one of {', '.join(known)}")
+    known = sorted(p.stem for p in folder.glob("*.toml"))
+    raise ConfigError(f"{what}: {name_or_path!r} is neither a file nor one of {', '.join(known)}")
 
 
 def read_toml(path: Path) -> dict[str, Any]:

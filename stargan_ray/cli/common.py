@@ -20,18 +20,6 @@ from typing import Any
 from ..config import ExperimentConfig, load_experiment, with_overrides
 from ..errors import ConfigError
 
-COMMAND_MODULES = (
-    "stargan_ray.demo",
-    "stargan_ray.train",
-    "stargan_ray.tune",
-    "stargan_ray.metrics.evaluator",
-    "stargan_ray.metrics.fid",
-    "stargan_ray.sample",
-    "stargan_ray.data.prepare",
-    "stargan_ray.align",
-)
-
-
 def add_experiment_args(parser: argparse.ArgumentParser, default: str | None = "toy") -> None:
     """--experiment NAME|PATH and repeated --set section.key=value, shared by subcommands."""
     parser.add_argument("--experiment", "-e", default=default, required=default is None,

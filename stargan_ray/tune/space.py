@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import SECTIONS, ExperimentConfig, config_keys, read_toml, with_overrides
+from ..config import SECTIONS, ExperimentConfig, config_keys, read_toml, toml_file, with_overrides
 from ..errors import ConfigError
 from ..models import TRAINED
 
@@ -125,16 +125,7 @@ class Space:
 
 def space_path(name_or_path: str | Path) -> Path:
     """Resolve a space name (``quick``) or a path to its TOML file."""
-    path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"space: no such file {path}")
-        return path
-    candidate = SPACES_DIR / f"{name_or_path}.toml"
-    if candidate.is_file():
-        return candidate
-    known = sorted(p.stem for p in SPACES_DIR.glob("*.toml"))
-    raise ConfigError(f"space: {name_or_path!r} is neither a file nor one of {', '.join(known)}")
+    return toml_file(name_or_path, SPACES_DIR, "space")
 
 
 def _typed(where: str, value: Any, tp: type) -> Any:
