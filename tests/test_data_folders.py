@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stargan_ray.config import ConfigError
-from stargan_ray.errors import UserError
 from stargan_ray.data import folders
 from stargan_ray.data.folders import (BadImage, DomainCountError, DomainMismatchError,
                                       EmptyDomainError, MissingRootError, TooFewDomainsError)
+from stargan_ray.errors import UserError
 
 
 def _png(path, colour=(200, 30, 30), size=(8, 8)):
