@@ -1,7 +1,8 @@
 """`sample`: the official sample images of a model on folders of sources and references.
 
 reference.jpg, latent_psi_{psi}.jpg and an interpolation animation, in the layouts of grids.py;
-debug_images writes the official training-time set (cycle, latent per psi, reference).
+debug_images writes the official training-time set (cycle, latent per psi, reference). Files go
+through the test-time transform of inference.py, the one path from file to pixels.
 Plain torch: no Ray here.
 """
 
@@ -9,13 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from .config import ConfigError, ExperimentConfig
 from .grids import (MAX_GRID_DOMAINS, PSIS, cycle_grid, ease, interpolation_frames, latent_grid,
                     mean_style, reference_grid, save_animation, save_grid)
+from .inference import load_image_tensor
 from .models import Networks
 
 
@@ -72,17 +72,6 @@ def load_folder(root: str | Path, img_size: int, limit: int,
         raise ConfigError(f"{root}: no readable images in its domain folders (the unreadable "
                           "ones are named above)")
     return torch.stack(images), torch.tensor(labels), list(folder.domains)
-
-
-def load_image_tensor(path: str | Path, img_size: int) -> torch.Tensor:
-    """As the official test loader: PIL bilinear resize, then [0, 1] -> [-1, 1].
-
-    Decoded as training decodes (16-bit files scaled); raises BadImage for an unreadable file.
-    """
-    from .data.folders import load_image
-
-    rgb = load_image(path).resize((img_size, img_size), Image.Resampling.BILINEAR)
-    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float().div(255).mul(2).sub(1)
 
 
 @torch.no_grad()
