@@ -16,6 +16,7 @@ from stargan_ray.data.synthetic import generate
 from stargan_ray.engine import TrainState
 from stargan_ray.metrics import by_step
 from stargan_ray.metrics.evaluator import evaluate
+from stargan_ray.train import worker
 
 from .conftest import tiny_config, tiny_eval_config
 
@@ -165,7 +166,7 @@ def test_keep_best_config():
 
 
 class _Logger:
-    """RunLogger's surface for train._train, with crafted fid_quick values."""
+    """RunLogger's surface for train.worker._train, with crafted fid_quick values."""
 
     def __init__(self, fids):
         self.fids = fids
@@ -186,7 +187,7 @@ class _Logger:
 @pytest.mark.parametrize("fids, best, source", [({3: 5.0, 6: 7.0}, 3, None),
                                                 ({3: 5.0, 6: 4.0}, 6, "checkpoint_00000006")])
 def test_the_train_loop_keeps_its_best_fid_quick_step(tmp_path, monkeypatch, fids, best, source):
-    """train._train on rank 0 without Ray: eval at steps 3 and 6, checkpoints at 2, 4, 6."""
+    """train.worker._train on rank 0 without Ray: eval at steps 3 and 6, checkpoints at 2, 4, 6."""
     import ray.train
 
     from stargan_ray.checkpoint import verify_checkpoint
@@ -202,7 +203,7 @@ def test_the_train_loop_keeps_its_best_fid_quick_step(tmp_path, monkeypatch, fid
     state = TrainState.create(cfg, "cpu", seed=0)
     batches = iter([random_batch(cfg, seed=i) for i in range(6)])
     run_dir = str(tmp_path / "run")
-    train._train(state, batches, _Logger(fids), 0, 1, {"run_dir": run_dir})
+    worker._train(state, batches, _Logger(fids), 0, 1, {"run_dir": run_dir})
     assert reports == [(2, True), (3, False), (4, True), (6, True)]
     record = train.read_best(run_dir)
     assert record == {"step": best, "fid_quick": fids[best], "source": source,

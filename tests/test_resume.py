@@ -21,8 +21,9 @@ from stargan_ray.cli import main
 from stargan_ray.config import ConfigError
 from stargan_ray.engine import TrainState
 from stargan_ray.models import EMA, build_networks, ema_copy
-from stargan_ray.train import (SNAPSHOT_FILE, RunOptions, StartPoint, _restore_newest, plan_run,
-                               reconcile_snapshot, run_training, weights_finite)
+from stargan_ray.train import (SNAPSHOT_FILE, RunOptions, StartPoint, plan_run, reconcile_snapshot,
+                               run_training, weights_finite)
+from stargan_ray.train.worker import _restore_newest
 
 from .conftest import tiny_config
 

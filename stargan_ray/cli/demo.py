@@ -3,7 +3,8 @@
 Generates the embedded synthetic dataset (once, cached), trains the toy experiment on 2 Ray
 workers on the CPU, writes sample grids, evaluates the final EMA networks with random-feature
 FID/LPIPS (clearly labelled: the real metrics need the pretrained Inception/AlexNet files) and
-prints where everything is.
+prints where everything is. Only glue around train, checkpoint and metrics.evaluator, so it lives
+here in full.
 """
 
 from __future__ import annotations
@@ -13,15 +14,25 @@ import json
 import time
 from pathlib import Path
 
-from .config import load_experiment
+from .common import add_experiment_args, experiment_from_args
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from .data.synthetic import resolve_data_dirs
-    from .train import RunOptions, init_ray, latest_checkpoint, run_training
+def add_parser(sub) -> None:
+    p = sub.add_parser("demo", help="train the toy experiment on 2 CPU workers, sample, evaluate")
+    add_experiment_args(p)
+    p.add_argument("--out", default="outputs/demo", help="folder for runs (default outputs/demo)")
+    p.add_argument("--name", help="run name (default: demo-<date>-<time>)")
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--wandb", choices=("online", "offline", "disabled"), default=None)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.synthetic import resolve_data_dirs
+    from ..train import RunOptions, init_ray, latest_checkpoint, run_training
 
     started = time.perf_counter()
-    cfg = load_experiment(args.experiment, args.overrides)
+    cfg = experiment_from_args(args)
     out = Path(args.out).resolve()
     name = args.name or time.strftime("demo-%Y%m%d-%H%M%S")
     opts = RunOptions(num_workers=args.num_workers, cpus_per_worker=1.0, storage=str(out),
@@ -47,8 +58,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _evaluate(checkpoint: str, step: int, out_dir: Path, num_workers: int) -> dict:
-    from .checkpoint import load_ema_networks
-    from .metrics.evaluator import evaluate
+    from ..checkpoint import load_ema_networks
+    from ..metrics.evaluator import evaluate
 
     cfg, nets_ema = load_ema_networks(checkpoint)
     return evaluate(nets_ema, cfg, step=step, mode="both", out_dir=out_dir,
@@ -70,14 +81,3 @@ def _summary(run_dir: Path, checkpoint: str, metrics_dir: Path, metrics: dict,
     if wandb_runs:
         print(f"[demo] W&B (offline): {wandb_runs[-1]}  (upload: wandb sync {wandb_runs[-1]})")
 
-
-def add_cli(sub) -> None:
-    from .cli import add_experiment_args
-
-    p = sub.add_parser("demo", help="train the toy experiment on 2 CPU workers, sample, evaluate")
-    add_experiment_args(p)
-    p.add_argument("--out", default="outputs/demo", help="folder for runs (default outputs/demo)")
-    p.add_argument("--name", help="run name (default: demo-<date>-<time>)")
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--wandb", choices=("online", "offline", "disabled"), default=None)
-    p.set_defaults(func=run_demo)

@@ -1,0 +1,69 @@
+"""`stargan-ray train`: one run on Ray Train workers, or its plan with --dry-run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+from .common import (add_experiment_args, add_resource_args, experiment_from_args,
+                     nonnegative_int, positive_int)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train on Ray Train workers (CPU or GPU, one or many nodes)")
+    add_experiment_args(p)
+    p.add_argument("--num-workers", type=positive_int, default=1,
+                   help="Ray Train workers (one per GPU)")
+    # any positive minimum: --cpus-per-worker must be > 0
+    add_resource_args(p, what="run", cpus_minimum=1e-9)
+    p.add_argument("--name", help="run name, a plain folder name (default: the experiment name)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run from its newest complete checkpoint")
+    p.add_argument("--resume-from", metavar="PATH",
+                   help="start (a new or this run) from a stargan-ray checkpoint file or folder, "
+                        "e.g. one written by import-official")
+    p.add_argument("--max-failures", type=nonnegative_int, default=3,
+                   help="worker failures to recover from (restoring the last checkpoint)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config and the Ray resources, then exit")
+    p.set_defaults(func=run)
+
+
+def options_from_args(args: argparse.Namespace):
+    from ..train import RunOptions
+
+    return RunOptions(num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker,
+                      cpus_per_worker=args.cpus_per_worker, storage=args.storage, name=args.name,
+                      resume=args.resume, max_failures=args.max_failures, wandb=args.wandb,
+                      resume_from=args.resume_from)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import to_toml
+    from ..train import TrainingInterrupted, init_ray, plan_run, run_training
+
+    cfg = experiment_from_args(args)
+    opts = options_from_args(args)
+    plan = plan_run(cfg, opts)  # every check that needs no Ray, before Ray starts (~10 s)
+    if args.dry_run:
+        for line in plan.notes:
+            print(f"# {line}")
+        print(to_toml(cfg))
+        print("# Ray resources")
+        print(json.dumps({**opts.resources(), "storage": plan.run_dir,
+                          "start": asdict(plan.start) if plan.start else None}, indent=2))
+        return 0
+    for line in plan.notes:
+        print(line, flush=True)
+    try:
+        init_ray(opts)
+        result = run_training(cfg, opts, plan=plan, note=None)
+    except TrainingInterrupted as err:
+        print(f"stargan-ray: {err}", file=sys.stderr, flush=True)
+        return 130
+    print(f"run folder: {plan.run_dir}")
+    if result.checkpoint is not None:
+        print(f"last checkpoint: {result.checkpoint.path}")
+    return 0

@@ -1,0 +1,260 @@
+"""Where a run writes and which checkpoint it starts from, decided on the driver before Ray starts.
+
+A run folder is <storage>/<run name>, local or a URI; it holds Ray's checkpoint_<step> folders and
+Ray's snapshot of them (SNAPSHOT_FILE). plan_run checks the run name and picks the start checkpoint;
+reconcile_snapshot keeps Ray's snapshot from overruling that choice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..checkpoint import CHECKPOINT_FILE, CheckpointError, CheckpointMismatch, verify_checkpoint
+from ..config import ExperimentConfig
+from ..errors import ConfigError
+from ..storage import filesystem, is_uri
+
+CHECKPOINT_PREFIX = "checkpoint_"
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's list of registered checkpoints
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run (not what to train: that is the ExperimentConfig)."""
+
+    num_workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    storage: str = "runs"
+    name: str | None = None
+    resume: bool = False
+    max_failures: int = 3
+    wandb: str | None = None  # online | offline | disabled; None: WANDB_MODE or offline
+    resume_from: str | None = None  # a checkpoint file or folder to start from (any run's)
+
+    def __post_init__(self) -> None:
+        # The CLI's argparse types refuse these too; this covers the Python API.
+        for flag, value, ok in (("--num-workers", self.num_workers, self.num_workers >= 1),
+                                ("--gpus-per-worker", self.gpus_per_worker,
+                                 self.gpus_per_worker >= 0),
+                                ("--cpus-per-worker", self.cpus_per_worker,
+                                 self.cpus_per_worker > 0),
+                                ("--max-failures", self.max_failures, self.max_failures >= 0)):
+            if not ok:
+                raise ConfigError(f"{flag}: out of range, got {value}")
+        if self.resume and self.resume_from:
+            raise ConfigError("--resume-from: give either --resume (the run's own newest "
+                              "checkpoint) or --resume-from PATH, not both")
+
+    def run_name(self, cfg: ExperimentConfig) -> str:
+        return self.name or cfg.name
+
+    def run_dir(self, cfg: ExperimentConfig) -> str:
+        """<storage>/<run name>: absolute for a local storage, else the URI."""
+        return f"{storage_uri(self.storage).rstrip('/')}/{self.run_name(cfg)}"
+
+    def resources(self) -> dict[str, Any]:
+        per_worker = {"CPU": self.cpus_per_worker}
+        if self.gpus_per_worker:
+            per_worker["GPU"] = self.gpus_per_worker
+        return {"num_workers": self.num_workers, "use_gpu": self.gpus_per_worker > 0,
+                "resources_per_worker": per_worker,
+                "backend": "nccl" if self.gpus_per_worker > 0 else "gloo"}
+
+
+def storage_uri(storage: str) -> str:
+    """Local paths become absolute (Ray needs that); URIs such as s3://bucket/x pass through."""
+    return storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
+
+
+def check_run_name(name: str, from_flag: bool = True) -> str:
+    """A run name is one plain folder name: '../x' or 'a/b' would write outside the storage."""
+    if not _RUN_NAME.fullmatch(name):
+        where = "--name" if from_flag else "run name (the experiment's name; pass --name)"
+        raise ConfigError(f"{where} {name!r}: must be a plain folder name (letters, digits, '.', "
+                          "'_', '-', not starting with '.'), not a path")
+    return name
+
+
+def checkpoint_folders(run_dir: str) -> list[tuple[int, str]]:
+    """(step, path) of every checkpoint_<step> folder of a run, newest first; local or URI."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(run_dir)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    steps = []
+    for info in infos:
+        name = info.base_name
+        if info.type == pafs.FileType.Directory and name.startswith(CHECKPOINT_PREFIX):
+            suffix = name[len(CHECKPOINT_PREFIX):]
+            if suffix.isdigit():
+                steps.append((int(suffix), f"{run_dir}/{name}"))
+    return sorted(steps, reverse=True)
+
+
+def latest_checkpoint(run_dir: str) -> tuple[int, str] | None:
+    """(step, path) of the newest checkpoint_<step> folder of a run (complete or not)."""
+    folders = checkpoint_folders(run_dir)
+    return folders[0] if folders else None
+
+
+def folder_step(path: str) -> int | None:
+    """The step of a checkpoint_<step> folder path, None for any other name."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    suffix = name[len(CHECKPOINT_PREFIX):]
+    return int(suffix) if name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
+
+
+@contextlib.contextmanager
+def local_file(uri: str) -> Iterator[str]:
+    """A local path for the checkpoint at uri (a file, or a folder holding checkpoint.pt)."""
+    if not is_uri(uri):
+        yield uri
+        return
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        path, info = f"{path}/{CHECKPOINT_FILE}", fs.get_file_info(f"{path}/{CHECKPOINT_FILE}")
+    if info.type != pafs.FileType.File:
+        raise CheckpointError(f"checkpoint: no such file {uri}")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / CHECKPOINT_FILE
+        with fs.open_input_stream(path) as src, open(local, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        yield str(local)
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """The checkpoint a run begins from: its step and its file or folder (a path or a URI)."""
+
+    step: int
+    uri: str
+
+    @property
+    def label(self) -> str:
+        return self.uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def newest_complete_checkpoint(run_dir: str, cfg: ExperimentConfig
+                               ) -> tuple[StartPoint | None, list[str]]:
+    """The run's newest complete checkpoint, whatever Ray's snapshot lists, and the broken ones
+    newer than it (one reason each). Complete: loads with weights_only, holds its folder's step.
+
+    A complete checkpoint whose networks do not fit cfg raises CheckpointMismatch: that is a
+    config mistake, and falling back to an older checkpoint of the same run would not fix it.
+    """
+    broken = []
+    for step, uri in checkpoint_folders(run_dir):
+        try:
+            with local_file(uri) as local:
+                verify_checkpoint(local, cfg, step)
+        except CheckpointMismatch:
+            raise
+        except CheckpointError as err:
+            broken.append(str(err))
+            continue
+        return StartPoint(step, uri), broken
+    return None, broken
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Where a run writes, the checkpoint it starts from, and what to tell the user about it."""
+
+    run_dir: str
+    start: StartPoint | None
+    notes: list[str] = field(default_factory=list)
+
+
+def check_not_finished(start: StartPoint | None, cfg: ExperimentConfig) -> None:
+    if start is not None and start.step >= cfg.train.total_iters:
+        raise ConfigError(f"train.total_iters: the run already reached step {start.step}; "
+                          f"raise train.total_iters to continue it")
+
+
+def plan_run(cfg: ExperimentConfig, opts: RunOptions) -> RunPlan:
+    """Check the run name and choose the start checkpoint, on the driver, before Ray starts.
+
+    --resume: the newest complete checkpoint of the run folder (broken newer ones are skipped
+    and named); none at all is an error. --resume-from: that checkpoint, checked against the
+    config's network shapes, into a run with no later checkpoints. Neither: the run folder
+    must not hold checkpoints yet.
+    """
+    name = check_run_name(opts.run_name(cfg), from_flag=opts.name is not None)
+    run_dir = opts.run_dir(cfg)
+    notes: list[str] = []
+    start = None
+    if opts.resume_from:
+        start = _start_from_path(cfg, opts.resume_from, run_dir, name)
+        notes.append(f"run {name!r} starts from {start.uri} (step {start.step})")
+    elif opts.resume:
+        start, broken = newest_complete_checkpoint(run_dir, cfg)
+        notes.extend(f"skipping broken {reason}" for reason in broken)
+        if start is None:
+            found = f"only broken checkpoints ({broken[0]})" if broken else "no checkpoint"
+            raise ConfigError(f"--resume: run {name!r} has {found} in {run_dir}; nothing to "
+                              "resume (start it without --resume, or give --resume-from PATH)")
+        notes.append(f"resuming run {name!r} from {start.label} (step {start.step})")
+    elif latest_checkpoint(run_dir) is not None:
+        raise ConfigError(f"--name: run {name!r} already has checkpoints in {run_dir}; pass "
+                          "--resume to continue it or choose another --name")
+    check_not_finished(start, cfg)
+    return RunPlan(run_dir, start, notes)
+
+
+def _start_from_path(cfg: ExperimentConfig, resume_from: str, run_dir: str,
+                     name: str) -> StartPoint:
+    """--resume-from: the checkpoint, checked against cfg, into a run with no later ones."""
+    uri = storage_uri(resume_from)  # absolute: workers run in another directory
+    with local_file(uri) as local:
+        start = StartPoint(verify_checkpoint(local, cfg), uri)
+    later = [s for s, _ in checkpoint_folders(run_dir) if s > start.step]
+    if later:
+        # Mixing two lines of checkpoints in one folder: a later --resume would pick the
+        # newest of either line.
+        raise ConfigError(f"--resume-from: run {name!r} already has checkpoints after step "
+                          f"{start.step} (up to {max(later)}) in {run_dir}; choose another "
+                          "--name")
+    return start
+
+
+def reconcile_snapshot(run_dir: str, start: StartPoint | None) -> str | None:
+    """Move Ray's checkpoint snapshot aside unless it agrees with the chosen start; its new path.
+
+    Ray restores the snapshot's latest entry and nothing else: a listed folder that is gone
+    fails the controller, and an unlisted (newer, copied or imported) checkpoint is ignored.
+    Without a snapshot Ray starts clean and the workers begin from the start checkpoint.
+    """
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(run_dir)
+    snapshot = f"{path}/{SNAPSHOT_FILE}"
+    if fs.get_file_info(snapshot).type == pafs.FileType.NotFound:
+        return None
+    try:
+        with fs.open_input_stream(snapshot) as f:
+            data = json.loads(f.read().decode())
+        listed = [r["checkpoint_dir_name"] for r in data["checkpoint_results"]]
+        latest = (data.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        listed, latest = None, None  # unreadable: Ray would fail on it too
+    present = {uri.rsplit("/", 1)[-1] for _, uri in checkpoint_folders(run_dir)}
+    inside = start is not None and start.uri.rstrip("/") == f"{run_dir}/{start.label}"
+    wanted = start.label if inside else None
+    if listed is not None and set(listed) <= present and latest == wanted:
+        return None
+    aside = f"{snapshot}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
+    fs.move(snapshot, aside)
+    return aside
