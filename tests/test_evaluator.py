@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from stargan_ray.data.synthetic import generate
-from stargan_ray.metrics import evaluator, kid
+from stargan_ray.metrics import eval_ray, evaluator, kid
 from stargan_ray.metrics.weights import FeatureWeights
 from stargan_ray.models import build_networks, ema_copy, he_init
 
@@ -170,6 +170,6 @@ def test_eval_num_workers_auto_is_the_default_and_runs_in_process_without_gpus(c
         parser.parse_args(["eval", "--checkpoint", "x", "--num-workers", "-1"])
     assert stopped.value.code == 2 and "auto or an integer" in capsys.readouterr().err
     # one worker per GPU when there are several; one GPU or none: this process
-    assert [evaluator.auto_workers(g) for g in (0, 1, 2, 8)] == [0, 0, 2, 8]
+    assert [eval_ray.auto_workers(g) for g in (0, 1, 2, 8)] == [0, 0, 2, 8]
     if not torch.cuda.is_available() and not os.environ.get("RAY_ADDRESS"):
-        assert evaluator.auto_workers(evaluator._cluster_gpus()) == 0
+        assert eval_ray.auto_workers(eval_ray.cluster_gpus()) == 0

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torchvision.utils import save_image
 
+from stargan_ray.cli import fid as fid_cli
 from stargan_ray.config import EvalConfig
 from stargan_ray.metrics import fid
 from stargan_ray.metrics.weights import FeatureWeights, MissingWeightsError, file_name
@@ -189,7 +190,7 @@ def test_fid_command_on_a_folder_with_itself_prints_about_zero(tmp_path, capsys)
 
     train, _ = generate(tmp_path, img_size=32, num_domains=2, n_train=5, n_val=1)
     parser = argparse.ArgumentParser()
-    fid.add_cli(parser.add_subparsers())
+    fid_cli.add_parser(parser.add_subparsers())
     args = parser.parse_args(["fid", str(train / "circle"), str(train / "circle"), "--img-size",
                               "32", "--feature-weights", "random", "--device", "cpu"])
     assert args.func(args) == 0

@@ -1,4 +1,4 @@
-"""`stargan-ray eval --run RUN_DIR`: evaluate the complete checkpoints of a run, by step.
+"""Metrics by step for `stargan-ray eval --run RUN_DIR` (the command is cli/eval.py).
 
 Discovery is the training driver's (train.checkpoint_folders, checkpoint.verify_checkpoint), the
 numbers are evaluator.evaluate()'s; this module only chooses checkpoints and writes the table
@@ -7,15 +7,12 @@ RUN_DIR/metrics/by_step.csv and the plot RUN_DIR/metrics/by_step.png.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config import SYNTHETIC, ConfigError
 from ..storage import atomic_write_text
 
 METRICS_DIR = "metrics"
@@ -107,47 +104,4 @@ def best_row(rows: Sequence[dict[str, Any]]) -> tuple[str, dict[str, Any]] | Non
     return None
 
 
-def evaluate_run(args: argparse.Namespace, device: str) -> int:
-    """The `eval --run` command: args as parsed by evaluator.add_cli, num_workers resolved."""
-    from ..cli import check_output
-    from ..train import storage_uri
-    from .evaluator import _load_networks, evaluate
-
-    if args.out:
-        raise ConfigError("--out: eval --run writes RUN_DIR/metrics; leave out --out")
-    if "://" in args.run:
-        raise ConfigError(f"--run {args.run}: must be a local run folder (copy it from the "
-                          "storage first)")
-    run_dir = storage_uri(args.run)
-    if not Path(run_dir).is_dir():
-        raise ConfigError(f"--run {args.run}: no such folder")
-    found, broken = run_checkpoints(run_dir, args.every or 1)
-    for reason in broken:
-        print(f"skipping broken {reason}", file=sys.stderr)
-    if not found:
-        raise ConfigError(f"--run {args.run}: no complete checkpoint_<step> folder in {run_dir}")
-    out = Path(run_dir) / METRICS_DIR
-    rows: list[dict[str, Any]] = []
-    for i, (step, path) in enumerate(found):
-        ns = argparse.Namespace(**{**vars(args), "checkpoint": path, "official_checkpoint": None})
-        cfg, nets, _ = _load_networks(ns, "cpu" if args.num_workers else device)
-        if i == 0:
-            check_output(out, [d for d in (cfg.data.train_dir, cfg.data.val_dir)
-                               if d != SYNTHETIC], kind="dir")
-        print(f"[{i + 1}/{len(found)}] step {step}: {path}", flush=True)
-        results = evaluate(nets, cfg, step=step, mode=args.mode, out_dir=out,
-                           num_workers=args.num_workers, device=device)
-        rows.append({"step": step, **results})
-    write_csv(rows, out / CSV_FILE)
-    plot(rows, out / PNG_FILE)
-    print(f"wrote {out / CSV_FILE} and {out / PNG_FILE} ({len(rows)} checkpoints)")
-    best = best_row(rows)
-    if best is None:
-        print("best step: none (no finite FID)")
-    else:
-        key, row = best
-        print(f"best step: {row['step']} ({key} {row[key]:.6f})")
-    return 0
-
-
-__all__ = ["run_checkpoints", "columns", "write_csv", "plot", "best_row", "evaluate_run"]
+__all__ = ["run_checkpoints", "columns", "write_csv", "plot", "best_row"]

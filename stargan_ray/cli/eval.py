@@ -1,0 +1,133 @@
+"""`stargan-ray eval`: FID and LPIPS of a checkpoint, or of every checkpoint of a run (--run)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..config import SYNTHETIC
+from ..errors import ConfigError
+from .common import (add_device_arg, add_model_source_args, check_output, load_model,
+                     nonnegative_int, positive_int, resolve_device)
+
+
+def _workers_arg(text: str) -> int | str:
+    """--num-workers: auto, or an integer >= 0."""
+    if text == "auto":
+        return text
+    try:
+        return nonnegative_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected auto or an integer >= 0, got {text!r}") from None
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="FID and LPIPS of a checkpoint (official protocol, sharded over Ray)",
+        description="Evaluate a checkpoint with the official StarGAN v2 protocol and write "
+                    "FID_{step}_{mode}.json / LPIPS_{step}_{mode}.json. Image files that cannot "
+                    "be decoded are named on stderr and left out.")
+    add_model_source_args(p, run=True)
+    p.add_argument("--every", type=positive_int, metavar="K",
+                   help="with --run: every K-th checkpoint by step (the oldest first)")
+    p.add_argument("--train-dir", help="real images for FID (data.train_dir)")
+    p.add_argument("--val-dir", help="sources and references (data.val_dir)")
+    p.add_argument("--num-workers", type=_workers_arg, default="auto",
+                   help="Ray workers (one GPU each on cuda); 0 runs in this process; auto (the "
+                        "default): one per GPU of the cluster when it has several, else 0")
+    p.add_argument("--mode", choices=("latent", "reference", "both"), default="both")
+    p.add_argument("--feature-weights", choices=("pretrained", "random"),
+                   help="random: seeded random Inception/AlexNet, for smoke tests only")
+    add_device_arg(p)
+    p.add_argument("--out", help="output folder (default: outputs/<experiment>/eval)")
+    p.set_defaults(func=run)
+
+
+def _extra(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """--train-dir, --val-dir and --feature-weights as config overrides (after --set)."""
+    flags = (("data.train_dir", args.train_dir), ("data.val_dir", args.val_dir),
+             ("eval.feature_weights", args.feature_weights))
+    return [(key, value) for key, value in flags if value]
+
+
+def _check_out(out: str | Path, cfg) -> None:
+    check_output(out, [d for d in (cfg.data.train_dir, cfg.data.val_dir) if d != SYNTHETIC],
+                 kind="dir")
+
+
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    if args.every is not None and not args.run:
+        raise ConfigError("--every: only with --run RUN_DIR")
+    if args.num_workers == "auto":
+        from ..metrics.eval_ray import auto_workers, cluster_gpus
+
+        args.num_workers = auto_workers(cluster_gpus())
+        print(f"evaluation workers: {args.num_workers or 'none (in this process)'}")
+    if args.run:
+        return _run_dir(args, device)
+    from ..metrics.evaluator import evaluate
+
+    cfg, nets, step = load_model(args, "eval", "cpu" if args.num_workers else device,
+                                 extra=_extra(args))
+    out = args.out or str(Path("outputs") / cfg.name / "eval")
+    _check_out(out, cfg)
+    results = evaluate(nets, cfg, step=step, mode=args.mode, out_dir=out,
+                       num_workers=args.num_workers, device=device)
+    for key, value in results.items():
+        print(f"{key}: {'null' if value is None else f'{value:.6f}'}")
+    print(f"wrote {out}/FID_{step:05d}_*.json and LPIPS_{step:05d}_*.json")
+    return 0
+
+
+def _run_folder(text: str) -> str:
+    """The local run folder named by --run (a storage URI is refused: copy it first)."""
+    from ..train import storage_uri
+
+    if "://" in text:
+        raise ConfigError(f"--run {text}: must be a local run folder (copy it from the "
+                          "storage first)")
+    run_dir = storage_uri(text)
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"--run {text}: no such folder")
+    return run_dir
+
+
+def _run_dir(args: argparse.Namespace, device: str) -> int:
+    """`eval --run`: every complete checkpoint of the run; RUN_DIR/metrics/by_step.csv and .png."""
+    from ..metrics import by_step
+    from ..metrics.evaluator import evaluate
+
+    if args.out:
+        raise ConfigError("--out: eval --run writes RUN_DIR/metrics; leave out --out")
+    run_dir = _run_folder(args.run)
+    found, broken = by_step.run_checkpoints(run_dir, args.every or 1)
+    for reason in broken:
+        print(f"skipping broken {reason}", file=sys.stderr)
+    if not found:
+        raise ConfigError(f"--run {args.run}: no complete checkpoint_<step> folder in {run_dir}")
+    out = Path(run_dir) / by_step.METRICS_DIR
+    rows: list[dict[str, Any]] = []
+    for i, (step, path) in enumerate(found):
+        one = argparse.Namespace(**{**vars(args), "checkpoint": path, "official_checkpoint": None})
+        cfg, nets, _ = load_model(one, "eval", "cpu" if args.num_workers else device,
+                                  extra=_extra(args))
+        if i == 0:
+            _check_out(out, cfg)
+        print(f"[{i + 1}/{len(found)}] step {step}: {path}", flush=True)
+        results = evaluate(nets, cfg, step=step, mode=args.mode, out_dir=out,
+                           num_workers=args.num_workers, device=device)
+        rows.append({"step": step, **results})
+    by_step.write_csv(rows, out / by_step.CSV_FILE)
+    by_step.plot(rows, out / by_step.PNG_FILE)
+    print(f"wrote {out / by_step.CSV_FILE} and {out / by_step.PNG_FILE} ({len(rows)} checkpoints)")
+    best = by_step.best_row(rows)
+    if best is None:
+        print("best step: none (no finite FID)")
+    else:
+        key, row = best
+        print(f"best step: {row['step']} ({key} {row[key]:.6f})")
+    return 0
