@@ -280,8 +280,7 @@ def features_of_files(paths: Sequence[str | Path], img_size: int, inception: nn.
 
 # ---------------------------------------------------------------- the distance
 # The Frechet math lives in frechet.py; these names stay importable from here.
-from .frechet import (FrechetResult, frechet_distance, trace_sqrt_product,  # noqa: E402
-                      trace_sqrtm_official)
+from .frechet import FrechetResult, frechet_distance  # noqa: E402
 
 
 def fid_from_moments(a: FeatureMoments, b: FeatureMoments, method: str = "auto") -> FrechetResult:
