@@ -1,0 +1,112 @@
+"""The package's layout: the core loads without Ray or W&B, no import cycles, modules stay small."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "stargan_ray"
+
+# Plain torch: what a user can read, test and run in one process (DESIGN.md, "Layers").
+CORE = [
+    "stargan_ray.errors", "stargan_ray.config", "stargan_ray.storage", "stargan_ray.models",
+    "stargan_ray.models.fan", "stargan_ray.losses", "stargan_ray.schedules", "stargan_ray.engine",
+    "stargan_ray.checkpoint", "stargan_ray.grids", "stargan_ray.sample", "stargan_ray.align",
+    "stargan_ray.metrics.frechet", "stargan_ray.metrics.kid", "stargan_ray.metrics.fid",
+    "stargan_ray.metrics.lpips", "stargan_ray.metrics.weights", "stargan_ray.data.folders",
+    "stargan_ray.data.synthetic", "stargan_ray.data.layout", "stargan_ray.data.shards",
+    "stargan_ray.data.table", "stargan_ray.data.sampling", "stargan_ray.precision",
+    "stargan_ray.metrics.eval_plan", "stargan_ray.metrics.eval_worker", "stargan_ray.inference",
+    "stargan_ray.export",
+]
+MAX_LINES = 420  # "about 400": a module past this is doing more than one thing
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path], top_level_only: bool) -> set[str]:
+    """stargan_ray modules that `name` imports (module level only, or anywhere in the file)."""
+    tree = ast.parse(path.read_text())
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    targets = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            candidates = [base] + [f"{base}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            candidates = [a.name for a in node.names]
+        else:
+            continue
+        targets |= {c for c in candidates if c in modules and c != name}
+    return targets
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_core_imports_neither_ray_nor_wandb():
+    code = ("import json, sys\n"
+            f"for name in {CORE!r}:\n"
+            "    __import__(name)\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('ray', 'wandb', 'tensorboardX', 'matplotlib'))))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
+    assert set(CORE) <= set(_modules()), "a core module named here no longer exists"
+
+
+def test_no_module_imports_in_a_circle():
+    modules = _modules()
+    # Module-level imports: a cycle there fails at import time or depends on import order.
+    graph = {name: _imports(name, path, modules, top_level_only=True)
+             for name, path in modules.items()}
+    # A package's __init__ re-exporting its submodules is not a cycle of concerns.
+    for name in graph:
+        graph[name] = {t for t in graph[name] if not (name.startswith(t + ".")
+                                                      and modules[t].name == "__init__.py")}
+    assert _cycle(graph) is None
+
+
+def test_no_library_module_defines_command_line_arguments():
+    offenders = [name for name, path in _modules().items()
+                 if not name.startswith("stargan_ray.cli")
+                 and ("add_argument(" in path.read_text() or "import argparse" in path.read_text())]
+    assert offenders == []
+
+
+def test_modules_stay_small():
+    sizes = {name: len(path.read_text().splitlines()) for name, path in _modules().items()}
+    assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
