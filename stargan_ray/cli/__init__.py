@@ -10,42 +10,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 from ..errors import UserError
-from .common import (add_device_arg, add_experiment_args, check_output,  # noqa: F401
-                     experiment_from_args, nonnegative_float, nonnegative_int, positive_float,
-                     positive_int, resolve_device)
 
-# (command module in this package, module that still registers it with add_cli while it moves)
-COMMANDS = (
-    ("demo", "stargan_ray.demo"),
-    ("train", "stargan_ray.train"),
-    ("tune", "stargan_ray.tune"),
-    ("eval", "stargan_ray.metrics.evaluator"),
-    ("fid", "stargan_ray.metrics.fid"),
-    ("sample", None),
-    ("translate", None),
-    ("export", None),
-    ("serve", None),
-    ("prepare", "stargan_ray.data.prepare"),
-    ("import_official", None),
-    ("align", None),
-)
+# The command modules of this package, in the order `stargan-ray --help` lists them.
+COMMANDS = ("demo", "train", "tune", "eval", "fid", "sample", "translate", "export", "serve",
+            "prepare", "import_official", "align")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stargan-ray",
-        description="StarGAN v2 on Ray: train, tune, evaluate and sample.")
+        description="StarGAN v2 on Ray: train, tune, evaluate, translate, export and serve.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, legacy in COMMANDS:
-        module_name = f"{__name__}.{name}"
-        if importlib.util.find_spec(module_name) is not None:
-            importlib.import_module(module_name).add_parser(sub)
-        elif legacy is not None:
-            importlib.import_module(legacy).add_cli(sub)
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
     return parser
 
 

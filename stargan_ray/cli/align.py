@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import (add_device_arg, check_output, nonnegative_float, positive_int,
-                     resolve_device)
+from .common import add_alignment_args, add_device_arg, check_output, positive_int, resolve_device
 
 
 def add_parser(sub) -> None:
@@ -17,15 +16,9 @@ def add_parser(sub) -> None:
     p.add_argument("--inp", required=True, help="folder of input photos (searched recursively)")
     p.add_argument("--out", required=True,
                    help="output folder (same relative file names); not inside --inp")
-    p.add_argument("--wing", default="expr/checkpoints/wing.ckpt",
-                   help="FAN landmark checkpoint of the official release (default: %(default)s)")
-    p.add_argument("--lm-mean", default="expr/checkpoints/celeba_lm_mean.npz",
-                   help="CelebA-HQ mean landmarks of the official release (default: %(default)s)")
+    add_alignment_args(p)
     p.add_argument("--img-size", type=positive_int, default=256,
                    help="output size, a multiple of 64 (default: %(default)s)")
-    p.add_argument("--min-confidence", type=nonnegative_float, default=0.2,
-                   help="skip photos whose mean landmark heatmap peak is below this "
-                        "(no face found); 0 disables the check (default: %(default)s)")
     add_device_arg(p)
     p.set_defaults(func=run)
 

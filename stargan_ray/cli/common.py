@@ -85,6 +85,24 @@ def load_model(args: argparse.Namespace, command: str, device: str,
     return cfg, nets, step
 
 
+WING_FILE = "expr/checkpoints/wing.ckpt"  # where the official download script puts them
+LM_MEAN_FILE = "expr/checkpoints/celeba_lm_mean.npz"
+
+
+def add_alignment_args(parser: argparse.ArgumentParser, wing_default: str | None = WING_FILE,
+                       wing_help: str = "") -> None:
+    """--wing, --lm-mean, --min-confidence: the face alignment of `align` and `translate --align`."""
+    parser.add_argument("--wing", default=wing_default,
+                        help=wing_help or "FAN landmark checkpoint of the official release "
+                                          "(default: %(default)s)")
+    parser.add_argument("--lm-mean", default=LM_MEAN_FILE,
+                        help="CelebA-HQ mean landmarks of the official release "
+                             "(default: %(default)s)")
+    parser.add_argument("--min-confidence", type=nonnegative_float, default=0.2,
+                        help="skip photos whose mean landmark heatmap peak is below this "
+                             "(no face found); 0 disables the check (default: %(default)s)")
+
+
 def add_resource_args(parser: argparse.ArgumentParser, *, what: str = "run",
                       cpus_minimum: float = 0.0, wandb_help: str = "") -> None:
     """--storage, --gpus-per-worker, --cpus-per-worker, --wandb: where a Ray job runs and logs."""

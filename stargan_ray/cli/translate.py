@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import (add_device_arg, add_model_source_args, check_output, model_config,
-                     positive_int, resolve_device)
+from .common import (WING_FILE, add_alignment_args, add_device_arg, add_model_source_args,
+                     check_output, model_config, positive_int, resolve_device)
 
 GRID_MAX_ROWS = 64  # --grid shows the first this many inputs (a row each)
 BAR_ABOVE = 4  # a progress bar for more inputs than this
@@ -71,14 +71,9 @@ def add_parser(sub) -> None:
     p.add_argument("--align", action="store_true",
                    help="align faces to CelebA-HQ first (CelebA-HQ models); needs --wing and "
                         "--lm-mean as `stargan-ray align` does")
-    p.add_argument("--wing", default=None,
-                   help="FAN checkpoint for --align (default: the model's model.wing_path, "
-                        "else expr/checkpoints/wing.ckpt)")
-    p.add_argument("--lm-mean", default="expr/checkpoints/celeba_lm_mean.npz",
-                   help="CelebA-HQ mean landmarks for --align (default: %(default)s)")
-    p.add_argument("--min-confidence", type=float, default=0.2,
-                   help="--align skips photos whose landmark confidence is below this "
-                        "(default: %(default)s)")
+    add_alignment_args(p, wing_default=None,
+                       wing_help=f"FAN checkpoint for --align (default: the model's "
+                                 f"model.wing_path, else {WING_FILE})")
     p.add_argument("--out", required=True, help="output folder, created if needed")
     p.add_argument("--grid", action="store_true",
                    help=f"also write grid.png: a row per input (the first {GRID_MAX_ROWS}), the "
@@ -281,7 +276,7 @@ def _source_loader(args, translator):
     mean = load_mean_landmarks(args.lm_mean)
     fan = translator.nets.fan if args.wing is None else None
     if fan is None:
-        wing = args.wing or translator.cfg.model.wing_path or "expr/checkpoints/wing.ckpt"
+        wing = args.wing or translator.cfg.model.wing_path or WING_FILE
         fan = load_fan(wing, translator.device)
     size = translator.img_size
     # the aligner needs a multiple of 64 (FAN heatmaps); small models align at 256 px
