@@ -1,0 +1,116 @@
+"""The Serve application: options, the deployment graph, and the builder for Serve config files.
+
+`stargan-ray serve` calls build_app; `serve run` / `serve deploy` with a config file call
+app_builder through its import_path (deploy/serve_config.yaml) with the file's `args`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray.serve import Application
+
+from ..config import ExperimentConfig, load_experiment, with_overrides
+from ..errors import ConfigError
+from .inputs import Limits
+from .translator import BATCH_WAIT_S, DEFAULT_MAX_BATCH
+
+INGRESS_CPUS = 0.5  # decoding uploads and encoding PNGs; the model is in the Translator
+INGRESS_MAX_ONGOING = 256  # it only awaits the Translator, so it can hold many requests
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How to serve a checkpoint. cfg None: the replicas read the config stored in it."""
+
+    checkpoint: str
+    cfg: ExperimentConfig | None = None
+    replicas: int = 1
+    autoscale: tuple[int, int] | None = None  # (min, max) replicas instead of a fixed count
+    gpus_per_replica: float = 0.0
+    cpus_per_replica: float = 1.0
+    max_batch: int = DEFAULT_MAX_BATCH
+    batch_wait_s: float = BATCH_WAIT_S
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus_per_replica > 0 else "cpu"
+
+
+def scaling(opts: ServeOptions) -> dict[str, Any]:
+    """Replica count or autoscaling for the Translator.
+
+    A replica takes up to 2 x max_batch requests: one batch running, the next one filling (Serve
+    requires max_ongoing_requests >= max_batch_size). Autoscaling aims at one full batch queued
+    per replica.
+    """
+    out: dict[str, Any] = {"max_ongoing_requests": 2 * opts.max_batch,
+                           "ray_actor_options": {"num_cpus": opts.cpus_per_replica,
+                                                 "num_gpus": opts.gpus_per_replica}}
+    if opts.autoscale is None:
+        out["num_replicas"] = opts.replicas
+    else:
+        low, high = opts.autoscale
+        out["autoscaling_config"] = {"min_replicas": low, "max_replicas": high,
+                                     "initial_replicas": max(low, 1),
+                                     "target_ongoing_requests": opts.max_batch}
+    return out
+
+
+def build_app(opts: ServeOptions) -> Application:
+    from .app import Ingress
+    from .translator import TranslatorDeployment
+
+    translator = TranslatorDeployment.options(**scaling(opts)).bind(
+        opts.checkpoint, opts.cfg, opts.device, opts.max_batch, opts.batch_wait_s)
+    return Ingress.options(max_ongoing_requests=INGRESS_MAX_ONGOING,
+                           ray_actor_options={"num_cpus": INGRESS_CPUS}).bind(translator,
+                                                                              opts.limits)
+
+
+def parse_autoscale(text: str) -> tuple[int, int]:
+    """--autoscale MIN-MAX: 0 <= MIN <= MAX, MAX >= 1."""
+    match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", str(text))
+    if not match or int(match[2]) < max(int(match[1]), 1):
+        raise ConfigError(f"autoscale: expected MIN-MAX replicas such as 1-4 (MAX >= MIN and "
+                          f"MAX >= 1), got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+_ARGS = {"checkpoint", "experiment", "set", "replicas", "autoscale", "gpus_per_replica",
+         "cpus_per_replica", "max_batch", "max_bytes", "max_pixels", "max_outputs"}
+
+
+def options_from_args(args: dict[str, Any]) -> ServeOptions:
+    """ServeOptions from a config file's `args` (the keys are the command's flags, with _)."""
+    unknown = sorted(set(args) - _ARGS)
+    if unknown or "checkpoint" not in args:
+        raise ConfigError(f"serve config args: {'unknown ' + ', '.join(unknown) if unknown else 'checkpoint missing'}"
+                          f"; the keys are {', '.join(sorted(_ARGS))}")
+    checkpoint, overrides = str(args["checkpoint"]), list(args.get("set", []))
+    cfg = None
+    if args.get("experiment"):
+        cfg = load_experiment(args["experiment"], overrides)
+    elif overrides:
+        from ..checkpoint import read_config
+
+        cfg = with_overrides(read_config(checkpoint), overrides)
+    limits = Limits(**{k: int(args[k]) for k in ("max_bytes", "max_pixels", "max_outputs")
+                       if k in args})
+    try:
+        return ServeOptions(
+            checkpoint, cfg, replicas=int(args.get("replicas", 1)),
+            autoscale=parse_autoscale(args["autoscale"]) if args.get("autoscale") else None,
+            gpus_per_replica=float(args.get("gpus_per_replica", 0)),
+            cpus_per_replica=float(args.get("cpus_per_replica", 1)),
+            max_batch=int(args.get("max_batch", DEFAULT_MAX_BATCH)), limits=limits)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"serve config args: {err}") from None
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """For `serve run stargan_ray.serve.build:app_builder checkpoint=...` and config files."""
+    return build_app(options_from_args(args))

@@ -1,0 +1,67 @@
+"""The model replica: EMA networks loaded once per replica, concurrent requests batched.
+
+Each replica loads the checkpoint itself from the path (or URI) it is given, so the file must be
+readable on the node the replica runs on: a local path on one machine, a shared file system path
+or an object store URI (s3://, gs://) on a cluster. Passing the weights through the deployment's
+arguments instead would copy them into every replica's config and the controller's checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from ray import serve
+
+from ..config import ExperimentConfig
+from ..inference import Translator, domain_names
+from .batching import Job, run_jobs
+
+DEFAULT_MAX_BATCH = 16
+BATCH_WAIT_S = 0.01  # how long a batch waits to fill once its first request is in
+
+
+def load_translator(checkpoint: str, cfg: ExperimentConfig | None, device: str,
+                    batch_size: int) -> Translator:
+    """A Translator from a local checkpoint path or an object store URI."""
+    from ..storage import is_uri, read_bytes
+
+    if not is_uri(checkpoint):
+        return Translator.from_checkpoint(checkpoint, cfg, device, batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "checkpoint.pt"
+        local.write_bytes(read_bytes(checkpoint))
+        return Translator.from_checkpoint(local, cfg, device, batch_size)
+
+
+@serve.deployment(name="Translator")
+class TranslatorDeployment:
+    """Translates Jobs; `run` is batched by Serve up to max_batch requests per call."""
+
+    def __init__(self, checkpoint: str, cfg: ExperimentConfig | None = None,
+                 device: str = "cpu", max_batch: int = DEFAULT_MAX_BATCH,
+                 batch_wait_s: float = BATCH_WAIT_S):
+        self.translator = load_translator(checkpoint, cfg, device, max_batch)
+        cfg = self.translator.cfg
+        self.names = domain_names(cfg) or [str(i) for i in range(cfg.model.num_domains)]
+        self.device = device
+        self.run.set_max_batch_size(max_batch)
+        self.run.set_batch_wait_timeout_s(batch_wait_s)
+
+    def info(self) -> dict:
+        """What the ingress and the page need to know about the model."""
+        cfg = self.translator.cfg
+        return {"domains": self.names, "img_size": cfg.model.img_size,
+                "max_batch": self.translator.batch_size, "device": self.device,
+                "w_hpf": cfg.model.w_hpf, "threads": torch.get_num_threads()}
+
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=BATCH_WAIT_S)
+    async def run(self, jobs: list[Job]) -> list[tuple[np.ndarray, int]]:
+        """Each job's (outputs (K, S, S, 3) uint8, how many requests shared its batch)."""
+        # Off the replica's event loop (torch releases the GIL), so that requests arriving
+        # meanwhile queue up for the next batch.
+        outputs = await asyncio.to_thread(run_jobs, self.translator, jobs)
+        return [(pixels, len(jobs)) for pixels in outputs]
