@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/stargan-ray demo
 
+# tools/install_browser.sh: chromium and chromium-driver for the browser test (apt-get, as root)
 test: $(STAMP)
+	sh tools/install_browser.sh
 	$(BIN)/python -m pytest -q tests
 
 clean:

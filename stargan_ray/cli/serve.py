@@ -8,6 +8,7 @@ itself: give a path that every node can read (shared file system) or an s3:// / 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import time
@@ -74,9 +75,16 @@ def serve_options(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     import ray
-    from ray import serve
 
-    from ..serve import build_app
+    try:
+        if importlib.util.find_spec("multipart") is None:  # python-multipart: the form parser
+            raise ImportError(name="python-multipart")
+        from ray import serve
+
+        from ..serve import build_app
+    except ImportError as err:
+        raise ConfigError(f"serve: {err.name or err} is missing; install the serve extra: "
+                          "pip install 'stargan-ray[serve]'") from None
     from ..train.cluster import start_local_ray
 
     opts = serve_options(args)

@@ -44,7 +44,7 @@ class Job:
 def job_styles(tr: Translator, job: Job) -> torch.Tensor:
     """(outputs, style_dim) for one job, independent of any other job."""
     if job.references is not None:
-        s = tr.reference_styles(torch.from_numpy(job.references), job.domain)
+        s = tr.reference_styles(torch.tensor(job.references), job.domain)
     else:
         s = tr.latent_styles(job.domain, list(job.seeds), job.psi)
     if job.steps is not None:
@@ -69,7 +69,7 @@ def run_jobs(tr: Translator, jobs: Sequence[Job]) -> list[np.ndarray]:
     """Every job's outputs as (outputs, S, S, 3) uint8, all through the generator together."""
     styles = [job_styles(tr, job) for job in jobs]
     counts = [len(s) for s in styles]
-    x = torch.cat([torch.from_numpy(job.source)[None].expand(n, -1, -1, -1)
+    x = torch.cat([torch.tensor(job.source)[None].expand(n, -1, -1, -1)
                    for job, n in zip(jobs, counts)]).to(tr.device)
     out = generate_fixed_shape(tr, x, torch.cat(styles))
     pixels = to_pixels(out.cpu())

@@ -88,8 +88,8 @@ def options_from_args(args: dict[str, Any]) -> ServeOptions:
     """ServeOptions from a config file's `args` (the keys are the command's flags, with _)."""
     unknown = sorted(set(args) - _ARGS)
     if unknown or "checkpoint" not in args:
-        raise ConfigError(f"serve config args: {'unknown ' + ', '.join(unknown) if unknown else 'checkpoint missing'}"
-                          f"; the keys are {', '.join(sorted(_ARGS))}")
+        problem = f"unknown {', '.join(unknown)}" if unknown else "checkpoint missing"
+        raise ConfigError(f"serve config args: {problem}; the keys are {', '.join(sorted(_ARGS))}")
     checkpoint, overrides = str(args["checkpoint"]), list(args.get("set", []))
     cfg = None
     if args.get("experiment"):

@@ -5,6 +5,7 @@ const $ = (id) => document.getElementById(id);
 let source = null;      // the chosen photo (File)
 let lastStyles = [];    // [{label, seed|ref}] of the shown outputs, for the slider
 let mixFrames = [];     // interpolated outputs, one per slider position
+let maxOutputs = 9;     // the server's limit per request (GET /domains)
 
 function showError(message) {
   $("error").textContent = message;
@@ -27,6 +28,7 @@ async function loadDomains() {
     const response = await fetch("/domains");
     if (!response.ok) throw new Error(await errorText(response));
     const info = await response.json();
+    maxOutputs = info.max_outputs;
     for (const [i, name] of info.domains.entries()) {
       $("domain").add(new Option(name, String(i)));
     }
@@ -100,7 +102,7 @@ async function run() {
   }
 }
 
-// The slider: styles of two shown outputs, interpolated by the server in 9 steps.
+// The slider: styles of two shown outputs, interpolated by the server in up to 9 steps.
 function prepareMix(outputs) {
   const refs = Array.from($("reference-input").files);
   lastStyles = outputs.map((o, i) => (mode() === "reference"
@@ -121,7 +123,7 @@ async function loadMix() {
   try {
     const extra = a.ref ? { refs: [a.ref, b.ref] } : { seeds: `${a.seed},${b.seed}` };
     if (a === b) throw new Error("slider: pick two different styles");
-    mixFrames = await translate({ ...extra, steps: 9 });
+    mixFrames = await translate({ ...extra, steps: Math.min(9, maxOutputs) });
     $("mix-slider").max = String(mixFrames.length - 1);
     $("mix-slider").disabled = false;
     showMix();
