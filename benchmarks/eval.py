@@ -68,15 +68,15 @@ def official_protocol(nets, cfg, data: evaluator.EvalData, work: Path, weights: 
             sources = range(len(data.val[task.src]))
             for b, batch in enumerate(evaluator.chunks(sources, cfg.data.val_batch_size)):
                 start = time.perf_counter()
-                x_src = loader._images(data.val[task.src][i] for i in batch)
+                x_src = loader.images(data.val[task.src][i] for i in batch)
                 y_trg = torch.full((len(batch),), task.trg, dtype=torch.long)
                 group = []
                 for out in range(job.num_outs):
-                    draws = [loader._style(mode, task, i, out) for i in batch]
+                    draws = [loader.style_draw(mode, task, i, out) for i in batch]
                     if mode == "latent":
                         s_trg = nets.mapping_network(torch.stack([z for z, _ in draws]), y_trg)
                     else:
-                        x_ref = loader._images(data.val[task.trg][r] for _, r in draws)
+                        x_ref = loader.images(data.val[task.trg][r] for _, r in draws)
                         s_trg = nets.style_encoder(x_ref, y_trg)
                     x_fake = nets.generator(x_src, s_trg)
                     group.append(x_fake)

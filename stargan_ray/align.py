@@ -195,17 +195,13 @@ class FaceAligner:
 # ---------------------------------------------------------------------------------------------
 
 def _read_image(path: str | Path, size: int) -> torch.Tensor:
-    """A photo squashed to size x size (as the official Resize((s, s))), (3, s, s) in [-1, 1].
+    """A photo squashed to size x size (the official test transform), (3, s, s) in [-1, 1].
 
     Decoded as training decodes (16-bit files scaled); raises BadImage for an unreadable file.
     """
-    from PIL import Image
+    from .inference import load_image_tensor
 
-    from .data.folders import load_image
-
-    img = load_image(path).resize((size, size), Image.BILINEAR)
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
-    return x / 255 * 2 - 1
+    return load_image_tensor(path, size)
 
 
 def _write_image(x: torch.Tensor, path: Path) -> None:

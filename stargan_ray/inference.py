@@ -40,14 +40,21 @@ BATCH_SIZE = 16
 
 
 def image_to_tensor(image: Image.Image, img_size: int) -> torch.Tensor:
-    """The official test transform of an RGB image: (3, img_size, img_size) in [-1, 1].
+    """The official test transform of an RGB image: (3, img_size, img_size) in [-1, 1]."""
+    return pixels_to_input(test_pixels(image, img_size))
 
-    Resize([s, s]) squashes any aspect to a square, as the official test loader does.
-    """
+
+def test_pixels(image: Image.Image, img_size: int) -> torch.Tensor:
+    """(3, img_size, img_size) uint8: Resize([s, s]) squashes any aspect to a square, as the
+    official test loader does. Callers that decode once and use an image often keep these."""
     if image.size != (img_size, img_size):
         image = image.resize((img_size, img_size), Image.Resampling.BILINEAR)
-    x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float().div(255)
-    return x.mul(2).sub(1)  # Normalize(0.5, 0.5): (x - 0.5) / 0.5, bit for bit
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+
+
+def pixels_to_input(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 -> [-1, 1]: ToTensor then Normalize(0.5, 0.5), (x - 0.5) / 0.5 bit for bit."""
+    return pixels.float().div(255).mul(2).sub(1)
 
 
 def load_image_tensor(path: str | Path, img_size: int) -> torch.Tensor:

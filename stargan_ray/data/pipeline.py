@@ -22,12 +22,9 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from stargan_ray.data.folders import DataError
-from stargan_ray.data.layout import (GROUP_SIZE, Plan, epoch_of_step, epochs_needed, make_plan,
-                                     spread_order)
-from stargan_ray.data.sampling import (BadImageLog, augment, chunk_rows, crop_box, load_size,
-                                       local_batches, local_raw_batches, to_batch, to_batches,
-                                       to_unit_range)
-from stargan_ray.data.table import ImageTable, open_table, open_train_table
+from stargan_ray.data.layout import Plan, epoch_of_step, epochs_needed, make_plan
+from stargan_ray.data.sampling import BadImageLog, chunk_rows, to_batches
+from stargan_ray.data.table import ImageTable, open_train_table
 
 if TYPE_CHECKING:
     import ray.data
@@ -130,12 +127,5 @@ def iter_train_batches(shard: Any, cfg: "ExperimentConfig", *, seed: int | None 
     return to_batches(raws, cfg, seed, world_rank, start_step, device)
 
 
-__all__ = [
-    "build_train_dataset", "train_data_config", "ingest_options", "iter_train_batches",
-    "iter_raw_batches",
-    # Before the split into layout, table and sampling these lived here; they stay importable
-    # from here for callers not yet pointed at their modules.
-    "to_batch", "local_batches", "local_raw_batches", "open_train_table", "open_table",
-    "ImageTable", "Plan", "make_plan", "spread_order", "chunk_rows", "augment", "crop_box",
-    "load_size", "to_unit_range", "BadImageLog", "GROUP_SIZE",
-]
+__all__ = ["build_train_dataset", "train_data_config", "ingest_options", "iter_train_batches",
+           "iter_raw_batches"]

@@ -33,7 +33,7 @@ from stargan_ray.data.folders import BadImage, DataError
 from stargan_ray.data.layout import GROUP_SIZE, spread_order
 from stargan_ray.data.sampling import load_size
 from stargan_ray.data.shards import (FORMAT, FORMAT_VERSION, MANIFEST, ShardWriter, is_shard_name,
-                                     read_manifest, write_manifest)
+                                     write_manifest)
 
 
 # ---------------------------------------------------------------- one image
@@ -195,5 +195,4 @@ def summary(manifest: dict[str, Any], out: str) -> str:
     return "\n".join(lines)
 
 
-# read_manifest and MANIFEST are re-exported: callers and tests used them from here.
-__all__ = ["prepare", "read_manifest", "summary", "check_out", "MANIFEST"]
+__all__ = ["prepare", "summary", "check_out"]

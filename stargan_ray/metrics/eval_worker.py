@@ -10,10 +10,9 @@ from typing import Iterable
 import numpy as np
 import torch
 from torch import nn
-from torchvision import transforms
-from torchvision.transforms import functional as TF
 
 from ..data import folders
+from ..inference import pixels_to_input, test_pixels
 from ..models import Networks
 from . import fid as fidlib
 from . import lpips as lpipslib
@@ -40,19 +39,15 @@ class EvalWorker:
         self.device = torch.device(device)
         self.moments: dict[tuple, fidlib.FeatureMoments] = {}
         self._pixels: dict[str, torch.Tensor] = {}  # val images, decoded once (uint8)
-        size = job.cfg.model.img_size
-        self._resize = transforms.Resize([size, size])
 
     def _image(self, path: str) -> torch.Tensor:
-        """The official generation loader: Resize, ToTensor, Normalize(0.5, 0.5) -> [-1, 1]."""
+        """The official generation loader (inference.test_pixels / pixels_to_input)."""
         if path not in self._pixels:
             # decoded as training decodes: 8-bit RGB files give the official pixels
-            pixels = np.asarray(self._resize(folders.load_image(path)))
-            self._pixels[path] = torch.from_numpy(pixels.copy()).permute(2, 0, 1)
-        x = self._pixels[path].float().div(255)
-        return TF.normalize(x, [0.5] * 3, [0.5] * 3)
+            self._pixels[path] = test_pixels(folders.load_image(path), self.job.cfg.model.img_size)
+        return pixels_to_input(self._pixels[path])
 
-    def _images(self, paths: Iterable[str]) -> torch.Tensor:
+    def images(self, paths: Iterable[str]) -> torch.Tensor:
         return torch.stack([self._image(p) for p in paths]).to(self.device)
 
     def _accumulate(self, key: tuple, features: torch.Tensor) -> None:
@@ -86,7 +81,7 @@ class EvalWorker:
         self.moments[item.key] = moments
         return ItemResult(item.key, len(files), bad=bad)
 
-    def _style(self, mode: str, task: Task, index: int,
+    def style_draw(self, mode: str, task: Task, index: int,
                out: int) -> tuple[torch.Tensor | None, int | None]:
         """(z, None) in latent mode, (None, reference index) in reference mode; seeded per key."""
         g = seeded_generator(self.job.seed, MODES.index(mode), task.src, task.trg, index, out)
@@ -99,17 +94,17 @@ class EvalWorker:
         mode, t = item.key
         task = self.job.tasks[t]
         nets = self.nets
-        x_src = self._images(self.job.data.val[task.src][i] for i in item.indices)
+        x_src = self.images(self.job.data.val[task.src][i] for i in item.indices)
         y_trg = torch.full((len(item.indices),), task.trg, dtype=torch.long, device=self.device)
         masks = nets.masks(x_src)
         outputs = []
         for out in range(self.job.num_outs):
-            draws = [self._style(mode, task, i, out) for i in item.indices]
+            draws = [self.style_draw(mode, task, i, out) for i in item.indices]
             if mode == "latent":
                 z_trg = torch.stack([z for z, _ in draws]).to(self.device)
                 s_trg = nets.mapping_network(z_trg, y_trg)
             else:
-                x_ref = self._images(self.job.data.val[task.trg][r] for _, r in draws)
+                x_ref = self.images(self.job.data.val[task.trg][r] for _, r in draws)
                 s_trg = nets.style_encoder(x_ref, y_trg)
             x_fake = nets.generator(x_src, s_trg, masks=masks)
             self._accumulate(item.key, self._features(fidlib.quantize(x_fake)))
