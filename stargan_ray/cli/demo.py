@@ -80,4 +80,9 @@ def _summary(run_dir: Path, checkpoint: str, metrics_dir: Path, metrics: dict,
           "with published numbers)")
     if wandb_runs:
         print(f"[demo] W&B (offline): {wandb_runs[-1]}  (upload: wandb sync {wandb_runs[-1]})")
+    print("[demo] use the model on your own images, or serve it with a web page:")
+    print(f"[demo]   stargan-ray translate --checkpoint {checkpoint} --to all --seeds 0,1,2 "
+          "--out outputs/translated IMAGE_OR_FOLDER...")
+    print(f"[demo]   stargan-ray serve --checkpoint {checkpoint}   "
+          "# then open http://127.0.0.1:8000/")
 
