@@ -38,6 +38,8 @@ def tiny_config(**overrides) -> ExperimentConfig:
         "model.img_size": 32, "model.num_domains": 2, "model.dim_in": 8, "model.max_conv_dim": 16,
         "model.style_dim": 8, "model.latent_dim": 4, "model.hidden_dim": 16, "model.w_hpf": 0.0,
         "data.batch_size": 4,
+        # the paper's schedule shape (toy keeps lambda_ds constant for its short demo run)
+        "loss.lambda_ds": 1.0, "loss.ds_decay": "linear", "optim.f_lr": 1e-4,
     }
     base.update(overrides)
     return load_experiment("toy", list(base.items()))
