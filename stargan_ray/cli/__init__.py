@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 from ..errors import UserError
@@ -26,9 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="StarGAN v2 on Ray: train, tune, evaluate, translate, export and serve.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        module_name = f"{__name__}.{name}"
-        if importlib.util.find_spec(module_name) is not None:  # serve: until its module lands
-            importlib.import_module(module_name).add_parser(sub)
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
     return parser
 
 
