@@ -188,6 +188,21 @@ class Translator:
         return torch.cat(out) if out else x.new_zeros((0, *x.shape[1:]))
 
     @torch.no_grad()
+    def generate_fixed_shape(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """generate() on pairs padded to a multiple of batch_size rows with copies of the last.
+
+        float32 kernels sum in an order that depends on the batch shape (1 vs 16 rows differ by
+        up to 2e-5), while rows of one shape come out alike whatever the other rows hold
+        (instance norm: every sample on its own). With every generator and FAN call of the same
+        shape, a row's output does not depend on the batch it came in (the Serve app's batching).
+        """
+        pad = (-x.size(0)) % self.batch_size
+        if pad:
+            x = torch.cat([x, x[-1:].expand(pad, *x.shape[1:])])
+            s = torch.cat([s, s[-1:].expand(pad, *s.shape[1:])])
+        return self.generate(x, s)[:x.size(0) - pad]
+
+    @torch.no_grad()
     def translate(self, x: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
         """Every source in every style: (N, 3, S, S), (K, style_dim) -> (N, K, 3, S, S)."""
         n, k = x.size(0), styles.size(0)

@@ -3,14 +3,9 @@
 A request's styles are computed one at a time (Translator.latent_styles / reference_styles), so
 they never depend on the other requests. The generator then runs on every (source, style) pair of
 the batch, but always in chunks of exactly ``translator.batch_size`` rows, padded with copies of
-the last row: float32 convolution kernels sum in an order that depends on the batch *shape*
-(1 row vs 16 rows differ by up to 2e-5, one uint8 level on rare pixels), while rows of the same
-shape are computed alike whatever the other rows hold or where the row sits (instance norm: each
-sample is normalised on its own). So batching concurrent requests changes no output pixel; the
-price is a full chunk of work for a lone request.
-
-``generate_fixed_shape`` belongs in inference.py (Translator.generate with padding) once that
-module takes it; it is here so that the serve app does not edit the shared core.
+the last row (Translator.generate_fixed_shape): a row's output then does not depend on the batch
+it came in, so batching concurrent requests changes no output pixel; the price is a full chunk of
+work for a lone request.
 """
 
 from __future__ import annotations
@@ -54,23 +49,12 @@ def job_styles(tr: Translator, job: Job) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_fixed_shape(tr: Translator, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """tr.generate on pairs padded to a multiple of tr.batch_size rows: every generator (and FAN)
-    call has the same shape, so a row's output does not depend on the batch it came in."""
-    pad = (-x.size(0)) % tr.batch_size
-    if pad:
-        x = torch.cat([x, x[-1:].expand(pad, *x.shape[1:])])
-        s = torch.cat([s, s[-1:].expand(pad, *s.shape[1:])])
-    return tr.generate(x, s)[:x.size(0) - pad]
-
-
-@torch.no_grad()
 def run_jobs(tr: Translator, jobs: Sequence[Job]) -> list[np.ndarray]:
     """Every job's outputs as (outputs, S, S, 3) uint8, all through the generator together."""
     styles = [job_styles(tr, job) for job in jobs]
     counts = [len(s) for s in styles]
     x = torch.cat([torch.tensor(job.source)[None].expand(n, -1, -1, -1)
                    for job, n in zip(jobs, counts)]).to(tr.device)
-    out = generate_fixed_shape(tr, x, torch.cat(styles))
+    out = tr.generate_fixed_shape(x, torch.cat(styles))
     pixels = to_pixels(out.cpu())
     return list(np.split(pixels, np.cumsum(counts)[:-1]))
