@@ -220,3 +220,14 @@ def test_the_metric_names_are_what_a_training_step_reports():
     lrs = {f"lr/{name}" for name in state.optims}
     assert set(reported_metrics()) == {*stats, *lrs, "images_per_s", "eta_s", EVAL_METRIC}
     assert torch.isfinite(torch.stack(list(stats.values()))).all()
+
+
+@pytest.mark.parametrize("cap, expected", [
+    (0, "# batch: 8 images per worker per step (in one pass), 16 over 2 worker(s)"),
+    (3, "# batch: 8 images per worker per step (3 micro-batches of at most 3), 16 over 2 worker(s)"),
+    (8, "# batch: 8 images per worker per step (in one pass), 16 over 2 worker(s)"),
+])
+def test_train_dry_run_says_how_a_step_is_batched(capsys, cap, expected):
+    assert cli.main(["train", "--dry-run", "--num-workers", "2",
+                     "--set", f"data.batch_per_worker={cap}"]) == 0
+    assert expected in capsys.readouterr().out.splitlines()

@@ -40,6 +40,15 @@ def options_from_args(args: argparse.Namespace):
                       resume_from=args.resume_from)
 
 
+def batch_line(cfg, num_workers: int) -> str:
+    """What one step puts through the networks: per worker, over all workers, micro-batches."""
+    per_worker, cap = cfg.data.batch_size, cfg.data.batch_per_worker
+    rounds = -(-per_worker // cap) if cap and cap < per_worker else 1
+    micro = f"{rounds} micro-batches of at most {cap}" if rounds > 1 else "in one pass"
+    return (f"batch: {per_worker} images per worker per step ({micro}), "
+            f"{per_worker * num_workers} over {num_workers} worker(s)")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..config import to_toml
     from ..train import TrainingInterrupted, init_ray, plan_run, run_training
@@ -51,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         for line in plan.notes:
             print(f"# {line}")
         print(to_toml(cfg))
+        print(f"# {batch_line(cfg, opts.num_workers)}")
         print("# Ray resources")
         print(json.dumps({**opts.resources(), "storage": plan.run_dir,
                           "start": asdict(plan.start) if plan.start else None}, indent=2))
