@@ -112,8 +112,8 @@ def safe_load(path: str | Path, device: torch.device | str = "cpu", *, mmap: boo
 
 
 def read_config(path: str | Path) -> ExperimentConfig:
-    """The resolved config stored in one of our checkpoints."""
-    data = safe_load(path)
+    """The resolved config stored in one of our checkpoints (mapped, not read: weights unused)."""
+    data = safe_load(path, mmap=True)
     _check_format(data, path)
     return from_dict(data["config"])
 

@@ -81,7 +81,7 @@ def load_model(args: argparse.Namespace, command: str, device: str,
     if args.official_checkpoint:
         step = official_step(path) or 0
     else:
-        step = int(safe_load(path).get("step", 0))
+        step = int(safe_load(path, mmap=True).get("step", 0))  # mapped: only the step is read
     return cfg, nets, step
 
 
