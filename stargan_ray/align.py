@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ConfigError
+from .inference import load_image_tensor
 from .models.fan import FAN, NUM_LANDMARKS, heatmap_peaks
 
 LM_MEAN_HELP = ("the CelebA-HQ mean landmarks of the official StarGAN v2 release, which the "
@@ -194,16 +195,6 @@ class FaceAligner:
 # Files and CLI
 # ---------------------------------------------------------------------------------------------
 
-def _read_image(path: str | Path, size: int) -> torch.Tensor:
-    """A photo squashed to size x size (the official test transform), (3, s, s) in [-1, 1].
-
-    Decoded as training decodes (16-bit files scaled); raises BadImage for an unreadable file.
-    """
-    from .inference import load_image_tensor
-
-    return load_image_tensor(path, size)
-
-
 def _write_image(x: torch.Tensor, path: Path) -> None:
     from PIL import Image
 
@@ -233,7 +224,7 @@ def align_folder(inp: str | Path, out: str | Path, aligner: FaceAligner,
     for path in files:
         name = path.relative_to(base).as_posix()
         try:
-            x = _read_image(path, aligner.img_size).to(device)
+            x = load_image_tensor(path, aligner.img_size).to(device)
         except folders.BadImage as err:
             skipped.append(name)
             folders.report_unreadable(path, str(err))

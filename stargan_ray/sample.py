@@ -109,4 +109,4 @@ def output_names(animation: str = "gif") -> list[str]:
             + [f"interpolation.{animation}"])
 
 
-__all__ = ["debug_images", "sample", "load_folder", "load_image_tensor", "output_names"]
+__all__ = ["debug_images", "sample", "load_folder", "output_names"]

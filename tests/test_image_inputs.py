@@ -23,9 +23,10 @@ import pytest
 import torch
 from PIL import Image
 
-from stargan_ray import align, sample
+from stargan_ray import sample
 from stargan_ray.cli import main
 from stargan_ray.data import folders
+from stargan_ray.inference import load_image_tensor
 from stargan_ray.metrics import evaluator, fid
 from stargan_ray.metrics.weights import FeatureWeights
 
@@ -144,8 +145,9 @@ def test_a_16_bit_png_gives_its_8_bit_twin_in_every_loader(tmp_path):
     eight.save(tmp_path / "8.png")
     with Image.open(tmp_path / "16.png") as image:  # what the commands did before: clipped
         assert (np.asarray(image.convert("RGB")) == 255).mean() > 0.9
-    pairs = [(lambda p: fid.load_for_inception(p, S)), (lambda p: sample.load_image_tensor(p, S)),
-             (lambda p: align._read_image(p, 64))]
+    # sample, align and translate all load through inference.load_image_tensor
+    pairs = [(lambda p: fid.load_for_inception(p, S)), (lambda p: load_image_tensor(p, S)),
+             (lambda p: load_image_tensor(p, 64))]
     cfg = tiny_config()
     worker = evaluator.EvalWorker(evaluator.Job(cfg, evaluator.EvalData((), (), ()), (), 1, 0),
                                   None, None, None, "cpu")
