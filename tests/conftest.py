@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+import torch
 
 from stargan_ray.config import ExperimentConfig, load_experiment
 
@@ -43,6 +45,18 @@ def tiny_config(**overrides) -> ExperimentConfig:
     }
     base.update(overrides)
     return load_experiment("toy", list(base.items()))
+
+
+def save_synthetic_checkpoint(path: Path) -> Path:
+    """An untrained, seeded tiny model with the synthetic set's 3 domains, saved to path."""
+    from stargan_ray.checkpoint import save_checkpoint
+    from stargan_ray.engine import TrainState
+
+    cfg = tiny_config(**{"model.num_domains": 3, "data.train_dir": "synthetic"})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        state = TrainState.create(cfg, "cpu")
+    return save_checkpoint(state, path)
 
 
 def tiny_eval_config(train_dir, val_dir, **overrides) -> ExperimentConfig:

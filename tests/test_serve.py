@@ -11,16 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from stargan_ray.checkpoint import save_checkpoint
-from stargan_ray.engine import TrainState
 from stargan_ray.inference import Translator, image_to_tensor
 from stargan_ray.serve.batching import Job, run_jobs
 from stargan_ray.serve.inputs import BadRequest, Limits, parse_seeds
 
-from .conftest import tiny_config
+from .conftest import save_synthetic_checkpoint
 
 S = 32
 DOMAINS = ["circle", "square", "triangle"]  # the synthetic set's names for 3 domains
@@ -30,11 +27,7 @@ LIMITS = {"max_bytes": 300_000, "max_pixels": 1_000_000, "max_outputs": 6}
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    cfg = tiny_config(**{"model.num_domains": 3, "data.train_dir": "synthetic"})
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        state = TrainState.create(cfg, "cpu")
-    return save_checkpoint(state, tmp_path_factory.mktemp("ckpt") / "model.pt")
+    return save_synthetic_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 def photo_bytes(size=(160, 120), seed=0, fmt="JPEG") -> bytes:

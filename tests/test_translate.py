@@ -13,7 +13,7 @@ from stargan_ray.cli import main
 from stargan_ray.engine import TrainState
 from stargan_ray.inference import Translator, load_image_tensor, to_pixels
 
-from .conftest import tiny_config
+from .conftest import save_synthetic_checkpoint, tiny_config
 from . import test_align
 from .test_align import face_points
 
@@ -25,11 +25,7 @@ DOMAINS = ("circle", "square", "triangle")  # the synthetic set's names for 3 do
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    cfg = tiny_config(**{"model.num_domains": 3, "data.train_dir": "synthetic"})
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        state = TrainState.create(cfg, "cpu")
-    return save_checkpoint(state, tmp_path_factory.mktemp("ckpt") / "model.pt")
+    return save_synthetic_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 def photo(path, size=(S, S), seed=0):
