@@ -132,7 +132,7 @@ def experiment_config(plan: Plan, case: Case) -> ExperimentConfig:
 
 def matmul_peak(device: torch.device, size: int, iters: int = 10) -> dict[str, float]:
     """Dense matmul TFLOP/s per precision: fp32 (IEEE), tf32 and bf16."""
-    from stargan_ray.engine import float32_mode
+    from stargan_ray.precision import float32_mode
 
     out = {}
     for precision, dtype in (("fp32", torch.float32), ("tf32", torch.float32),

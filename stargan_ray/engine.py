@@ -39,7 +39,7 @@ from . import schedules
 from .config import ExperimentConfig
 from .losses import GWeights, Stats, d_loss, g_loss
 from .models import EMA, TRAINED, Networks, build_networks, ema_copy, he_init
-from .precision import Autocast, StepNetworks, float32_mode  # noqa: F401  (engine.float32_mode)
+from .precision import StepNetworks, float32_mode
 
 
 @dataclass

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from stargan_ray.config import with_overrides
-from stargan_ray.engine import TrainState, float32_mode, stats_to_floats, train_step
+from stargan_ray.engine import TrainState, stats_to_floats, train_step
+from stargan_ray.precision import float32_mode
 from stargan_ray.models import TRAINED
 
 from .conftest import tiny_config
