@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
-from .storage import atomic_write_bytes, write_bytes
+from .storage import atomic_write_bytes, basename, join, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +207,10 @@ def write_trials_png(sweep_dir: str, grid, rows: list[dict[str, Any]],
         histories = {trial_id(r): _history(r.metrics_dataframe, metric, step_key) for r in grid}
         early = [r["trial_id"] for r in rows if r.get("state") in EARLY_STATES]
         fig = trials_figure(histories, metric, best=best["trial_id"] if best else None,
-                            ended_early=early, title=f"{Path(sweep_dir).name}: {metric} per trial"
+                            ended_early=early, title=f"{basename(sweep_dir)}: {metric} per trial"
                             " (x: ended early)")
         data = png_bytes(fig)
-        uri = f"{sweep_dir.rstrip('/')}/plots/trials.png"
+        uri = join(sweep_dir, "plots", "trials.png")
         write_bytes(uri, data)
         return {"plot": uri}
     except Exception as err:  # the results table is written already; a plot never fails a sweep

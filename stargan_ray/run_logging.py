@@ -27,6 +27,7 @@ from PIL import Image
 from . import grids
 from .config import ExperimentConfig
 from .models import Networks
+from .storage import basename
 
 log = logging.getLogger(__name__)
 SAMPLE_SOURCES = 6  # sources (columns) and references (rows) in the training sample grids
@@ -53,7 +54,7 @@ def console(line: str) -> None:
 def local_run_dir(run_dir: str) -> Path:
     """Where PNGs and events go: the run folder itself when local, else a local mirror."""
     if "://" in run_dir:
-        return Path("runs_local") / run_dir.rstrip("/").split("/")[-1]
+        return Path("runs_local") / basename(run_dir)  # a URI's query left out
     return Path(run_dir)
 
 

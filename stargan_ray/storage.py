@@ -5,6 +5,10 @@ temporary file in the target folder, flushed to disk and renamed over the target
 sees half a file and a crash leaves the previous version in place. Paths with a scheme
 (``s3://bucket/key``, ``gs://...``) go through pyarrow, whose object stores publish an object only
 when its stream is closed. pyarrow is imported lazily: the core does not need it to load.
+
+A URI may carry pyarrow's options as a query (``s3://bucket/runs?endpoint_override=host:port&
+scheme=http``); the query belongs to the end of the URI, so paths inside one are made with
+``join``, never by appending text, and every URI derived from it keeps the query.
 """
 
 from __future__ import annotations
@@ -20,6 +24,35 @@ from typing import IO, Any, Callable
 def is_uri(location: str | os.PathLike) -> bool:
     """True for 'scheme://...' locations (object stores, hdfs), False for local paths."""
     return "://" in str(location)
+
+
+def split_query(location: str) -> tuple[str, str]:
+    """(location without its query, "?query" or "") of a URI; a local path has no query."""
+    location = str(location)
+    if not is_uri(location) or "?" not in location:
+        return location, ""
+    base, query = location.split("?", 1)
+    return base, f"?{query}"
+
+
+def join(location: str | os.PathLike, *parts: str) -> str:
+    """location/part/...: the parts go before a URI's query, which is kept."""
+    base, query = split_query(str(location))
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)]) + query
+
+
+def basename(location: str | os.PathLike) -> str:
+    """The last path segment of a local path or a URI (its query left out)."""
+    return split_query(str(location))[0].rstrip("/").rsplit("/", 1)[-1]
+
+
+def uri_at(location: str, fs_path: str) -> str:
+    """The location of fs_path (a path inside location's file system), as a URI with location's
+    scheme and query (its endpoint and options), or as a local path for a local location."""
+    if not is_uri(location):
+        return fs_path
+    scheme = location.split("://", 1)[0]
+    return f"{scheme}://{fs_path.lstrip('/')}{split_query(location)[1]}"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
@@ -51,7 +84,12 @@ def atomic_write_json(path: str | os.PathLike, payload: Any) -> Path:
 
 
 def filesystem(location: str):
-    """(pyarrow FileSystem, path inside it) for a local path or a URI such as s3://bucket/x."""
+    """(pyarrow FileSystem, path inside it) for a local path or a URI such as s3://bucket/x.
+
+    For S3 the endpoint comes from the URI's query (endpoint_override, scheme) or from the
+    AWS_ENDPOINT_URL(_S3) environment variable; the FileSystem then holds it, so one handed to
+    another process (Ray pickles it) reaches the same endpoint without the variable there.
+    """
     import pyarrow.fs as pafs
 
     if is_uri(location):
@@ -96,5 +134,6 @@ def read_bytes(location: str) -> bytes:
         return f.read()
 
 
-__all__ = ["is_uri", "atomic_write", "atomic_write_bytes", "atomic_write_text",
+__all__ = ["is_uri", "split_query", "join", "basename", "uri_at", "atomic_write",
+           "atomic_write_bytes", "atomic_write_text",
            "atomic_write_json", "filesystem", "exists", "write_bytes", "read_bytes"]

@@ -54,8 +54,8 @@ def read_manifest(root: str, num_domains: int | None = None) -> dict[str, Any]:
 
 def write_manifest(out: str, manifest: dict[str, Any]) -> None:
     """Write the manifest last (atomically on local disk): its presence means complete."""
-    base = out.rstrip("/") if storage.is_uri(out) else storage.filesystem(out)[1]  # ~ expanded
-    storage.write_bytes(f"{base}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
+    base = out if storage.is_uri(out) else storage.filesystem(out)[1]  # ~ expanded
+    storage.write_bytes(storage.join(base, MANIFEST), json.dumps(manifest, indent=1).encode())
 
 
 def read_row_group(root: str, shard_files: tuple[tuple[str, int], ...], group: int

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..storage import atomic_write_text
+from ..storage import atomic_write_text, join
 
 METRICS_DIR = "metrics"
 CSV_FILE = "by_step.csv"
@@ -31,7 +31,8 @@ def run_checkpoints(run_dir: str, every: int = 1) -> tuple[list[tuple[int, str]]
     from ..checkpoint import CHECKPOINT_FILE, CheckpointError, read_config, verify_checkpoint
     from ..train import best_checkpoint, checkpoint_folders
 
-    candidates = {step: f"{folder}/{CHECKPOINT_FILE}" for step, folder in checkpoint_folders(run_dir)}
+    candidates = {step: join(folder, CHECKPOINT_FILE)
+                  for step, folder in checkpoint_folders(run_dir)}
     best = best_checkpoint(run_dir)
     if best is not None:
         candidates.setdefault(*best)

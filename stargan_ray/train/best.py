@@ -12,7 +12,7 @@ import math
 from typing import IO, Any, Callable
 
 from ..checkpoint import CHECKPOINT_FILE
-from ..storage import filesystem, write_bytes
+from ..storage import filesystem, join, write_bytes
 from .plan import CHECKPOINT_PREFIX
 
 BEST_DIR = "best"
@@ -61,7 +61,7 @@ def keep_best(run_dir: str, step: int, metrics: dict[str, Any], write: Callable[
     fs.move(tmp, f"{best}/{name}")
     record = {"step": step, "fid_quick": float(score), "source": source,
               "checkpoint": f"{name}/{CHECKPOINT_FILE}"}
-    write_bytes(f"{run_dir}/{BEST_DIR}/{BEST_FILE}", json.dumps(record, indent=2).encode())
+    write_bytes(join(run_dir, BEST_DIR, BEST_FILE), json.dumps(record, indent=2).encode())
     if old is not None and old["checkpoint"].split("/", 1)[0] != name:
         previous = f"{best}/{old['checkpoint'].split('/', 1)[0]}"
         if fs.get_file_info(previous).type == pafs.FileType.Directory:
@@ -74,4 +74,4 @@ def best_checkpoint(run_dir: str) -> tuple[int, str] | None:
     record = read_best(run_dir)
     if record is None:
         return None
-    return int(record["step"]), f"{run_dir}/{BEST_DIR}/{record['checkpoint']}"
+    return int(record["step"]), join(run_dir, BEST_DIR, record["checkpoint"])

@@ -10,7 +10,7 @@ from ..config import ExperimentConfig
 from ..errors import UserError
 from .cluster import quiet_ray_data
 from .plan import (RunOptions, RunPlan, StartPoint, check_not_finished, newest_complete_checkpoint,
-                   plan_run, reconcile_snapshot, storage_uri)
+                   plan_run, ray_storage, reconcile_snapshot)
 from .worker import TrainingStopped, read_stop_marker, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def _build_trainer(cfg: ExperimentConfig, opts: RunOptions, run_dir: str, start:
             num_workers=opts.num_workers, use_gpu=resources["use_gpu"],
             resources_per_worker=resources["resources_per_worker"]),
         run_config=ray.train.RunConfig(
-            name=opts.run_name(cfg), storage_path=storage_uri(opts.storage),
+            name=opts.run_name(cfg), **ray_storage(opts.storage),
             failure_config=ray.train.FailureConfig(max_failures=opts.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             callbacks=callbacks),

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from ..checkpoint import CHECKPOINT_FILE, CheckpointError, CheckpointMismatch, verify_checkpoint
 from ..config import ExperimentConfig
 from ..errors import ConfigError
-from ..storage import filesystem, is_uri
+from ..storage import basename, filesystem, is_uri, join
 
 CHECKPOINT_PREFIX = "checkpoint_"
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's list of registered checkpoints
@@ -60,7 +60,7 @@ class RunOptions:
 
     def run_dir(self, cfg: ExperimentConfig) -> str:
         """<storage>/<run name>: absolute for a local storage, else the URI."""
-        return f"{storage_uri(self.storage).rstrip('/')}/{self.run_name(cfg)}"
+        return join(storage_uri(self.storage), self.run_name(cfg))
 
     def resources(self) -> dict[str, Any]:
         per_worker = {"CPU": self.cpus_per_worker}
@@ -74,6 +74,19 @@ class RunOptions:
 def storage_uri(storage: str) -> str:
     """Local paths become absolute (Ray needs that); URIs such as s3://bucket/x pass through."""
     return storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
+
+
+def ray_storage(storage: str) -> dict[str, Any]:
+    """RunConfig's storage_path and storage_filesystem for a local path or a URI.
+
+    A URI is resolved here, once: its query (endpoint_override, scheme, region) or the AWS
+    environment variables of this process go into the FileSystem, which Ray hands to its
+    controller and workers, so they reach the same endpoint.
+    """
+    if not is_uri(storage):
+        return {"storage_path": storage_uri(storage), "storage_filesystem": None}
+    fs, path = filesystem(storage)
+    return {"storage_path": path, "storage_filesystem": fs}
 
 
 def check_run_name(name: str, from_flag: bool = True) -> str:
@@ -97,7 +110,7 @@ def checkpoint_folders(run_dir: str) -> list[tuple[int, str]]:
         if info.type == pafs.FileType.Directory and name.startswith(CHECKPOINT_PREFIX):
             suffix = name[len(CHECKPOINT_PREFIX):]
             if suffix.isdigit():
-                steps.append((int(suffix), f"{run_dir}/{name}"))
+                steps.append((int(suffix), join(run_dir, name)))
     return sorted(steps, reverse=True)
 
 
@@ -109,7 +122,7 @@ def latest_checkpoint(run_dir: str) -> tuple[int, str] | None:
 
 def folder_step(path: str) -> int | None:
     """The step of a checkpoint_<step> folder path, None for any other name."""
-    name = path.rstrip("/").rsplit("/", 1)[-1]
+    name = basename(path)
     suffix = name[len(CHECKPOINT_PREFIX):]
     return int(suffix) if name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
 
@@ -144,7 +157,7 @@ class StartPoint:
 
     @property
     def label(self) -> str:
-        return self.uri.rstrip("/").rsplit("/", 1)[-1]
+        return basename(self.uri)
 
 
 def newest_complete_checkpoint(run_dir: str, cfg: ExperimentConfig
@@ -250,8 +263,8 @@ def reconcile_snapshot(run_dir: str, start: StartPoint | None) -> str | None:
         latest = (data.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
     except (ValueError, KeyError, TypeError, AttributeError):
         listed, latest = None, None  # unreadable: Ray would fail on it too
-    present = {uri.rsplit("/", 1)[-1] for _, uri in checkpoint_folders(run_dir)}
-    inside = start is not None and start.uri.rstrip("/") == f"{run_dir}/{start.label}"
+    present = {basename(uri) for _, uri in checkpoint_folders(run_dir)}
+    inside = start is not None and join(start.uri) == join(run_dir, start.label)
     wanted = start.label if inside else None
     if listed is not None and set(listed) <= present and latest == wanted:
         return None

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ExperimentConfig, to_toml, with_overrides
-from ..storage import filesystem, write_bytes
+from ..storage import filesystem, join, write_bytes
 from .space import TIME_ATTR, Space
 
 
@@ -112,15 +112,15 @@ def write_results(sweep_dir: str, rows: list[dict[str, Any]], best: dict[str, An
     with fs.open_output_stream(f"{path}/results.csv") as f:
         pacsv.write_csv(table, f)
     pq.write_table(table, f"{path}/results.parquet", filesystem=fs)
-    files = {"csv": f"{sweep_dir}/results.csv", "parquet": f"{sweep_dir}/results.parquet"}
+    files = {"csv": join(sweep_dir, "results.csv"), "parquet": join(sweep_dir, "results.parquet")}
     if best is not None:
         cfg = best_config(base, space, best, sweep)
         searched = ", ".join(f"{d.key}={best[d.key]!r}" for d in space.searched)
         header = (f"# Best trial {best['trial_id']} of sweep {sweep}: "
                   f"best_{space.metric}={best[f'best_{space.metric}']:.6g} at step "
                   f"{best['best_step']}.\n# Searched: {searched}\n")
-        write_bytes(f"{sweep_dir}/best.toml", (header + to_toml(cfg)).encode())
-        files["best"] = f"{sweep_dir}/best.toml"
+        files["best"] = join(sweep_dir, "best.toml")
+        write_bytes(files["best"], (header + to_toml(cfg)).encode())
     return files
 
 

@@ -15,8 +15,9 @@ from typing import Any
 
 from ..config import SYNTHETIC, ExperimentConfig, config_keys, get_key, with_overrides
 from ..errors import ConfigError
-from ..storage import exists, read_bytes, write_bytes
+from ..storage import exists, join, read_bytes, write_bytes
 from ..train import RunOptions, storage_uri
+from ..train.plan import ray_storage
 from .results import best_row, result_trial_id, results_table, trial_dirname, write_results
 from .schedulers import build_scheduler, build_searcher, param_space
 from .space import TIME_ATTR, Space, check_space
@@ -77,7 +78,7 @@ def _record(sweep_dir: str, cfg: ExperimentConfig, base: ExperimentConfig, space
     record = {"experiment": cfg.to_dict(), "base": base.to_dict(),
               "space": json.loads(json.dumps(asdict(space)))}
     text = json.dumps(record, indent=2, sort_keys=True)
-    uri = f"{sweep_dir}/sweep.json"
+    uri = join(sweep_dir, "sweep.json")
     if resume and exists(uri):
         if json.loads(read_bytes(uri)) != json.loads(text):
             raise ConfigError(f"--resume: the experiment or space differs from the one sweep "
@@ -113,10 +114,10 @@ def run_sweep(cfg: ExperimentConfig, space: Space, opts: SweepOptions, *,
     base = check_space(space, cfg)
     name = opts.sweep_name(cfg, space)
     storage = storage_uri(opts.storage)
-    sweep_dir = f"{storage.rstrip('/')}/{name}"
-    if opts.resume and not exists(f"{sweep_dir}/sweep.json"):
+    sweep_dir = join(storage, name)
+    if opts.resume and not exists(join(sweep_dir, "sweep.json")):
         raise ConfigError(f"--resume: no sweep {name!r} in {storage}")
-    if opts.resume and not exists(f"{sweep_dir}/tuner.pkl"):
+    if opts.resume and not exists(join(sweep_dir, "tuner.pkl")):
         raise ConfigError(f"--resume: sweep {name!r} stopped before Tune saved any state; "
                           f"delete {sweep_dir} and start it again")
     if not opts.resume and exists(sweep_dir):
@@ -154,14 +155,17 @@ def _tuner(base: ExperimentConfig, space: Space, opts: SweepOptions, name: str, 
     from ray import tune
 
     run = RunOptions(num_workers=opts.workers_per_trial, gpus_per_worker=opts.gpus_per_worker,
-                     cpus_per_worker=opts.cpus_per_worker, storage=f"{sweep_dir}/{TRAIN_FOLDER}",
+                     cpus_per_worker=opts.cpus_per_worker, storage=join(sweep_dir, TRAIN_FOLDER),
                      max_failures=0, wandb=opts.wandb)  # a failed run fails its trial: Tune retries
     spec = TrialSpec(cfg=_absolute_paths(base).to_dict(), metric=space.metric,
                      checkpointed_results_only=space.scheduler == "pbt", run=run, sweep=name)
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec),
                                     {"CPU": TRIAL_DRIVER_CPUS})
+    where = ray_storage(storage)  # a URI's endpoint and options travel in the FileSystem
     if opts.resume:
-        return tune.Tuner.restore(sweep_dir, trainable=trainable)
+        restore_path = where["storage_path"].rstrip("/") + f"/{name}"
+        return tune.Tuner.restore(restore_path, trainable=trainable,
+                                  storage_filesystem=where["storage_filesystem"])
     keep = max(base.train.keep_checkpoints, 4 if space.scheduler == "pbt" else 1)
     return tune.Tuner(
         trainable,
@@ -172,6 +176,6 @@ def _tuner(base: ExperimentConfig, space: Space, opts: SweepOptions, name: str, 
             num_samples=opts.num_samples or space.num_samples, trial_name_creator=trial_dirname,
             trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, callbacks=callbacks,
+            name=name, **where, callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=space.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep)))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config import from_dict, with_overrides
+from ..storage import is_uri, join, uri_at
 from ..train import RunOptions, storage_uri
 from .space import TIME_ATTR
 
@@ -49,13 +50,16 @@ def _forwarder(queue):
     return ForwardReports()
 
 
-def _uri(checkpoint) -> str:
-    """A checkpoint folder as one string (a URI for object storage) for the training workers."""
+def _uri(checkpoint, storage: str) -> str:
+    """A checkpoint folder as one string for the training workers: a local path, or a URI with
+    the scheme and query (endpoint, options) of the sweep's storage, where Tune keeps it."""
     import pyarrow.fs as pafs
 
     fs = checkpoint.filesystem
     if fs is None or isinstance(fs, pafs.LocalFileSystem):
         return checkpoint.path
+    if is_uri(storage) and storage.split("://", 1)[0] == fs.type_name:
+        return uri_at(storage, checkpoint.path)
     return f"{fs.type_name}://{checkpoint.path}"
 
 
@@ -87,12 +91,12 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     cfg = with_overrides(from_dict(spec.cfg), list(config.items()))
     checkpoint = tune.get_checkpoint()
     start = (checkpoint.get_metadata() or None) if checkpoint is not None else None
-    start_uri = _uri(checkpoint) if checkpoint is not None else None
+    start_uri = _uri(checkpoint, spec.run.storage) if checkpoint is not None else None
     if start is not None and start["step"] >= cfg.train.total_iters:
         return  # a copy of a finished trial: nothing is left to train
     run_name = trial_run_name(trial_id, start, start_uri)
     opts = replace(spec.run, name=run_name, resume=True)
-    run_dir = f"{storage_uri(opts.storage).rstrip('/')}/{run_name}"
+    run_dir = join(storage_uri(opts.storage), run_name)
     queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
     trainer = build_trainer(
         cfg, opts, run_dir=run_dir, callbacks=[_forwarder(queue)],

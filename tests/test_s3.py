@@ -1,0 +1,307 @@
+"""Object storage for real: prepare, training, resume and a sweep against an S3 API on loopback.
+
+moto's standalone server runs as a separate process on 127.0.0.1. The endpoint is given the two
+ways a user gives it: in the URI's query (``s3://bucket/key?endpoint_override=127.0.0.1:PORT&
+scheme=http``), which needs nothing else on any node and is what the runs on the session's Ray
+instance use; and in ``AWS_ENDPOINT_URL`` for a ``stargan-ray train`` process that starts its own
+local Ray instance (whose workers inherit the variable, as every node of a cluster must have it).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+import torch
+
+from stargan_ray import cli, storage
+from stargan_ray.checkpoint import load_checkpoint
+from stargan_ray.config import to_toml
+from stargan_ray.data import prepare as prep
+from stargan_ray.data import shards, synthetic
+from stargan_ray.data.table import open_table
+from stargan_ray.models import EMA, TRAINED
+from stargan_ray.train import RunOptions, latest_checkpoint, run_training
+from stargan_ray.train.plan import local_file, ray_storage
+from stargan_ray.tune import SweepOptions, read_space, run_sweep
+
+from .conftest import tiny_config
+
+# Dummy credentials for moto, set at import: before any test starts the session's Ray instance,
+# whose workers inherit this environment (a cluster's nodes have their own credentials). No
+# instance-metadata lookups: nothing leaves the loopback interface.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
+BUCKET = "stargan"
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str  # host:port
+
+    def uri(self, key: str) -> str:
+        """The URI form: the endpoint in the query."""
+        return f"s3://{BUCKET}/{key}?endpoint_override={self.endpoint}&scheme=http"
+
+    @staticmethod
+    def plain(key: str) -> str:
+        """The form for AWS_ENDPOINT_URL."""
+        return f"s3://{BUCKET}/{key}"
+
+    def fs(self) -> pafs.S3FileSystem:
+        return pafs.S3FileSystem(endpoint_override=self.endpoint, scheme="http",
+                                 allow_bucket_creation=True)
+
+    def keys(self, prefix: str) -> set[str]:
+        """Files under a prefix of the bucket, relative to it."""
+        infos = self.fs().get_file_info(pafs.FileSelector(f"{BUCKET}/{prefix}", recursive=True,
+                                                          allow_not_found=True))
+        return {i.path[len(BUCKET) + len(prefix) + 2:] for i in infos
+                if i.type == pafs.FileType.File}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """moto's S3 server in its own process on loopback, with one bucket; stopped at the end."""
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "server.log", "wb")
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                               str(port)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while True:
+            assert server.poll() is None, "moto server exited; see its server.log"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "moto server did not listen within 60 s"
+                time.sleep(0.2)
+        s3 = S3Server(f"127.0.0.1:{port}")
+        s3.fs().create_dir(BUCKET)
+        yield s3
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+        storage._uri_filesystem.cache_clear()  # FileSystems of an endpoint that is gone
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """Synthetic 2-domain train/val at 32 px; the val tree is also uploaded to s3://.../val."""
+    return synthetic.generate(tmp_path_factory.mktemp("syn"), img_size=32, num_domains=2,
+                              n_train=40, n_val=2, seed=4)
+
+
+@pytest.fixture(scope="module")
+def data(s3, tree):
+    """Train shards written by `stargan-ray prepare` to S3 (URI form) and the val tree copied
+    there as a plain folder tree (data.val_dir may be either)."""
+    train, val = tree
+    assert cli.main(["prepare", str(train), s3.uri("data/train"), "--workers", "1",
+                     "--shard-mb", "0.02"]) == 0
+    pafs.copy_files(str(val), f"{BUCKET}/data/val", destination_filesystem=s3.fs())
+    return {"train": "data/train", "val": "data/val"}
+
+
+# ---------------------------------------------------------------- URIs, no server
+
+
+def test_paths_inside_a_uri_go_before_its_query():
+    uri = "s3://b/runs?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert storage.join(uri, "run", "checkpoint_00000002") == (
+        "s3://b/runs/run/checkpoint_00000002?endpoint_override=127.0.0.1:9000&scheme=http")
+    assert storage.join("s3://b/runs/", "x") == "s3://b/runs/x"
+    assert storage.join("/data/runs", "x") == "/data/runs/x"
+    assert storage.basename(storage.join(uri, "run")) == "run"
+    assert storage.uri_at(uri, "b/sweep/ckpt") == (
+        "s3://b/sweep/ckpt?endpoint_override=127.0.0.1:9000&scheme=http")
+    assert storage.uri_at("/local/runs", "/local/runs/x") == "/local/runs/x"
+    fs, path = storage.filesystem(storage.join(uri, "run"))
+    assert path == "b/runs/run" and isinstance(fs, pafs.S3FileSystem)
+
+
+def test_a_tune_checkpoint_on_s3_keeps_the_storage_endpoint():
+    from ray.tune import Checkpoint
+
+    from stargan_ray.tune.trial import _uri
+
+    run_storage = "s3://b/sweeps/s/train?endpoint_override=127.0.0.1:9000&scheme=http"
+    fs, _ = storage.filesystem(run_storage)
+    checkpoint = Checkpoint("b/sweeps/s/trial_1/checkpoint_000001", fs)
+    assert _uri(checkpoint, run_storage) == ("s3://b/sweeps/s/trial_1/checkpoint_000001"
+                                            "?endpoint_override=127.0.0.1:9000&scheme=http")
+
+
+# ---------------------------------------------------------------- prepare
+
+
+def test_prepare_writes_shards_to_s3_that_read_back_like_local_ones(s3, tree, data, tmp_path,
+                                                                    capsys):
+    train, _ = tree
+    keys = s3.keys(data["train"])
+    assert shards.MANIFEST in keys and sum(shards.is_shard_name(k) for k in keys) > 1
+    remote = shards.read_manifest(s3.uri(data["train"]), num_domains=2)
+    local = prep.prepare(str(train), str(tmp_path / "local"), workers=1, shard_mb=0.02)
+    assert remote == local  # same files, rows, labels and content hash
+    s3_table, _ = open_table(s3.uri(data["train"]), 2)
+    local_table, _ = open_table(str(tmp_path / "local"), 2)
+    assert s3_table.kind == "shards" and s3_table.num_groups == local_table.num_groups
+    assert (s3_table.labels == local_table.labels).all()
+    for group in range(s3_table.num_groups):
+        assert s3_table.read_group(group) == local_table.read_group(group)
+    # a complete set on S3 is kept unless --overwrite, as on local disk
+    capsys.readouterr()
+    assert cli.main(["prepare", str(train), s3.uri(data["train"]), "--workers", "1"]) == 2
+    assert "already holds a shard set" in capsys.readouterr().err
+
+
+def test_the_endpoint_may_come_from_aws_endpoint_url(s3, tree, data, monkeypatch):
+    train, _ = tree
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{s3.endpoint}")
+    try:
+        manifest = prep.prepare(str(train), s3.plain("env/train"), workers=1)
+        assert shards.read_manifest(s3.plain("env/train"))["content_hash"] == (
+            shards.read_manifest(s3.uri(data["train"]))["content_hash"])
+        where = ray_storage(s3.plain("runs"))
+    finally:
+        storage._uri_filesystem.cache_clear()  # resolved with the variable set
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    assert shards.read_manifest(s3.uri("env/train")) == manifest
+    # The FileSystem Ray gets holds the endpoint: a process without the variable reaches it.
+    fs = where["storage_filesystem"]
+    assert where["storage_path"] == f"{BUCKET}/runs"
+    assert fs.get_file_info(f"{BUCKET}/env/train/{shards.MANIFEST}").type == pafs.FileType.File
+
+
+# ---------------------------------------------------------------- training and resume
+
+
+def _cfg(s3: S3Server, data: dict[str, str], uri_form: bool = True, **overrides):
+    where = s3.uri if uri_form else s3.plain
+    return tiny_config(**{"data.train_dir": where(data["train"]), "data.val_dir": where(data["val"]),
+                          "data.batch_size": 2, "train.total_iters": 4, "train.save_every": 2,
+                          "train.print_every": 2, "train.sample_every": 1000,
+                          "train.eval_every": 1000, "train.keep_checkpoints": 5, **overrides})
+
+
+def _opts(s3: S3Server, name: str, **kw) -> RunOptions:
+    return RunOptions(num_workers=1, cpus_per_worker=1.0, storage=s3.uri("runs"), name=name,
+                      max_failures=0, wandb="disabled", **kw)
+
+
+def _final(s3: S3Server, name: str):
+    step, folder = latest_checkpoint(s3.uri(f"runs/{name}"))
+    with local_file(folder) as path:
+        return step, load_checkpoint(path)
+
+
+@pytest.fixture(scope="module")
+def straight(s3, data, tmp_path_factory):
+    """`stargan-ray train` in its own process, endpoint in AWS_ENDPOINT_URL and plain s3://
+    URIs for data and storage, on the local Ray instance it starts: 4 steps nobody stops."""
+    tmp = tmp_path_factory.mktemp("straight")
+    experiment = tmp / "tiny.toml"
+    experiment.write_text(to_toml(_cfg(s3, data, uri_form=False)))
+    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://{s3.endpoint}"}
+    env.pop("RAY_ADDRESS", None)  # its own local instance, not the session's
+    proc = subprocess.run([sys.executable, "-m", "stargan_ray.cli", "train", "--experiment",
+                           str(experiment), "--storage", s3.plain("runs"), "--name", "straight",
+                           "--num-workers", "1", "--max-failures", "0", "--wandb", "disabled"],
+                          cwd=tmp, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return _final(s3, "straight")
+
+
+def _assert_equal_states(a, b):
+    for name in TRAINED:
+        for (key, pa), pb in zip(getattr(a.nets, name).named_parameters(),
+                                 getattr(b.nets, name).parameters()):
+            assert torch.allclose(pa, pb, rtol=0, atol=1e-6), f"{name}.{key}"
+    for name in EMA:
+        for pa, pb in zip(getattr(a.nets_ema, name).parameters(),
+                          getattr(b.nets_ema, name).parameters()):
+            assert torch.allclose(pa, pb, rtol=0, atol=1e-6)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_run_on_s3_stops_resumes_and_ends_like_an_uninterrupted_one(s3, data, straight,
+                                                                      ray_session):
+    step, reference = straight
+    assert step == 4 and reference.step == 4
+    assert {"checkpoint_00000002/checkpoint.pt", "checkpoint_00000004/checkpoint.pt"} <= (
+        s3.keys("runs/straight"))
+    run_training(_cfg(s3, data, **{"train.total_iters": 2}), _opts(s3, "resumed"))
+    assert s3.keys("runs/resumed") >= {"checkpoint_00000002/checkpoint.pt"}
+    first = s3.fs().get_file_info(f"{BUCKET}/runs/resumed/checkpoint_00000002/checkpoint.pt")
+    run_training(_cfg(s3, data), _opts(s3, "resumed", resume=True))
+    step, state = _final(s3, "resumed")
+    assert step == 4 and state.step == 4
+    # It continued from step 2: the checkpoint of step 2 was not written again.
+    again = s3.fs().get_file_info(f"{BUCKET}/runs/resumed/checkpoint_00000002/checkpoint.pt")
+    assert again.mtime == first.mtime and again.size == first.size
+    _assert_equal_states(state, reference)
+
+
+# ---------------------------------------------------------------- a sweep
+
+SPACE = """
+[tune]
+metric = "G/latent_cyc"
+mode = "min"
+num_samples = 1
+max_concurrent = 1
+[scheduler]
+kind = "fifo"
+[loss]
+lambda_cyc = { choice = [0.5, 2.0] }
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_sweep_keeps_its_state_trials_and_results_on_s3(s3, data, ray_session, tmp_path,
+                                                         capsys):
+    space_file = tmp_path / "space.toml"
+    space_file.write_text(SPACE)
+    cfg = _cfg(s3, data)
+    result = run_sweep(cfg, read_space(space_file),
+                       SweepOptions(storage=s3.uri("sweeps"), name="sweep", wandb="disabled"))
+    assert not result.interrupted
+    assert result.files["csv"] == s3.uri("sweeps/sweep/results.csv")
+    keys = s3.keys("sweeps/sweep")
+    assert {"sweep.json", "tuner.pkl", "results.csv", "results.parquet", "best.toml"} <= keys
+    (row,) = result.rows  # one trial: what is on S3 matters here, not the search
+    assert row["state"] == "completed" and row["loss.lambda_cyc"] in (0.5, 2.0)
+    assert f"train/{row['train_run']}/checkpoint_00000004/checkpoint.pt" in keys
+    csv = storage.read_bytes(s3.uri("sweeps/sweep/results.csv")).decode()
+    assert len(csv.strip().splitlines()) == 2  # header and the trial
+    # Tune restores a sweep from S3 (nothing is left to run here)
+    experiment = tmp_path / "tiny.toml"
+    experiment.write_text(to_toml(cfg))
+    assert cli.main(["tune", "--experiment", str(experiment), "--space", str(space_file),
+                     "--storage", s3.uri("sweeps"), "--name", "sweep", "--resume",
+                     "--wandb", "disabled"]) == 0
+    assert storage.read_bytes(s3.uri("sweeps/sweep/results.csv")).decode() == csv
