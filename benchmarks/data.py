@@ -61,11 +61,10 @@ def rate(batches, n_rows: int, warmup_rows: int) -> float:
 
 
 def ray_rate(cfg, rows: int, warmup: int) -> float:
-    from stargan_ray.data.pipeline import build_train_dataset, ingest_options, iter_raw_batches
+    from stargan_ray.data.pipeline import prepare_train_data, worker_raw_batches
 
-    ds = build_train_dataset(cfg, num_workers=1)
-    ds.context.execution_options = ingest_options()
-    it = iter_raw_batches(ds.iterator(), cfg.data.batch_size, prefetch_batches=4)
+    it = worker_raw_batches(prepare_train_data(cfg), cfg, world_rank=0, world_size=1,
+                            start_step=0, prefetch_batches=4)
     try:
         return rate(it, rows, warmup)
     finally:

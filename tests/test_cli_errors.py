@@ -223,11 +223,23 @@ def test_the_metric_names_are_what_a_training_step_reports():
 
 
 @pytest.mark.parametrize("cap, expected", [
-    (0, "# batch: 8 images per worker per step (in one pass), 16 over 2 worker(s)"),
-    (3, "# batch: 8 images per worker per step (3 micro-batches of at most 3), 16 over 2 worker(s)"),
-    (8, "# batch: 8 images per worker per step (in one pass), 16 over 2 worker(s)"),
+    (0, "# batch: 8 images per step in total, 4 per worker over 2 worker(s) (in one pass)"),
+    (3, "# batch: 8 images per step in total, 4 per worker over 2 worker(s) "
+        "(2 accumulation rounds of at most 3)"),
+    (4, "# batch: 8 images per step in total, 4 per worker over 2 worker(s) (in one pass)"),
 ])
 def test_train_dry_run_says_how_a_step_is_batched(capsys, cap, expected):
     assert cli.main(["train", "--dry-run", "--num-workers", "2",
                      "--set", f"data.batch_per_worker={cap}"]) == 0
     assert expected in capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--num-workers", "3"], ["data.batch_size", "8", "--num-workers 3"]),
+    (["--num-workers", "2", "--set", "data.batch_size=5"], ["data.batch_size", "5", "2"]),
+    (["--num-workers", "2-16"], ["--num-workers", "16", "8"]),
+])
+def test_a_total_batch_the_workers_cannot_share_is_one_line(capsys, argv, words):
+    assert cli.main(["train", "--dry-run", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(w in err for w in words), err

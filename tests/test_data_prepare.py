@@ -17,7 +17,8 @@ from stargan_ray.data import prepare as prep
 from stargan_ray.data import shards, synthetic
 from stargan_ray.data.folders import DomainCountError, DomainMismatchError, MissingRootError
 from stargan_ray.data.layout import GROUP_SIZE
-from stargan_ray.data.sampling import load_size, local_raw_batches
+from stargan_ray.data.sampling import load_size
+from stargan_ray.data.stream import local_raw_batches
 from stargan_ray.data.table import open_table, open_train_table
 
 from .conftest import tiny_config

@@ -1,17 +1,14 @@
-"""The Ray Data pipeline on the session's local Ray instance: split and Ray Train ingest."""
+"""The Ray Data pipeline on the session's local Ray instance: what workers read, through Ray."""
 
 from __future__ import annotations
-
-import threading
 
 import numpy as np
 import pytest
 import torch
 
 from stargan_ray.data import prepare as prep
-from stargan_ray.data.pipeline import (build_train_dataset, ingest_options, iter_raw_batches,
-                                       train_data_config)
-from stargan_ray.data.sampling import to_batch
+from stargan_ray.data.pipeline import prepare_train_data, worker_raw_batches
+from stargan_ray.data.stream import local_raw_batches
 from stargan_ray.data.table import open_train_table
 
 from .conftest import tiny_config
@@ -34,84 +31,66 @@ def _cfg(train, val, **overrides):
                           "data.batch_size": 8, "train.total_iters": 60, **overrides})
 
 
-def _split_rows(ds, n_workers=2, batches=30):
-    """Consume Ray's split the way Ray Train's DataConfig makes it (preserve_order)."""
-    ds = ds.copy(ds)
-    ds.context.execution_options = ingest_options()
-    splits = ds.streaming_split(n_workers, equal=True)
-    out = [None] * n_workers
-
-    def consume(rank):
-        it = iter_raw_batches(splits[rank], 8, prefetch_batches=1)
-        rows = [next(it) for _ in range(batches)]
-        it.close()
-        out[rank] = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
-
-    threads = [threading.Thread(target=consume, args=(r,)) for r in range(n_workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out
+def _take(it, n):
+    rows = [next(it) for _ in range(n)]
+    it.close()
+    return rows
 
 
-def test_split_is_deterministic_disjoint_and_balanced(ray_session, data):
-    cfg = _cfg(data / "train", data / "train")
+@pytest.mark.parametrize("source", ["train", "shards"])
+def test_ray_workers_read_the_in_process_rows_from_any_start(ray_session, data, source):
+    cfg = _cfg(data / source, data / "train")
     table, _ = open_train_table(cfg)
-    first = _split_rows(build_train_dataset(cfg, num_workers=2, table=table))
-    second = _split_rows(build_train_dataset(cfg, num_workers=2, table=table))
-    for a, b in zip(first, second):  # same seed, same worker count: same batches per worker
-        assert all(torch.equal(a[k], b[k]) for k in a)
-    for epoch in range(2):
-        seen = [set(torch.cat([r[k][r["epoch"] == epoch] for k in ("i_src", "i_ref", "i_ref2")])
-                    .tolist()) for r in first]
-        assert seen[0] and seen[1] and not seen[0] & seen[1]
-    y = torch.cat([r[k] for r in first for k in ("y_src", "y_ref")]).float()
-    assert abs(y.mean().item() - 0.5) < 0.07  # 960 draws; unbalanced would be ~0.09
+    for start, world in ((0, 2), (45, 2), (45, 4)):
+        for rank in range(world):
+            ray_rows = _take(worker_raw_batches({"table": table}, cfg, world_rank=rank,
+                                                world_size=world, start_step=start), 15)
+            local = _take(local_raw_batches(cfg, world_rank=rank, world_size=world,
+                                            start_step=start, table=table), 15)
+            for a, b in zip(ray_rows, local):
+                assert all(torch.equal(a[k], b[k]) for k in a), (source, start, world, rank)
 
 
 def _train_loop(config):
-    """Ray Train worker: read both datasets through the pipeline, save what each rank saw."""
+    """Ray Train worker: read through the pipeline the way the training loop does, save it."""
     import ray.train
 
+    from stargan_ray.data.pipeline import worker_raw_batches
+
     ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = config["cfg"]
-    for name in ("train", "shards"):
-        shard = ray.train.get_dataset_shard(name)
-        raws = iter_raw_batches(shard, cfg.data.batch_size, prefetch_batches=1)
-        keep = []
-        for step in range(config["steps"]):
-            raw = next(raws)
-            batch = to_batch(raw, cfg.model.latent_dim, 0, rank, step, "cpu")
-            assert batch.x_ref.min() >= -1 and batch.x_ref.max() <= 1
-            keep.append({k: v.numpy() for k, v in raw.items()})
-        raws.close()
-        np.savez(f"{config['out']}/{name}_{rank}.npz",
-                 **{k: np.concatenate([r[k] for r in keep]) for k in keep[0]})
+    raws = worker_raw_batches(config["data"], cfg, world_rank=rank, world_size=world,
+                              start_step=0)
+    keep = [{k: v.numpy() for k, v in next(raws).items()} for _ in range(config["steps"])]
+    raws.close()
+    np.savez(f"{config['out']}/{rank}.npz",
+             **{k: np.concatenate([r[k] for r in keep]) for k in keep[0]})
 
 
-def test_two_ray_train_workers_get_balanced_disjoint_batches(ray_session, data, tmp_path):
+def test_two_ray_train_workers_get_balanced_disjoint_shares_of_each_step(ray_session, data,
+                                                                         tmp_path):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    cfg = _cfg(data / "train", data / "train")
-    shards_cfg = _cfg(data / "shards", data / "train")
+    cfg = _cfg(data / "shards", data / "train")
     trainer = TorchTrainer(
-        _train_loop, train_loop_config={"cfg": cfg, "steps": 20, "out": str(tmp_path)},
+        _train_loop, train_loop_config={"cfg": cfg, "steps": 20, "out": str(tmp_path),
+                                        "data": prepare_train_data(cfg)},
         scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
-        datasets={"train": build_train_dataset(cfg, num_workers=2),
-                  "shards": build_train_dataset(shards_cfg, num_workers=2)},
-        dataset_config=train_data_config(("train", "shards")),
         run_config=RunConfig(storage_path=str(tmp_path / "runs")))
     trainer.fit()
-    for name in ("train", "shards"):
-        ranks = [dict(np.load(tmp_path / f"{name}_{r}.npz")) for r in (0, 1)]
-        y = np.concatenate([r["y_src"] for r in ranks] + [r["y_ref"] for r in ranks])
-        assert abs(y.mean() - 0.5) < 0.07, name  # 640 draws from a 10:1 dataset
-        for r in ranks:
-            assert (r["i_ref"] != r["i_ref2"]).all()
-            assert np.array_equal(colour_domain(torch.from_numpy(r["x_ref2"])), r["y_ref"])
-        epoch0 = [set(np.concatenate([r[k][r["epoch"] == 0] for k in ("i_src", "i_ref", "i_ref2")]))
-                  for r in ranks]
-        assert epoch0[0] and epoch0[1] and not epoch0[0] & epoch0[1], name
+    ranks = [dict(np.load(tmp_path / f"{r}.npz")) for r in (0, 1)]
+    single = _take(local_raw_batches(cfg), 20)
+    for step in range(20):  # each step: rank 0 holds lanes 0-3, rank 1 lanes 4-7
+        for key in ("i_src", "i_ref", "y_ref"):
+            joined = np.concatenate([r[key][4 * step:4 * step + 4] for r in ranks])
+            assert np.array_equal(joined, single[step][key].numpy()), (step, key)
+    y = np.concatenate([r["y_src"] for r in ranks] + [r["y_ref"] for r in ranks])
+    assert abs(y.mean() - 0.5) < 0.07  # 640 draws from a 10:1 dataset
+    for r in ranks:
+        assert (r["i_ref"] != r["i_ref2"]).all()
+        assert np.array_equal(colour_domain(torch.from_numpy(r["x_ref2"])), r["y_ref"])
+    epoch0 = [set(np.concatenate([r[k][r["epoch"] == 0] for k in ("i_src", "i_ref", "i_ref2")]))
+              for r in ranks]
+    assert epoch0[0] and epoch0[1] and not epoch0[0] & epoch0[1]

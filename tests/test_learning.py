@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from stargan_ray.data import synthetic
-from stargan_ray.data.sampling import local_batches
+from stargan_ray.data.stream import local_batches
 from stargan_ray.engine import TrainState, stats_to_floats, train_step
 from stargan_ray.models import Networks
 

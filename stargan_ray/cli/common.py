@@ -156,6 +156,20 @@ positive_float = _bounded_float(0.0, inclusive=False)
 nonnegative_float = _bounded_float(0.0, inclusive=True)
 
 
+def worker_count(text: str) -> int | tuple[int, int]:
+    """N (a fixed size) or MIN-MAX (elastic), each >= 1, MIN <= MAX."""
+    if "-" not in text:
+        return positive_int(text)
+    low, _, high = text.partition("-")
+    low_n, high_n = positive_int(low), positive_int(high)
+    if low_n > high_n:
+        raise argparse.ArgumentTypeError(f"MIN-MAX needs MIN <= MAX, got {text}")
+    return low_n if low_n == high_n else (low_n, high_n)
+
+
+worker_count.__name__ = "N or MIN-MAX"
+
+
 def add_device_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None,
                         help="torch device: cpu, cuda or cuda:N (default: cuda when available)")

@@ -8,14 +8,16 @@ import sys
 from dataclasses import asdict
 
 from .common import (add_experiment_args, add_resource_args, experiment_from_args,
-                     nonnegative_int, positive_int)
+                     nonnegative_int, worker_count)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train on Ray Train workers (CPU or GPU, one or many nodes)")
     add_experiment_args(p)
-    p.add_argument("--num-workers", type=positive_int, default=1,
-                   help="Ray Train workers (one per GPU)")
+    p.add_argument("--num-workers", type=worker_count, default=1, metavar="N|MIN-MAX",
+                   help="Ray Train workers (one per GPU); MIN-MAX: elastic, starts with what the "
+                        "cluster gives (at least MIN), shrinks when nodes are lost and grows when "
+                        "they join, with the same total batch (data.batch_size)")
     # any positive minimum: --cpus-per-worker must be > 0
     add_resource_args(p, what="run", cpus_minimum=1e-9)
     p.add_argument("--name", help="run name, a plain folder name (default: the experiment name)")
@@ -41,12 +43,14 @@ def options_from_args(args: argparse.Namespace):
 
 
 def batch_line(cfg, num_workers: int) -> str:
-    """What one step puts through the networks: per worker, over all workers, micro-batches."""
-    per_worker, cap = cfg.data.batch_size, cfg.data.batch_per_worker
-    rounds = -(-per_worker // cap) if cap and cap < per_worker else 1
-    micro = f"{rounds} micro-batches of at most {cap}" if rounds > 1 else "in one pass"
-    return (f"batch: {per_worker} images per worker per step ({micro}), "
-            f"{per_worker * num_workers} over {num_workers} worker(s)")
+    """What one step puts through the networks: the total, per worker, micro-batches."""
+    total, cap = cfg.data.batch_size, cfg.data.batch_per_worker
+    largest = -(-total // num_workers)  # shares differ by one row when the count does not divide
+    share = str(largest) if total % num_workers == 0 else f"{total // num_workers}-{largest}"
+    rounds = -(-largest // cap) if cap and cap < largest else 1
+    micro = (f"{rounds} accumulation rounds of at most {cap}" if rounds > 1 else "in one pass")
+    return (f"batch: {total} images per step in total, {share} per worker over "
+            f"{num_workers} worker(s) ({micro})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
         for line in plan.notes:
             print(f"# {line}")
         print(to_toml(cfg))
-        print(f"# {batch_line(cfg, opts.num_workers)}")
+        low, high = opts.worker_range
+        for count in sorted({low, high}):
+            print(f"# {batch_line(cfg, count)}")
         print("# Ray resources")
         print(json.dumps({**opts.resources(), "storage": plan.run_dir,
                           "start": asdict(plan.start) if plan.start else None}, indent=2))

@@ -1,6 +1,6 @@
 """Training rows without Ray: balanced sources, reference pairs and the official augmentation.
 
-How a run's data is drawn (the same rules in the Ray Data pipeline and in ``local_batches``):
+How a chunk's rows are drawn (the same rules in the Ray Data pipeline and in-process):
 
 - The images of a split sit in the canonical order of ``layout``, cut into groups; each epoch a
   seeded ``Plan`` deals the groups into chunks.
@@ -11,8 +11,10 @@ How a run's data is drawn (the same rules in the Ray Data pipeline and in ``loca
   once at start). Each use of an image gets its own official augmentation.
 - Every random choice comes from (seed, epoch, chunk), so the rows do not depend on which process
   draws a chunk.
-- Rows hold uint8 images (4x less to move than float); ``to_batch`` scales them to [-1, 1] on
-  the worker's device and draws ``z_trg`` / ``z_trg2`` there.
+- A chunk gives one row per image of its groups, whether or not every file decodes, so the row
+  counts that place a step in the stream (``layout.Stream``) are known without decoding.
+- Rows hold uint8 images (4x less to move than float); ``stream.to_batch`` scales them to
+  [-1, 1] on the worker's device and draws ``z_trg`` / ``z_trg2`` there.
 
 A bad file (empty, truncated, not an image, unreadable) is skipped and reported once with its path
 (``BadImageLog``): files that fail a header probe before the run starts, files that fail the full
@@ -23,21 +25,18 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from PIL import Image
 
 from stargan_ray.data import folders
-from stargan_ray.data.folders import BadImage
-from stargan_ray.data.layout import IMAGE_COLUMNS, Plan, epoch_of_step, make_plan
-from stargan_ray.data.table import ImageTable, open_train_table
+from stargan_ray.data.folders import BadImage, DataError
+from stargan_ray.data.layout import IMAGE_COLUMNS, Plan
+from stargan_ray.data.table import ImageTable
 
 if TYPE_CHECKING:
     import torch
-
-    from stargan_ray.config import ExperimentConfig
-    from stargan_ray.engine import Batch
 
 LOAD_SCALE = 1.2  # decoded images keep a shorter side of 1.2 x img_size (see load_size)
 CROP_SCALE = (0.8, 1.0)  # official RandomResizedCrop
@@ -141,9 +140,10 @@ def chunk_rows(table: ImageTable, plan: Plan, epoch: int, index: int, img_size: 
     members = [np.flatnonzero(labels_arr == d) for d in range(len(table.domains))]
     sources = [d for d, m in enumerate(members) if len(m) >= 1]
     refs = [d for d, m in enumerate(members) if len(m) >= 2]
-    n = len(images)
-    if not refs:  # a chunk of nothing but bad files; the run goes on with the next chunk
-        return empty_rows(img_size)
+    n = len(images) + len(bad)  # one row per image of the groups: the count the stream expects
+    if not refs:
+        raise DataError(f"chunk {index} of epoch {epoch}: {len(bad)} of its {n} images are "
+                        "unreadable and no domain has two readable ones (see the warnings)")
 
     y_src = rng.choice(sources, size=n)
     y_ref = rng.choice(refs, size=n)
@@ -201,84 +201,5 @@ class BadImageLog:
         return dict(self.seen)
 
 
-# ---------------------------------------------------------------- rows -> Batch
-
-
-def to_batch(raw: dict[str, "torch.Tensor"], latent_dim: int, seed: int, rank: int, step: int,
-             device: "torch.device | str" = "cpu") -> "Batch":
-    """A Batch on device from pipeline rows: images to [-1, 1] there, latent codes drawn here.
-
-    z depends only on (seed, rank, step), so a resumed run draws what it would have drawn.
-    """
-    import torch
-
-    from stargan_ray.engine import Batch
-
-    state = np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0]
-    gen = torch.Generator().manual_seed(int(state >> np.uint64(1)))
-    n = raw["y_src"].shape[0]
-    z_trg = torch.randn(n, latent_dim, generator=gen)
-    z_trg2 = torch.randn(n, latent_dim, generator=gen)
-    return Batch(x_src=to_unit_range(raw["x_src"].to(device)), y_src=raw["y_src"].to(device),
-                 x_ref=to_unit_range(raw["x_ref"].to(device)),
-                 x_ref2=to_unit_range(raw["x_ref2"].to(device)), y_ref=raw["y_ref"].to(device),
-                 z_trg=z_trg.to(device), z_trg2=z_trg2.to(device))
-
-
-# ---------------------------------------------------------------- the in-process reader
-
-
-def local_raw_batches(cfg: "ExperimentConfig", seed: int | None = None, *, world_rank: int = 0,
-                      world_size: int = 1, start_step: int = 0, table: ImageTable | None = None,
-                      bad_log: BadImageLog | None = None) -> Iterator[dict[str, "torch.Tensor"]]:
-    """Endless uint8 row batches in this process, drawn by the rules of the Ray pipeline.
-
-    With world_size > 1, rank r takes chunks r, r + world_size, ... (Ray's split deals the same
-    chunks whole, in the order workers ask for them).
-    """
-    import torch
-
-    seed = cfg.train.seed if seed is None else seed
-    bad_log = bad_log if bad_log is not None else BadImageLog()
-    if table is None:
-        table, bad = open_train_table(cfg)
-        bad_log.report(bad)
-    size, batch_size = cfg.model.img_size, cfg.data.batch_size
-    plan = make_plan(table.counts, table.group_size, size, seed, world_size)
-    epoch = epoch_of_step(start_step, batch_size, world_size, len(table.labels))
-    task = epoch * plan.chunks_per_epoch
-    buffer = empty_rows(size)
-    while True:
-        if task % world_size == world_rank:
-            rows = chunk_rows(table, plan, task // plan.chunks_per_epoch,
-                              task % plan.chunks_per_epoch, size, cfg.data.randcrop_prob,
-                              bad_log.report)
-            buffer = {k: np.concatenate([buffer[k], rows[k]]) for k in buffer}
-            while len(buffer["y_src"]) >= batch_size:
-                yield {k: torch.from_numpy(v[:batch_size]) for k, v in buffer.items()}
-                buffer = {k: v[batch_size:] for k, v in buffer.items()}
-        task += 1
-
-
-def to_batches(raws: Iterator[dict[str, "torch.Tensor"]], cfg: "ExperimentConfig", seed: int,
-            world_rank: int, start_step: int, device: "torch.device | str"
-            ) -> Iterator["Batch"]:
-    """Batches on device from row batches, step by step from start_step (shared with Ray)."""
-    for step, raw in enumerate(raws, start=start_step):
-        yield to_batch(raw, cfg.model.latent_dim, seed, world_rank, step, device)
-
-
-def local_batches(cfg: "ExperimentConfig", seed: int | None = None, *, world_rank: int = 0,
-                  world_size: int = 1, start_step: int = 0, device: "torch.device | str" = "cpu",
-                  table: ImageTable | None = None, bad_log: BadImageLog | None = None
-                  ) -> Iterator["Batch"]:
-    """Endless Batches in this process (no Ray): for unit tests of the core and benchmarks."""
-    seed = cfg.train.seed if seed is None else seed
-    raws = local_raw_batches(cfg, seed, world_rank=world_rank, world_size=world_size,
-                             start_step=start_step, table=table, bad_log=bad_log)
-    return to_batches(raws, cfg, seed, world_rank, start_step, device)
-
-
 __all__ = ["LOAD_SCALE", "CROP_SCALE", "CROP_RATIO", "load_size", "crop_box", "augment",
-           "to_unit_range", "chunk_rows", "empty_rows", "BadImageLog", "to_batch",
-           "local_raw_batches", "to_batches", "local_batches"]
+           "to_unit_range", "chunk_rows", "empty_rows", "BadImageLog"]

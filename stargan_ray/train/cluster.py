@@ -21,7 +21,7 @@ def init_ray(opts: RunOptions) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(configure_logging=False)
         return
-    needed = math.ceil(opts.num_workers * opts.cpus_per_worker) + 2
+    needed = math.ceil(opts.worker_range[1] * opts.cpus_per_worker) + 2
     start_local_ray(max(os.cpu_count() or 1, needed), configure_logging=False)
 
 

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def build_trainer(cfg: ExperimentConfig, opts: RunOptions, *, extra_loop_config: dict | None = None,
                   callbacks: list | None = None, run_dir: str | None = None,
                   start_from: tuple[int, str] | None = None):
-    """A TorchTrainer for cfg: the Ray Data pipeline, scaling, storage, failures, checkpoints.
+    """A TorchTrainer for cfg: the training data, scaling, storage, failures, checkpoints.
 
     With opts.resume the run continues from its newest complete checkpoint when it has one
     (a fresh run otherwise: Tune trials pass resume=True for every start). start_from:
@@ -68,9 +68,10 @@ def _build_trainer(cfg: ExperimentConfig, opts: RunOptions, run_dir: str, start:
     import ray.train
     from ray.train.torch import TorchConfig
 
-    from ..data.pipeline import build_train_dataset, train_data_config
+    from ..data.pipeline import prepare_train_data
 
     quiet_ray_data()
+    opts.check_batch(cfg)  # plan_run checked it for the CLI; Tune trials and the API come here
     aside = reconcile_snapshot(run_dir, start)
     if aside is not None:
         log.info("moved Ray's checkpoint snapshot (it disagrees with the run folder) to %s", aside)
@@ -82,6 +83,8 @@ def _build_trainer(cfg: ExperimentConfig, opts: RunOptions, run_dir: str, start:
         "wandb": opts.wandb,
         "threads_per_worker": max(1, int(opts.cpus_per_worker)),
         "start_checkpoint": {"step": start.step, "uri": start.uri} if start else None,
+        # The table in the object store; each worker streams its own lanes (data/pipeline.py).
+        "data": prepare_train_data(cfg),
         **(extra_loop_config or {}),
     }
     return _trainer_class()(
@@ -89,15 +92,13 @@ def _build_trainer(cfg: ExperimentConfig, opts: RunOptions, run_dir: str, start:
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend=resources["backend"]),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=opts.num_workers, use_gpu=resources["use_gpu"],
+            num_workers=resources["num_workers"], use_gpu=resources["use_gpu"],
             resources_per_worker=resources["resources_per_worker"]),
         run_config=ray.train.RunConfig(
             name=opts.run_name(cfg), **ray_storage(opts.storage),
             failure_config=ray.train.FailureConfig(max_failures=opts.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             callbacks=callbacks),
-        datasets={"train": build_train_dataset(cfg, opts.num_workers)},
-        dataset_config=train_data_config(),
     )
 
 

@@ -31,7 +31,7 @@ _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 class RunOptions:
     """How to run (not what to train: that is the ExperimentConfig)."""
 
-    num_workers: int = 1
+    num_workers: int | tuple[int, int] = 1  # (min, max): elastic (Ray Train's resizing)
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
     storage: str = "runs"
@@ -43,7 +43,8 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         # The CLI's argparse types refuse these too; this covers the Python API.
-        for flag, value, ok in (("--num-workers", self.num_workers, self.num_workers >= 1),
+        low, high = self.worker_range
+        for flag, value, ok in (("--num-workers", self.num_workers, 1 <= low <= high),
                                 ("--gpus-per-worker", self.gpus_per_worker,
                                  self.gpus_per_worker >= 0),
                                 ("--cpus-per-worker", self.cpus_per_worker,
@@ -54,6 +55,32 @@ class RunOptions:
         if self.resume and self.resume_from:
             raise ConfigError("--resume-from: give either --resume (the run's own newest "
                               "checkpoint) or --resume-from PATH, not both")
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        """(min, max) workers; equal for a fixed size."""
+        n = self.num_workers
+        return (n, n) if isinstance(n, int) else (int(n[0]), int(n[1]))
+
+    @property
+    def elastic(self) -> bool:
+        low, high = self.worker_range
+        return low < high
+
+    def check_batch(self, cfg: ExperimentConfig) -> None:
+        """data.batch_size is the total over the workers: a fixed count must divide it (every
+        worker holds the same share); an elastic range must not exceed it (a worker with no
+        rows). Shares of an elastic run may then differ by one row; gradients are averaged by
+        rows, so the update is the same."""
+        low, high = self.worker_range
+        total = cfg.data.batch_size
+        if not self.elastic and total % low:
+            raise ConfigError(f"data.batch_size: {total} images per step (the total over all "
+                              f"workers) cannot be split evenly over --num-workers {low}; use a "
+                              f"multiple of {low}")
+        if high > total:
+            raise ConfigError(f"--num-workers: up to {high} workers, but data.batch_size is "
+                              f"{total} images per step in total (at least one per worker)")
 
     def run_name(self, cfg: ExperimentConfig) -> str:
         return self.name or cfg.name
@@ -66,7 +93,9 @@ class RunOptions:
         per_worker = {"CPU": self.cpus_per_worker}
         if self.gpus_per_worker:
             per_worker["GPU"] = self.gpus_per_worker
-        return {"num_workers": self.num_workers, "use_gpu": self.gpus_per_worker > 0,
+        low, high = self.worker_range
+        return {"num_workers": low if low == high else (low, high),
+                "use_gpu": self.gpus_per_worker > 0,
                 "resources_per_worker": per_worker,
                 "backend": "nccl" if self.gpus_per_worker > 0 else "gloo"}
 
@@ -206,6 +235,7 @@ def plan_run(cfg: ExperimentConfig, opts: RunOptions) -> RunPlan:
     must not hold checkpoints yet.
     """
     name = check_run_name(opts.run_name(cfg), from_flag=opts.name is not None)
+    opts.check_batch(cfg)
     run_dir = opts.run_dir(cfg)
     notes: list[str] = []
     start = None

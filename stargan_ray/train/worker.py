@@ -27,20 +27,29 @@ from ..checkpoint import CHECKPOINT_FILE, load_state_into, safe_load, state_dict
 from ..config import from_dict
 from ..engine import Batch, TrainState, build_optimizers, train_step
 from ..errors import UserError
-from ..storage import filesystem, write_bytes
+from ..storage import filesystem, join, write_bytes
 from .best import keep_best
 from .plan import CHECKPOINT_PREFIX, StartPoint, folder_step, local_file
 
 
-def make_grad_sync(world_size: int):
-    """All-reduce (mean) the gradients of the given networks as one flat buffer."""
+def make_grad_sync(world_size: int, rows: int | None = None, total: int | None = None):
+    """All-reduce (mean) the gradients of the given networks as one flat buffer.
+
+    rows / total: this worker's rows of the step's total. When shares differ (an elastic run
+    whose worker count does not divide the total), each gradient is weighted by its rows, so
+    the mean is the whole batch's gradient as with equal shares.
+    """
     import torch.distributed as dist
+
+    weight = None if rows is None or rows * world_size == total else rows * world_size / total
 
     def sync(modules: list[nn.Module]) -> None:
         grads = [p.grad for m in modules for p in m.parameters() if p.grad is not None]
         if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
+        if weight is not None:
+            flat *= weight
         dist.all_reduce(flat)
         flat /= world_size
         offset = 0
@@ -113,7 +122,7 @@ def _stop(run_dir: str, logger, rank: int, message: str) -> None:
     """Every rank leaves the loop; rank 0 records why in the run folder for the driver."""
     logger.event("stopped", reason=message)
     if rank == 0:
-        write_bytes(f"{run_dir}/{STOP_MARKER}", json.dumps({"reason": message}).encode())
+        write_bytes(join(run_dir, STOP_MARKER), json.dumps({"reason": message}).encode())
 
 
 def read_stop_marker(run_dir: str) -> str | None:
@@ -194,7 +203,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from ..data.pipeline import iter_train_batches
+    from ..data.layout import lanes_of
+    from ..data.pipeline import worker_batches
     from ..run_logging import RunLogger
 
     cfg = from_dict(loop_config["cfg"])
@@ -208,16 +218,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     _restore_newest(state, ray.train.get_checkpoint(),
                     StartPoint(start["step"], start["uri"]) if start else None)
     if world > 1:
-        state.grad_sync = make_grad_sync(world)
-    # The data stream is a function of (seed, worker count, step) from step 0; a resumed or
-    # restarted worker replays it and skips the batches it already trained on, so it sees exactly
-    # the batches an uninterrupted run would (at the cost of decoding them again).
-    batches = iter_train_batches(ray.train.get_dataset_shard("train"), cfg, world_rank=rank,
-                                 device=device)
-    for _ in range(state.step):
-        next(batches)
+        rows = len(lanes_of(rank, world, cfg.data.batch_size))
+        state.grad_sync = make_grad_sync(world, rows, cfg.data.batch_size)
+    # The data stream is a function of (seed, step): this worker's lanes start at the restored
+    # step, so a resumed, restarted or exploited run reads nothing before it and sees exactly the
+    # batches an uninterrupted run would, whatever the worker count.
+    batches = worker_batches(loop_config["data"], cfg, world_rank=rank, world_size=world,
+                             start_step=state.step, device=device)
     logger = RunLogger(cfg, loop_config, rank=rank, world=world, device=device)
-    logger.event("start", step=state.step, pid=os.getpid())
+    logger.event("start", step=state.step, pid=os.getpid(), workers=world)
     _train(state, batches, logger, rank, world, loop_config)
     logger.finish()
 
@@ -253,7 +262,7 @@ def _train(state: TrainState, batches, logger, rank: int, world: int,
                   f" the last checkpoint holds finite weights")
             return
         elapsed = time.perf_counter() - window.started
-        images_per_s = window.steps * cfg.data.batch_size * world / max(elapsed, 1e-9)
+        images_per_s = window.steps * cfg.data.batch_size / max(elapsed, 1e-9)
         eta = (t.total_iters - step) * (time.perf_counter() - run_started) / max(step - start_step, 1)
         metrics.update(_lrs(state), step=step, images_per_s=images_per_s, eta_s=eta)
         window = StatsWindow()
