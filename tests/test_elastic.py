@@ -1,0 +1,135 @@
+"""Elastic training on a real two-node Ray cluster on loopback: a node is lost mid-run.
+
+`ray start --head` and `ray start --address` start two nodes on this machine (each with its own
+processes, as two machines would have), `stargan-ray train --num-workers 1-2` runs on them, and
+the second node is killed once a checkpoint is registered. The run must go on from that
+checkpoint on the one worker left and finish at total_iters with the same total batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from .test_cluster_job import BIN, _auth_env, _free_port
+
+pytestmark = pytest.mark.ray
+
+CHECK = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+         "print(sum(n['Alive'] for n in ray.nodes()))")
+
+
+def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "ray"), "start", "--block", "--disable-usage-stats",
+                             "--node-ip-address=127.0.0.1", *args], env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def _node_ports() -> list[str]:
+    return [f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+            f"--runtime-env-agent-port={_free_port()}",
+            f"--min-worker-port={(low := _free_port() // 2 + 10000)}",
+            f"--max-worker-port={low + 200}"]
+
+
+@pytest.fixture
+def two_nodes():
+    """A head (3 CPUs) and a second node (2 CPUs) with their own ports and temp dir; yields
+    (GCS address, env for clients, the second node's process)."""
+    temp_dir = tempfile.mkdtemp(prefix="srel", dir="/tmp")  # short: Ray's socket paths
+    token_path = Path(temp_dir) / "auth_token"
+    token_path.write_text(secrets.token_hex(32))
+    env = _auth_env(token_path)
+    port = _free_port()
+    head = _start(["--head", f"--port={port}", "--num-cpus=3", f"--temp-dir={temp_dir}",
+                   "--include-dashboard=false", f"--ray-client-server-port={_free_port()}",
+                   *_node_ports()], env)
+    address = f"127.0.0.1:{port}"
+    node = None
+    try:
+        deadline = time.time() + 120
+        while subprocess.run([sys.executable, "-c", CHECK, address], env=env, capture_output=True,
+                             text=True).returncode != 0:
+            assert time.time() < deadline, "the head did not come up"
+            time.sleep(2)
+        node = _start([f"--address={address}", "--num-cpus=2", *_node_ports()], env)
+        while subprocess.run([sys.executable, "-c", CHECK, address], env=env, capture_output=True,
+                             text=True).stdout.strip() != "2":
+            assert time.time() < deadline, "the second node did not join"
+            time.sleep(2)
+        yield address, env, node
+    finally:
+        for proc in (node, head):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+        subprocess.run(["pkill", "-9", "-f", temp_dir], check=False)
+
+
+def _registered_steps(run_dir: Path) -> list[int]:
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+    return [r["metrics"]["step"] for r in snapshot["checkpoint_results"]]
+
+
+def _events(run_dir: Path) -> list[dict]:
+    path = run_dir / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_an_elastic_run_loses_a_node_and_finishes_on_the_worker_left(two_nodes, tmp_path):
+    address, env, node = two_nodes
+    total, save_every = 40, 4
+    # 2 CPUs per worker: one worker fits on each node, never two on the head
+    cmd = [str(BIN / "stargan-ray"), "train", "--experiment", "toy", "--num-workers", "1-2",
+           "--cpus-per-worker", "2", "--storage", str(tmp_path), "--name", "elastic",
+           "--wandb", "disabled", "--max-failures", "3"]
+    for key, value in (("model.dim_in", 16), ("model.max_conv_dim", 64), ("data.batch_size", 4),
+                       ("train.total_iters", total), ("train.save_every", save_every),
+                       ("train.print_every", 2), ("train.sample_every", 1000),
+                       ("train.eval_every", 1000), ("train.keep_checkpoints", 20)):
+        cmd += ["--set", f"{key}={value}"]
+    run_dir = tmp_path / "elastic"
+    log = (tmp_path / "train.log").open("w")
+    train = subprocess.Popen(cmd, env={**env, "RAY_ADDRESS": address}, stdout=log,
+                             stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 400
+        while not any(s >= 2 * save_every for s in _registered_steps(run_dir)):
+            assert train.poll() is None, (tmp_path / "train.log").read_text()[-3000:]
+            assert time.time() < deadline, "no checkpoint registered in 400 s"
+            time.sleep(0.2)
+        lost_at = max(_registered_steps(run_dir))
+        assert [e["workers"] for e in _events(run_dir) if e["event"] == "start"] == [2]
+        os.killpg(node.pid, signal.SIGKILL)  # the second node and its worker are gone
+        assert train.wait(600) == 0, (tmp_path / "train.log").read_text()[-3000:]
+    finally:
+        if train.poll() is None:
+            train.kill()
+        log.close()
+    assert max(_registered_steps(run_dir)) == total
+    assert (run_dir / f"checkpoint_{total:08d}" / "checkpoint.pt").is_file()
+    starts = [(e["step"], e["workers"]) for e in _events(run_dir) if e["event"] == "start"]
+    # started on both nodes, restarted once on the one left, from the last registered checkpoint
+    assert starts[0] == (0, 2) and len(starts) == 2, starts
+    restart_step, workers = starts[1]
+    assert workers == 1 and restart_step >= lost_at and restart_step % save_every == 0, starts
+    steps = [json.loads(line)["step"]
+             for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    drops = [i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
+    if drops:  # steps logged before the loss and trained again after it: at most save_every
+        assert len(drops) == 1 and steps[drops[0] - 1] - restart_step <= save_every, steps
+    assert steps[-1] == total
