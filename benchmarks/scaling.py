@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/scaling.py [--iters 40] [--print-every 10] [--workers 1 2] [--rounds 2]
 
 Each run is a real `stargan-ray train` run (stargan_ray.train.run_training: Ray Data pipeline,
-TorchTrainer, gradient all-reduce, checkpoints) of experiments/toy.toml with the per-worker batch
-of the experiment, so N workers train on N times the images per step (weak scaling). The training
+TorchTrainer, gradient all-reduce, checkpoints) of experiments/toy.toml with the experiment's
+batch per worker: data.batch_size (the total per step) is set to N times the toy's, so N workers
+train on N times the images per step (weak scaling). The training
 loop reports its throughput (images/s over all workers) every print_every steps; a Train callback
 collects every report, the first window (worker start-up, pipeline warm-up) is dropped and the
 median of the others is the run's figure. Scaling efficiency = images/s(N) / (N * images/s(1)).
@@ -47,7 +48,9 @@ def _collector(path: str):
 
 
 def run(workers: int, iters: int, print_every: int, storage: Path, tag: str) -> dict:
-    cfg = load_experiment("toy", [f"train.total_iters={iters}", f"train.print_every={print_every}",
+    per_worker = load_experiment("toy").data.batch_size
+    cfg = load_experiment("toy", [f"data.batch_size={per_worker * workers}",
+                                  f"train.total_iters={iters}", f"train.print_every={print_every}",
                                   f"train.save_every={iters}", f"train.sample_every={iters}",
                                   f"train.eval_every={iters}"])
     opts = RunOptions(num_workers=workers, cpus_per_worker=1.0, storage=str(storage),
@@ -60,7 +63,7 @@ def run(workers: int, iters: int, print_every: int, storage: Path, tag: str) -> 
     windows = [r["images_per_s"] for r in rows if "images_per_s" in r]
     steady = windows[1:] or windows
     return {"workers": workers, "round": tag, "images_per_s": statistics.median(steady),
-            "windows_images_per_s": windows, "batch_per_worker": cfg.data.batch_size,
+            "windows_images_per_s": windows, "batch_per_worker": per_worker,
             "iters": iters, "wall_s": wall, "load_average": os.getloadavg()}
 
 
