@@ -71,7 +71,7 @@ class OptimConfig:
 class DataConfig:
     train_dir: str = "data/celeba_hq/train"
     val_dir: str = "data/celeba_hq/val"
-    batch_size: int = 8
+    batch_size: int = 8  # images per step over all workers (each takes its share)
     # At most this many images through the networks at once on one worker; a larger share is
     # split into micro-batches whose gradients accumulate (same update). 0: the whole share.
     batch_per_worker: int = 0
