@@ -206,9 +206,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from ..data.layout import lanes_of
     from ..data.pipeline import worker_batches
     from ..run_logging import RunLogger
+    from .cluster import quiet_ray_data
 
     cfg = from_dict(loop_config["cfg"])
     _quiet_train_reports()
+    quiet_ray_data()  # each worker runs its own Ray Data pipeline: no progress lines from it
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
