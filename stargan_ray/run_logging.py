@@ -1,9 +1,9 @@
 """What a training run shows: console lines, W&B, sample grids, events, quick evaluation.
 
-Only rank 0 writes; every method may be called on every rank. W&B runs offline unless configured
-and never fails or delays a run: an online run whose server cannot be reached is logged offline
-instead (one console line says how to upload it), and an error while logging turns W&B off with one
-warning.
+Only rank 0 writes; every method may be called on every rank, and evaluate must be (every rank
+computes a share of fid_quick). W&B runs offline unless configured and never fails or delays a
+run: an online run whose server cannot be reached is logged offline instead (one console line says
+how to upload it), and an error while logging turns W&B off with one warning.
 """
 
 from __future__ import annotations
@@ -237,15 +237,19 @@ class RunLogger:
             self._wandb_log({f"samples/{k}": wandb.Image(v) for k, v in images.items()}, step)
 
     def evaluate(self, state, step: int) -> dict[str, float]:
-        """fid_quick of nets_ema on rank 0 (empty where the evaluator is unavailable)."""
-        if self.rank != 0:
-            return {}
+        """fid_quick of nets_ema, computed by all ranks together (each runs a share of the
+        sources); every rank returns the value, rank 0 logs it (empty where the evaluator is
+        unavailable). Every rank must call this at the same steps."""
         try:
             from .metrics.evaluator import fid_quick
         except ImportError:
             return {}
-        value = fid_quick(state.nets_ema, self.cfg, device=self.device)
-        self._wandb_log({"fid_quick": value}, step)
+        sharded = self.world > 1
+        value = fid_quick(state.nets_ema, self.cfg, device=self.device,
+                          shard=(self.rank, self.world) if sharded else None,
+                          reduce=sum_over_ranks(self.device) if sharded else None)
+        if self.rank == 0:
+            self._wandb_log({"fid_quick": value}, step)
         return {"fid_quick": value}
 
     def finish(self) -> None:
@@ -257,6 +261,19 @@ class RunLogger:
                 self.wandb.finish()
             except Exception as err:  # never fail the run on the way out
                 log.warning("W&B finish failed: %s", err)
+
+
+def sum_over_ranks(device: torch.device | str):
+    """reduce for sharded metrics: the elementwise sum of a CPU tensor over the default process
+    group, all-reduced on device (NCCL takes CUDA tensors, gloo CPU ones), returned on the CPU."""
+    import torch.distributed as dist
+
+    def reduce(tensor: torch.Tensor) -> torch.Tensor:
+        on_device = tensor.to(device, copy=True)
+        dist.all_reduce(on_device)
+        return on_device.cpu()
+
+    return reduce
 
 
 def _wandb_id(run_name: str) -> str:

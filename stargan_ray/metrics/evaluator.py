@@ -25,7 +25,9 @@ What differs from the official code, and why the numbers do not:
 
 Work is split into items of data.val_batch_size sources of one task (and eval.batch_size real
 images), dealt to workers in strides; each worker builds the networks once and returns per-item
-LPIPS values and, at the end, its moment sums. num_workers=0 runs in-process (training, tests).
+LPIPS values and, at the end, its moment sums. num_workers=0 runs in-process (tests, a single
+training worker); a shard is one rank of a group (the Train workers) that splits the items the
+same way and adds the sums up over the group (metrics/sharding.py).
 The plan lives in eval_plan, the worker in eval_worker, the Ray actors in eval_ray; this module is
 the driver: real-statistics cache, running the items, the metrics and their JSON files.
 """
@@ -36,7 +38,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -52,6 +54,7 @@ from . import lpips as lpipslib
 from .eval_plan import (MODES, EvalData, Item, Job, Task, chunks, image_count,
                         make_tasks, plan_items, resolve_dirs, seeded_generator, source_indices)
 from .eval_worker import EvalWorker, ItemResult
+from .sharding import Shard, agree_on_misses, merge_lpips, merge_moments
 from .weights import FeatureWeights
 
 
@@ -90,13 +93,26 @@ def _cached_real(data: EvalData, tasks: Sequence[Task], size: int, weights: Feat
     return real, cache, paths
 
 
+def _run_shard(worker: EvalWorker, items: list[Item], shard: Shard,
+               on_result: Callable[[ItemResult], None]) -> dict[tuple, fidlib.FeatureMoments]:
+    """This rank's items in this process, then every rank's moment sums and rows added up."""
+    counts: dict[int, int] = {}  # plan index -> feature rows it gave (bad files give fewer)
+    for i in range(shard.rank, len(items), shard.world):
+        key = items[i].key
+        before = worker.moments[key].n if key in worker.moments else 0
+        on_result(worker.run(items[i]))
+        counts[i] = worker.moments[key].n - before
+    return merge_moments(shard, items, worker.job.num_outs, counts, worker.results())
+
+
 def _run_items(job: Job, items: list[Item], nets: Networks, inception: nn.Module,
                lpips_net: nn.Module | None, device: str, num_workers: int, progress: bool,
-               cpus_per_worker: float
+               cpus_per_worker: float, shard: Shard | None = None
                ) -> tuple[dict[tuple, fidlib.FeatureMoments], dict[tuple, dict[int, float]]]:
-    """Moment sums and per-source LPIPS of the items, in this process or on Ray actors."""
+    """Moment sums and per-source LPIPS of the items: in this process, on Ray actors, or this
+    rank's share of them in this process, added up over the ranks of shard."""
     lpips: dict[tuple, dict[int, float]] = {}
-    total = image_count(items, job.num_outs)
+    total = image_count(items if shard is None else shard.take(items), job.num_outs)
     # images through Inception: real files once, each source num_outs times
     bar = tqdm(total=total, unit="img", desc="eval", file=sys.stderr, dynamic_ncols=True,
                disable=not (progress and total))
@@ -109,6 +125,10 @@ def _run_items(job: Job, items: list[Item], nets: Networks, inception: nn.Module
         bar.update(result.images)
 
     try:
+        if shard is not None:
+            worker = EvalWorker(job, nets, inception, lpips_net, device)
+            moments = _run_shard(worker, items, shard, on_result)
+            return moments, (merge_lpips(shard, items, lpips) if lpips_net is not None else {})
         if num_workers == 0:
             worker = EvalWorker(job, nets, inception, lpips_net, device)
             for item in items:
@@ -127,11 +147,19 @@ def collect(nets_ema: Networks, cfg: ExperimentConfig, *, modes: Sequence[str],
             weights: FeatureWeights, num_workers: int = 0, device: torch.device | str = "cpu",
             max_sources: int | None = None, num_outs: int | None = None, lpips: bool = True,
             cache_dir: str | Path | None = None, progress: bool = True,
-            cpus_per_worker: float = 1.0) -> tuple[Collected, EvalData, list[Task]]:
-    """Generate, extract and sum; real statistics come from the cache when it has them."""
+            cpus_per_worker: float = 1.0, shard: Shard | None = None
+            ) -> tuple[Collected, EvalData, list[Task]]:
+    """Generate, extract and sum; real statistics come from the cache when it has them.
+
+    shard: this process is one rank of a group that calls collect together; it runs a strided
+    share of the items (real ones too, when a rank lacks them in its cache) and every rank gets
+    the whole result (metrics/sharding.py).
+    """
     for mode in modes:
         if mode not in MODES:
             raise ConfigError(f"eval mode: must be one of {', '.join(MODES)}, got {mode!r}")
+    if shard is not None and num_workers:
+        raise ValueError("collect: a shard runs in this process (num_workers=0)")
     device = str(torch.device(device))
     data = EvalData.discover(*resolve_dirs(cfg), num_domains=cfg.model.num_domains,
                              img_size=cfg.model.img_size)
@@ -146,9 +174,13 @@ def collect(nets_ema: Networks, cfg: ExperimentConfig, *, modes: Sequence[str],
 
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     real, cache, cache_paths = _cached_real(data, tasks, cfg.model.img_size, weights, cache_root)
+    missing = {t for t, s in cache.items() if s == "computed"}  # from this process's cache
+    if shard is not None:  # computed by all ranks when any rank misses them
+        agreed = agree_on_misses(shard, [t in missing for t in cache])
+        cache = {t: "computed" if miss else "hit" for t, miss in zip(cache, agreed)}
     items = plan_items(job, modes, [t for t, s in cache.items() if s == "computed"], max_sources)
     moments, lpips_values = _run_items(job, items, nets_ema, inception, lpips_net, device,
-                                       num_workers, progress, cpus_per_worker)
+                                       num_workers, progress, cpus_per_worker, shard)
     for trg, status in cache.items():
         if status == "computed":
             real[trg] = moments.pop(("real", trg))
@@ -156,7 +188,8 @@ def collect(nets_ema: Networks, cfg: ExperimentConfig, *, modes: Sequence[str],
                 raise ConfigError(f"{data.domains[trg]}: {real[trg].n} of {len(data.train[trg])} "
                                   "train images could be read (the others are named above); "
                                   "FID needs at least 2")
-            real[trg].save(cache_paths[trg])
+            if trg in missing:  # each rank fills its own cache (other nodes have others)
+                real[trg].save(cache_paths[trg])
     return Collected(real, moments, lpips_values, cache), data, tasks
 
 
@@ -168,7 +201,7 @@ def evaluate(nets_ema: Networks, cfg: ExperimentConfig, *, step: int, mode: str 
              out_dir: str | Path | None = None, num_workers: int = 0,
              device: torch.device | str = "cpu", quick: bool = False,
              cache_dir: str | Path | None = None, progress: bool = True,
-             cpus_per_worker: float = 1.0) -> dict[str, float | None]:
+             cpus_per_worker: float = 1.0, shard: Shard | None = None) -> dict[str, float | None]:
     """FID and LPIPS per task and their means, with the official keys ('FID_latent/cat2dog').
 
     mode: "latent", "reference" or "both". With out_dir, writes FID_{step:05d}_{mode}.json and
@@ -176,6 +209,8 @@ def evaluate(nets_ema: Networks, cfg: ExperimentConfig, *, step: int, mode: str 
     seconds, the real-statistics cache status and any warnings). num_workers=0 runs in this
     process on device; N > 0 uses N Ray actors (one GPU each when device is cuda). quick: the
     fid_quick sizes (eval.quick_sources sources per task, eval.quick_outs outputs, no LPIPS).
+    shard: one rank of a group evaluating together (see collect); every rank returns the results,
+    rank 0 alone writes the files.
     """
     start = time.perf_counter()
     modes = MODES if mode == "both" else (mode,)
@@ -185,7 +220,9 @@ def evaluate(nets_ema: Networks, cfg: ExperimentConfig, *, step: int, mode: str 
         nets_ema, cfg, modes=modes, weights=weights, num_workers=num_workers, device=device,
         max_sources=cfg.eval.quick_sources if quick else None,
         num_outs=cfg.eval.quick_outs if quick else None, lpips=not quick, cache_dir=cache_dir,
-        progress=progress, cpus_per_worker=cpus_per_worker)
+        progress=progress, cpus_per_worker=cpus_per_worker, shard=shard)
+    if shard is not None and shard.rank != 0:
+        out_dir = None
     results: dict[str, float | None] = {}
     files: list[tuple[Path, dict[str, Any]]] = []
     lpips_note = lpipslib.size_warning(cfg.model.img_size)
@@ -254,16 +291,24 @@ def _kid(real: fidlib.FeatureMoments, fake: fidlib.FeatureMoments, cfg: Experime
 
 def fid_quick(nets_ema: Networks, cfg: ExperimentConfig, *, num_workers: int = 0,
               device: torch.device | str = "cpu", cache_dir: str | Path | None = None,
-              progress: bool = False) -> float:
+              progress: bool = False, shard: tuple[int, int] | None = None,
+              reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
     """Mean latent FID over tasks from eval.quick_sources sources x eval.quick_outs outputs.
 
     For training curves and Tune trials: cheap, comparable between runs of one experiment, not
     with the paper's numbers (few images bias FID upward).
+
+    shard=(rank, world) with reduce (the elementwise sum of a CPU tensor over the world's ranks,
+    e.g. an all-reduce): every rank of the world calls this together, runs a strided share of the
+    sources (and of the real images not in its cache), and gets the value of one process, up to
+    the order of float64 additions (metrics/sharding.py).
     """
     results = evaluate(nets_ema, cfg, step=0, mode="latent", num_workers=num_workers,
-                       device=device, quick=True, cache_dir=cache_dir, progress=progress)
+                       device=device, quick=True, cache_dir=cache_dir, progress=progress,
+                       shard=Shard.of(shard, reduce))
     return float(results["FID_latent/mean"])
 
 
-__all__ = ["evaluate", "fid_quick", "collect", "Collected", "EvalData", "EvalWorker", "Task",
-           "Item", "Job", "make_tasks", "seeded_generator", "source_indices", "chunks", "MODES"]
+__all__ = ["evaluate", "fid_quick", "collect", "Collected", "Shard", "EvalData", "EvalWorker",
+           "Task", "Item", "Job", "make_tasks", "seeded_generator", "source_indices", "chunks",
+           "MODES"]
