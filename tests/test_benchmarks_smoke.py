@@ -6,6 +6,7 @@ in one run); what is checked is that the GPU suite, prepared for a machine with 
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import flops as flopslib  # noqa: E402
 import gpu_suite  # noqa: E402
+import gpu_train  # noqa: E402
 import step as steplib  # noqa: E402
 
 
@@ -95,3 +97,52 @@ def test_step_benchmark_times_train_step_and_writes_its_figures(tmp_path):
     assert result["batch_size"] == 2 and result["img_size"] == 32
     assert len(result["repeats_s"]) == 2 and result["step_s"] > 0 and result["cpu_s"] > 0
     assert result["images_per_s"] == pytest.approx(2 / result["step_s"])
+
+
+def test_gpu_train_configs_are_the_papers_at_256_px_in_bf16_with_a_usable_fan(tmp_path):
+    from stargan_ray.models.fan import FAN, load_fan
+
+    cfg = gpu_train.experiment_config("celeba_hq", smoke=False, wing_dir=tmp_path)
+    m, t = cfg.model, cfg.train
+    assert (m.img_size, m.w_hpf, cfg.data.batch_size, t.precision) == (256, 1.0, 8, "bf16")
+    assert (t.total_iters, t.print_every, t.save_every) == (200, 20, 200)
+    assert cfg.data.train_dir == cfg.data.val_dir == "synthetic"
+    if Path("expr/checkpoints/wing.ckpt").is_file():
+        return  # the real wing file is used where it exists
+    assert Path(m.wing_path).parent == tmp_path
+    fan = load_fan(m.wing_path, "cpu")  # the worker loads it exactly so
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        expected = FAN().state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in fan.state_dict().items())
+
+
+@pytest.mark.ray
+def test_gpu_train_smoke_runs_ray_train_and_prints_its_figures(ray_session, tmp_path, capsys):
+    assert gpu_train.main(["--out", str(tmp_path), "--smoke", "--experiments", "afhq"]) == 0
+    stdout = capsys.readouterr().out
+    results = json.loads((tmp_path / "train_results.json").read_text())
+    (run,) = results["runs"]
+    assert run["status"] == "done" and run["steps_done"] == gpu_train.SMOKE_STEPS, run
+    windows = run["windows_images_per_s"]
+    assert len(windows) == gpu_train.SMOKE_STEPS  # one report per step
+    assert run["images_per_s"] == pytest.approx(statistics.median(windows[1:]))  # first dropped
+    assert run["images_per_s"] > 0 and run["peak_memory_gib"] is None  # no CUDA peak on CPU
+    cfg = steplib.load_config("afhq", gpu_train.run_overrides(smoke=True), None)
+    assert (cfg.model.img_size, cfg.model.w_hpf, cfg.train.precision) == (32, 0.0, "fp32")
+    counted = flopslib.step_flops(cfg, torch.device("cpu"), fake=True)
+    assert run["flops_per_image"] * cfg.data.batch_size == pytest.approx(counted, rel=1e-12)
+    assert run["tflops"] == pytest.approx(run["flops_per_image"] * run["images_per_s"] / 1e12)
+    assert run["schedule_hours"] == pytest.approx(
+        gpu_suite.SCHEDULE_ITERS * cfg.data.batch_size / run["images_per_s"] / 3600)
+    # the table comes last: title, column names, the row, whose figures parse back
+    title, columns, row = stdout.strip().splitlines()[-3:]
+    assert title.startswith("Ray Train |") and columns.split()[:2] == ["experiment", "img/s"]
+    name, images_per_s, step_ms, peak, gflop, tflops, share, hours = row.split()[:8]
+    assert name == "afhq" and peak == "-" and share == "-"  # no GPU, no suite ceiling given
+    assert float(images_per_s) == pytest.approx(run["images_per_s"], abs=0.01)
+    assert float(step_ms) == pytest.approx(1e3 * cfg.data.batch_size / run["images_per_s"],
+                                           abs=0.1)
+    assert float(gflop) == pytest.approx(counted / cfg.data.batch_size / 1e9, abs=1e-3)
+    assert float(tflops) == pytest.approx(run["tflops"], rel=1e-3)
+    assert float(hours) == pytest.approx(run["schedule_hours"], abs=0.01)
