@@ -267,6 +267,8 @@ def _train(state: TrainState, batches, logger, rank: int, world: int,
         images_per_s = window.steps * cfg.data.batch_size / max(elapsed, 1e-9)
         eta = (t.total_iters - step) * (time.perf_counter() - run_started) / max(step - start_step, 1)
         metrics.update(_lrs(state), step=step, images_per_s=images_per_s, eta_s=eta)
+        if state.device.type == "cuda":  # the run's peak so far (benchmarks/gpu_train.py)
+            metrics["peak_memory_gib"] = torch.cuda.max_memory_allocated(state.device) / 2**30
         window = StatsWindow()
         if step % t.print_every == 0 or step == t.total_iters:
             logger.log(step, metrics, _console_line(step, t.total_iters, metrics, images_per_s, eta))
