@@ -202,15 +202,21 @@ def _gloo_rank(rank: int, world: int, port: int, cfg, nets, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_fid_quick_on_two_gloo_processes_equals_one_process(setup, reference, tmp_path,
-                                                           monkeypatch):
+def test_fid_quick_on_two_gloo_processes_equals_one_process(setup, tmp_path, monkeypatch):
     import torch.multiprocessing as mp
 
     cfg, nets = setup
-    value = reference[1]
-    monkeypatch.setenv("STARGAN_RAY_CACHE", str(tmp_path / "sr"))  # the ranks' (cold) cache
-    mp.spawn(_gloo_rank, args=(2, _free_port(), cfg, nets, str(tmp_path)), nprocs=2, join=True)
-    values = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert values[0] == values[1]
-    assert values[0]["fid_quick"] == pytest.approx(value, rel=1e-9, abs=1e-9)
-    assert len(list((tmp_path / "sr" / "fid_stats").iterdir())) == 2  # shared cache, written
+    # The single-process value from a process like the ranks (one torch thread): float32 convs
+    # round differently with other thread counts (1e-6 relative on this random-feature FID).
+    values = {}
+    for world in (1, 2):
+        out = tmp_path / f"world{world}"
+        out.mkdir()
+        monkeypatch.setenv("STARGAN_RAY_CACHE", str(out / "sr"))  # the ranks' (cold) cache
+        mp.spawn(_gloo_rank, args=(world, _free_port(), cfg, nets, str(out)), nprocs=world,
+                 join=True)
+        values[world] = [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+        assert len(list((out / "sr" / "fid_stats").iterdir())) == 2  # shared cache, written
+    assert values[2][0] == values[2][1]
+    assert values[2][0]["fid_quick"] == pytest.approx(values[1][0]["fid_quick"], rel=1e-9,
+                                                      abs=1e-9)
