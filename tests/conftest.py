@@ -59,6 +59,19 @@ def save_synthetic_checkpoint(path: Path) -> Path:
     return save_checkpoint(state, path)
 
 
+def seeded_ema_networks(cfg: ExperimentConfig, seed: int = 0):
+    """Networks of cfg.model, He-initialised from a fixed seed, as EMA copies (for sampling and
+    evaluation tests that need a model but no training)."""
+    from stargan_ray.models import build_networks, ema_copy, he_init
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        nets = build_networks(cfg.model)
+        for _, module in nets.items():
+            module.apply(he_init)
+    return ema_copy(nets)
+
+
 def tiny_eval_config(train_dir, val_dir, **overrides) -> ExperimentConfig:
     """tiny_config for evaluations of generated data: one source per batch, 2 outputs per source,
     seeded random feature weights (nothing downloaded)."""

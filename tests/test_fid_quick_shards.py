@@ -18,9 +18,8 @@ from stargan_ray.metrics import evaluator
 from stargan_ray.metrics.fid import FeatureMoments, fid_from_moments
 from stargan_ray.metrics.sharding import Shard
 from stargan_ray.metrics.weights import FeatureWeights
-from stargan_ray.models import build_networks, ema_copy, he_init
 
-from .conftest import tiny_eval_config
+from .conftest import seeded_ema_networks, tiny_eval_config
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +30,7 @@ def setup(tmp_path_factory):
     train, val = generate(root / "data", img_size=32, num_domains=2, n_train=5, n_val=3)
     (train / "circle" / "99999.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     cfg = tiny_eval_config(train, val, **{"eval.batch_size": 2})
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        nets = build_networks(cfg.model)
-        for _, module in nets.items():
-            module.apply(he_init)
-    return cfg, ema_copy(nets)
+    return cfg, seeded_ema_networks(cfg)
 
 
 @pytest.fixture(scope="module", autouse=True)

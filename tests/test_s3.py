@@ -33,6 +33,7 @@ from stargan_ray.train.plan import local_file, ray_storage
 from stargan_ray.tune import SweepOptions, read_space, run_sweep
 
 from .conftest import tiny_config
+from .test_train import _assert_equal_states
 
 # Dummy credentials for moto, set at import: before any test starts the session's Ray instance,
 # whose workers inherit this environment (a cluster's nodes have their own credentials). No
@@ -232,17 +233,6 @@ def straight(s3, data, tmp_path_factory):
                           cwd=tmp, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return _final(s3, "straight")
-
-
-def _assert_equal_states(a, b):
-    for name in TRAINED:
-        for (key, pa), pb in zip(getattr(a.nets, name).named_parameters(),
-                                 getattr(b.nets, name).parameters()):
-            assert torch.allclose(pa, pb, rtol=0, atol=1e-6), f"{name}.{key}"
-    for name in EMA:
-        for pa, pb in zip(getattr(a.nets_ema, name).parameters(),
-                          getattr(b.nets_ema, name).parameters()):
-            assert torch.allclose(pa, pb, rtol=0, atol=1e-6)
 
 
 @pytest.mark.ray

@@ -10,9 +10,8 @@ from torchvision.utils import save_image
 
 from stargan_ray import grids, sample
 from stargan_ray.data.synthetic import generate
-from stargan_ray.models import build_networks, ema_copy, he_init
 
-from .conftest import tiny_config
+from .conftest import seeded_ema_networks, tiny_config
 
 S = 32  # tiny_config image size
 
@@ -20,12 +19,7 @@ S = 32  # tiny_config image size
 @pytest.fixture(scope="module")
 def model():
     cfg = tiny_config(**{"model.num_domains": 3, "eval.num_outs_per_domain": 2})
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        nets = build_networks(cfg.model)
-        for _, module in nets.items():
-            module.apply(he_init)
-    return cfg, ema_copy(nets)
+    return cfg, seeded_ema_networks(cfg)
 
 
 def _cell(grid: torch.Tensor, row: int, col: int) -> torch.Tensor:
