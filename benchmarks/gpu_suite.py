@@ -184,13 +184,15 @@ class EvalBench:
         return self._data[num_domains]
 
     def features(self) -> tuple:
+        from stargan_ray.config import EvalConfig
         from stargan_ray.metrics import fid as fidlib
         from stargan_ray.metrics import lpips as lpipslib
         from stargan_ray.metrics.weights import FeatureWeights
 
         if self._features is None:
             weights = FeatureWeights("random")
-            self._features = (fidlib.build_inception(weights, self.plan.device),
+            folded = EvalConfig().inception_folded  # the evaluator's default form
+            self._features = (fidlib.build_inception(weights, self.plan.device, folded),
                               lpipslib.build_lpips(weights, self.plan.device))
         return self._features
 

@@ -109,6 +109,9 @@ class EvalConfig:
     # for a set of n < 2048 images, else a Cholesky factor) | eigh (two symmetric
     # eigen-decompositions) | sqrtm (scipy, the official code path). All agree within 1e-6 relative.
     frechet_method: str = "auto"
+    # Inception with each batch norm folded into its convolution, channels-last (fid.fold_batchnorm):
+    # the same features up to float32 rounding, faster; false runs torchvision's modules as they are.
+    inception_folded: bool = True
     # KID beside every FID (not in fid_quick): subsets of min(both set sizes, kid_subset_size)
     # features; torch-fidelity's and clean-fid's defaults.
     kid_subsets: int = 100

@@ -201,3 +201,46 @@ def test_fid_command_on_a_folder_with_itself_prints_about_zero(tmp_path, capsys)
         FeatureWeights("random"), "cpu"), 8, "cpu")
     assert abs(value) < 1e-5 * np.trace(moments.cov())  # the scale of the distance
     assert "fewer than the 2048 feature dimensions" in captured.err
+
+
+def _smooth_and_noisy_inputs(seed: int, n: int) -> torch.Tensor:
+    """Inception inputs from quantised 32 px images: half smooth colour fields, half noise."""
+    g = torch.Generator().manual_seed(seed)
+    smooth = torch.nn.functional.interpolate(torch.rand((n // 2, 3, 4, 4), generator=g), size=32,
+                                             mode="bilinear") * 2 - 1
+    noise = torch.rand((n - n // 2, 3, 32, 32), generator=g) * 2 - 1
+    return fid.uint8_to_inception(fid.quantize(torch.cat([smooth, noise])), 32)
+
+
+def test_folded_inception_gives_the_same_features_and_fid_as_torchvisions_modules():
+    weights = FeatureWeights("random")
+    plain = fid.build_inception(weights)
+    folded = fid.build_inception(weights, folded=True)
+    assert folded.folded and not plain.folded
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    real, fake = _smooth_and_noisy_inputs(0, 12), _smooth_and_noisy_inputs(1, 12)
+    with torch.inference_mode():
+        features = {name: (net(real), net(fake)) for name, net in
+                    (("plain", plain), ("folded", folded))}
+    for a, b in zip(features["plain"], features["folded"]):
+        # float32 rounding of a reordered sum, relative to the features' scale
+        assert (a - b).abs().max() <= 1e-4 * a.abs().max()
+    values = {name: fid.fid_from_moments(fid.FeatureMoments.of(r), fid.FeatureMoments.of(f)).value
+              for name, (r, f) in features.items()}
+    assert values["folded"] == pytest.approx(values["plain"], rel=1e-5)
+
+
+def test_a_folded_inception_is_rebuilt_from_its_state_dict_as_a_ray_worker_does():
+    folded = fid.build_inception(FeatureWeights("random"), folded=True)
+    copy = fid.inception_from_state(folded.state_dict(), folded=True)
+    x = _smooth_and_noisy_inputs(2, 4)
+    with torch.inference_mode():
+        torch.testing.assert_close(copy(x), folded(x), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="Unexpected key|Missing key"):
+        fid.inception_from_state(folded.state_dict(), folded=False)
+
+
+def test_the_real_statistics_cache_tells_folded_from_plain_features():
+    weights = FeatureWeights("random")
+    assert fid.inception_id(weights, True) != fid.inception_id(weights, False)
+    assert fid.inception_id(weights, False) == weights.id("inception")

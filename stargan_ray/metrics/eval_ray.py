@@ -29,6 +29,7 @@ def _payload(nets: Networks, inception: nn.Module, lpips_net: nn.Module | None) 
                  for name in ("generator", "mapping_network", "style_encoder")},
         "fan": cpu(nets.fan) if nets.fan is not None else None,
         "inception": cpu(inception),
+        "inception_folded": inception.folded,  # rebuilt folded, then loaded
         "lpips": cpu(lpips_net) if lpips_net is not None else None,
     }
 
@@ -37,8 +38,6 @@ class RayEvalWorker(EvalWorker):
     """An EvalWorker rebuilt from state dicts inside a Ray actor."""
 
     def __init__(self, job: Job, payload: dict[str, Any], device: str) -> None:
-        from torchvision.models.inception import Inception3
-
         from ..models.fan import FAN
 
         built = build_networks(job.cfg.model)
@@ -50,8 +49,7 @@ class RayEvalWorker(EvalWorker):
             nets.fan.load_state_dict(payload["fan"])
         for _, module in nets.items(include_fan=True):
             module.eval().requires_grad_(False)
-        inception = fidlib.InceptionFeatures(Inception3(aux_logits=True, init_weights=False))
-        inception.load_state_dict(payload["inception"])
+        inception = fidlib.inception_from_state(payload["inception"], payload["inception_folded"])
         lpips_net = None
         if payload["lpips"] is not None:
             from torchvision.models import alexnet

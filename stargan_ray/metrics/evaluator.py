@@ -74,7 +74,7 @@ def default_cache_dir() -> Path:
     return cache_root() / "fid_stats"
 
 
-def _cached_real(data: EvalData, tasks: Sequence[Task], size: int, weights: FeatureWeights,
+def _cached_real(data: EvalData, tasks: Sequence[Task], size: int, features_id: str,
                  cache_root: Path
                  ) -> tuple[dict[int, fidlib.FeatureMoments], dict[int, str], dict[int, Path]]:
     """Real moments found in the cache, the status per target ("hit" | "computed"), and the
@@ -83,7 +83,7 @@ def _cached_real(data: EvalData, tasks: Sequence[Task], size: int, weights: Feat
     cache: dict[int, str] = {}
     paths: dict[int, Path] = {}
     for trg in sorted({t.trg for t in tasks}):
-        key = fidlib.stats_key(data.train[trg], size, weights.id("inception"))
+        key = fidlib.stats_key(data.train[trg], size, features_id)
         paths[trg] = cache_root / f"{data.domains[trg]}_{key}.npz"
         if paths[trg].is_file():
             real[trg] = fidlib.FeatureMoments.load(paths[trg])
@@ -169,11 +169,13 @@ def collect(nets_ema: Networks, cfg: ExperimentConfig, *, modes: Sequence[str],
     job = Job(cfg, data, tuple(tasks), num_outs, cfg.train.seed)
 
     nets_device = device if num_workers == 0 else "cpu"  # Ray workers get CPU state dicts
-    inception = fidlib.cached_inception(weights, nets_device)
+    folded = cfg.eval.inception_folded
+    inception = fidlib.cached_inception(weights, nets_device, folded)
     lpips_net = lpipslib.cached_lpips(weights, nets_device) if lpips else None
 
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    real, cache, cache_paths = _cached_real(data, tasks, cfg.model.img_size, weights, cache_root)
+    real, cache, cache_paths = _cached_real(data, tasks, cfg.model.img_size,
+                                              fidlib.inception_id(weights, folded), cache_root)
     missing = {t for t, s in cache.items() if s == "computed"}  # from this process's cache
     if shard is not None:  # computed by all ranks when any rank misses them
         agreed = agree_on_misses(shard, [t in missing for t in cache])

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch import nn
 from torchvision import transforms
-from torchvision.models.inception import Inception3
+from torchvision.models.inception import BasicConv2d, Inception3
 
 from ..data import folders
 from ..storage import atomic_write
@@ -43,10 +43,15 @@ STATS_VERSION = 2  # part of every cache key; bump when the protocol changes (2:
 
 
 class InceptionFeatures(nn.Module):
-    """Inception v3 up to the 2048-d average pool, as the official wrapper calls it."""
+    """Inception v3 up to the 2048-d average pool, as the official wrapper calls it.
+
+    folded: batch norms folded into the convolutions and inputs laid out channels-last
+    (fold_batchnorm).
+    """
 
     def __init__(self, inception: Inception3) -> None:
         super().__init__()
+        self.folded = False
         pool = nn.MaxPool2d(kernel_size=3, stride=2)
         self.blocks = nn.Sequential(
             inception.Conv2d_1a_3x3, inception.Conv2d_2a_3x3, inception.Conv2d_2b_3x3, pool,
@@ -58,7 +63,33 @@ class InceptionFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, 3, 299, 299) ImageNet-normalised -> (N, 2048)."""
+        if self.folded:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.blocks(x).flatten(1)
+
+
+@torch.no_grad()
+def fold_batchnorm(net: InceptionFeatures) -> InceptionFeatures:
+    """The same function with each eval-mode batch norm folded into the convolution before it,
+    laid out channels-last: 1.75x faster on a 2-core CPU (benchmarks/eval.py), features equal up
+    to float32 rounding (tests/test_fid.py). Changes net in place and returns it.
+
+    Every torchvision BasicConv2d is conv (no bias) -> batch norm -> ReLU, and an eval-mode batch
+    norm is a per-channel affine map, so the pair is one convolution with scaled weights and a bias;
+    the norm becomes the identity. Its state dict has conv biases and no bn entries, so a copy is
+    rebuilt by folding a fresh network first, then loading.
+    """
+    for module in net.modules():
+        if isinstance(module, BasicConv2d) and isinstance(module.bn, nn.BatchNorm2d):
+            conv, bn = module.conv, module.bn
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
+                               stride=conv.stride, padding=conv.padding, bias=True)
+            folded.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+            folded.bias.copy_(bn.bias - bn.running_mean * scale)
+            module.conv, module.bn = folded.to(conv.weight.device), nn.Identity()
+    net.folded = True
+    return net.to(memory_format=torch.channels_last).eval().requires_grad_(False)
 
 
 def calibration_inputs(seed: int, n: int = 8) -> torch.Tensor:
@@ -93,22 +124,40 @@ def random_inception3(seed: int) -> Inception3:
     return inception.eval()
 
 
-def build_inception(weights: FeatureWeights,
-                    device: torch.device | str = "cpu") -> InceptionFeatures:
-    """The FID network: pretrained file, or seeded random init with calibrated batch norms."""
+def build_inception(weights: FeatureWeights, device: torch.device | str = "cpu",
+                    folded: bool = False) -> InceptionFeatures:
+    """The FID network: pretrained file, or seeded random init with calibrated batch norms;
+    folded: batch norms folded into the convolutions (eval.inception_folded, fold_batchnorm)."""
     if weights.kind == "random":
         net = InceptionFeatures(random_inception3(weights.seed))
     else:
         inception = Inception3(aux_logits=True, init_weights=False)
         inception.load_state_dict(weights.state_dict("inception"))
         net = InceptionFeatures(inception)
-    return net.eval().requires_grad_(False).to(device)
+    net = net.eval().requires_grad_(False)
+    return (fold_batchnorm(net) if folded else net).to(device)
 
 
-@functools.lru_cache(maxsize=2)
-def cached_inception(weights: FeatureWeights, device: str) -> InceptionFeatures:
-    """One network per process and device: repeated evaluations (training, Tune) reuse it."""
-    return build_inception(weights, device)
+@functools.lru_cache(maxsize=4)
+def cached_inception(weights: FeatureWeights, device: str,
+                     folded: bool = False) -> InceptionFeatures:
+    """One network per process, device and form: repeated evaluations (training, Tune) reuse it."""
+    return build_inception(weights, device, folded)
+
+
+def inception_from_state(state: dict[str, torch.Tensor], folded: bool) -> InceptionFeatures:
+    """Rebuild a network from its state dict (a Ray worker's copy); a folded one is folded first,
+    so that its keys (conv biases, no batch norms) fit."""
+    net = InceptionFeatures(Inception3(aux_logits=True, init_weights=False))
+    if folded:
+        net = fold_batchnorm(net)
+    net.load_state_dict(state)
+    return net.eval().requires_grad_(False)
+
+
+def inception_id(weights: FeatureWeights, folded: bool) -> str:
+    """The cache identity of the features: the weights file and the network's form."""
+    return weights.id("inception") + ("+folded" if folded else "")
 
 
 # ---------------------------------------------------------------- images
@@ -310,15 +359,16 @@ def list_pair(dir_a: str | Path, dir_b: str | Path) -> tuple[list[Path], list[Pa
 
 def fid_folders(dir_a: str | Path, dir_b: str | Path, weights: FeatureWeights, *,
                 img_size: int = 256, batch_size: int = 50,
-                device: torch.device | str = "cpu") -> FrechetResult:
+                device: torch.device | str = "cpu", folded: bool = True) -> FrechetResult:
     """FID between two image folders (the official calculate_fid_given_paths).
 
-    Files that cannot be decoded are named (one warning line each) and left out.
+    Files that cannot be decoded are named (one warning line each) and left out. folded: see
+    fold_batchnorm (False: torchvision's modules as they are).
     """
     from ..config import ConfigError
 
     listed = list_pair(dir_a, dir_b)
-    inception = cached_inception(weights, str(device))
+    inception = cached_inception(weights, str(device), folded)
     moments = []
     for folder, files in zip((dir_a, dir_b), listed):
         part = features_of_files(files, img_size, inception, batch_size, device)
@@ -329,7 +379,7 @@ def fid_folders(dir_a: str | Path, dir_b: str | Path, weights: FeatureWeights, *
     return fid_from_moments(*moments)
 
 
-__all__ = ["InceptionFeatures", "build_inception", "random_inception3", "cached_inception",
+__all__ = ["InceptionFeatures", "fold_batchnorm", "inception_from_state", "inception_id", "build_inception", "random_inception3", "cached_inception",
            "inception_transform", "quantize", "uint8_to_inception", "list_images",
            "list_pair", "load_for_inception", "FeatureMoments", "stats_key", "features_of_files",
            "FrechetResult", "frechet_distance", "fid_from_moments", "fid_folders",
