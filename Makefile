@@ -20,7 +20,7 @@ demo: $(STAMP)
 # tools/install_browser.sh: chromium and chromium-driver for the browser test (apt-get, as root)
 test: $(STAMP)
 	sh tools/install_browser.sh
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache
