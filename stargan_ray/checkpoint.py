@@ -55,6 +55,7 @@ def state_dict(state) -> dict[str, Any]:
         "nets_ema": _state_dicts(state.nets_ema, EMA),
         "optims": {name: opt.state_dict() for name, opt in state.optims.items()},
         "rng": rng,
+        "domains": list(state.domains),
     }
 
 
@@ -116,6 +117,15 @@ def read_config(path: str | Path) -> ExperimentConfig:
     data = safe_load(path, mmap=True)
     _check_format(data, path)
     return from_dict(data["config"])
+
+
+def read_domains(path: str | Path) -> tuple[str, ...] | None:
+    """The domain names one of our checkpoints records (mapped, weights unused); None for an
+    official file or one written before checkpoints kept them."""
+    data = safe_load(path, mmap=True)
+    if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+        return None
+    return tuple(data.get("domains") or ()) or None
 
 
 def _check_format(data: Any, path: str | Path) -> None:
@@ -183,6 +193,7 @@ def load_state_into(state, data: Mapping[str, Any]) -> None:
     for name, opt in state.optims.items():
         opt.load_state_dict(data["optims"][name])
     state.step = int(data["step"])
+    state.domains = tuple(data.get("domains", ()))  # absent in files from before they were kept
     rng = data["rng"]
     torch.set_rng_state(rng["torch"].cpu())
     # rng["loop"], in checkpoints written before the pipeline drew the latent codes, is unused.

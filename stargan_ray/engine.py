@@ -76,6 +76,9 @@ class TrainState:
     optims: dict[str, torch.optim.Optimizer]
     step: int
     device: torch.device
+    # The training data's domain names in id order, recorded in checkpoints so that translate,
+    # serve and export can name the domains without the data; () when not known.
+    domains: tuple[str, ...] = ()
     # Called between backward() and the optimiser steps with the networks being stepped; the
     # distributed trainer averages their gradients across workers here. None in one process.
     grad_sync: Callable[[list[nn.Module]], None] | None = None

@@ -82,15 +82,19 @@ def latent_codes(seeds: Sequence[int], latent_dim: int) -> torch.Tensor:
                         for s in seeds]) if seeds else torch.zeros((0, latent_dim))
 
 
-def domain_names(cfg: ExperimentConfig) -> list[str] | None:
+def domain_names(cfg: ExperimentConfig,
+                 recorded: Sequence[str] | None = None) -> list[str] | None:
     """The domain names of a model's training data, in id order; None when they are unknown.
 
-    Checkpoints record the config, not the names: ids are the sorted folder names of
-    data.train_dir (the synthetic set has its own names), so they are read from there.
+    recorded: the names its checkpoint holds (checkpoint.read_domains), used when there is one per
+    domain. Official files and older checkpoints hold none: ids are then the sorted folder names
+    of data.train_dir (the synthetic set has its own names), read from there when it is readable.
     """
     from .data import folders, synthetic
     from .errors import UserError
 
+    if recorded and len(recorded) == cfg.model.num_domains:
+        return list(recorded)
     if cfg.data.train_dir == SYNTHETIC:
         return synthetic.domain_names(cfg.model.num_domains)
     try:
@@ -110,6 +114,7 @@ class Translator:
     cfg: ExperimentConfig
     device: torch.device
     batch_size: int = BATCH_SIZE
+    domains: tuple[str, ...] | None = None  # as the checkpoint records them (domain_names)
     _mean_styles: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -118,10 +123,10 @@ class Translator:
                         batch_size: int = BATCH_SIZE) -> "Translator":
         """Our checkpoint (cfg optional: it carries its own) or an official nets_ema file (cfg
         required for the shapes)."""
-        from .checkpoint import load_ema_networks
+        from .checkpoint import load_ema_networks, read_domains
 
         cfg, nets = load_ema_networks(path, cfg, device)
-        return cls(nets, cfg, torch.device(device), batch_size)
+        return cls(nets, cfg, torch.device(device), batch_size, read_domains(path))
 
     @property
     def img_size(self) -> int:

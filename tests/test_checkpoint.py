@@ -11,7 +11,7 @@ import torch
 
 from stargan_ray.checkpoint import (CheckpointError, import_official, load_checkpoint,
                                     load_ema_networks, load_official_networks, read_config,
-                                    save_checkpoint)
+                                    read_domains, save_checkpoint)
 from stargan_ray.config import load_experiment
 from stargan_ray.engine import TrainState, train_step
 from stargan_ray.models import EMA, TRAINED, build_networks, ema_copy
@@ -54,6 +54,20 @@ def test_save_load_continue_equals_an_uninterrupted_run(tmp_path):
     _run(resumed, 2)
     _assert_same_state(uninterrupted, resumed)
     assert read_config(tmp_path / "ckpt") == cfg  # a folder holding checkpoint.pt works too
+
+
+def test_checkpoints_record_the_domain_names_and_older_ones_give_none(tmp_path):
+    state = TrainState.create(tiny_config(), "cpu")
+    assert read_domains(save_checkpoint(state, tmp_path / "unnamed.pt")) is None
+    state.domains = ("female", "male")
+    path = save_checkpoint(state, tmp_path / "named.pt")
+    assert read_domains(path) == ("female", "male")
+    assert load_checkpoint(path).domains == ("female", "male")
+    older = torch.load(path, weights_only=True)
+    del older["domains"]  # files written before the names were kept
+    torch.save(older, tmp_path / "older.pt")
+    assert read_domains(tmp_path / "older.pt") is None
+    assert load_checkpoint(tmp_path / "older.pt").domains == ()
 
 
 class _RunsCode:

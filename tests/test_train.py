@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from stargan_ray.checkpoint import load_checkpoint
+from stargan_ray.data import synthetic
 from stargan_ray.engine import TrainState, build_optimizers, train_step
 from stargan_ray.models import EMA, TRAINED
 from stargan_ray.train import RunOptions, TrainingStopped, latest_checkpoint, make_grad_sync, run_training
@@ -190,6 +191,8 @@ def test_a_run_writes_checkpoints_samples_and_an_offline_wandb_run(uninterrupted
     run_dir = storage / "straight"
     assert step == 12 and state.step == 12
     assert state.cfg == _cfg()
+    # the synthetic data's domain names (the folders' sorted names), for translate and serve
+    assert state.domains == tuple(synthetic.domain_names(state.cfg.model.num_domains))
     kept = sorted(p.name for p in run_dir.glob("checkpoint_*") if p.is_dir())
     assert kept == [f"checkpoint_{s:08d}" for s in (4, 8, 12)]
     assert {p.name for p in (run_dir / "samples").iterdir()} >= {

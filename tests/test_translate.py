@@ -188,6 +188,18 @@ def test_domains_without_recorded_names_are_their_indices(tmp_path, capsys):
     assert "named by index 0-1" in capsys.readouterr().err
 
 
+def test_names_recorded_in_the_checkpoint_are_used_when_the_data_is_gone(tmp_path, capsys):
+    cfg = tiny_config(**{"data.train_dir": str(tmp_path / "gone")})
+    state = TrainState.create(cfg, "cpu")
+    state.domains = ("cat", "dog")
+    ckpt = save_checkpoint(state, tmp_path / "c.pt")
+    src = photo(tmp_path / "p.png")
+    capsys.readouterr()
+    assert translate(ckpt, "--to", "dog", "--out", tmp_path / "o", src) == 0
+    assert listed(tmp_path / "o") == {"p_dog_seed0.png"}
+    assert "named by index" not in capsys.readouterr().err
+
+
 def test_align_first_with_a_fan(checkpoint, tmp_path, wing):
     src = photo(tmp_path / "face.png", size=(60, 50))
     np.savez(tmp_path / "lm.npz", mean=face_points(np.random.default_rng(1)))

@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..export import export, reference_path
+    from ..checkpoint import read_domains
     from ..inference import Translator, domain_names
 
     device = resolve_device(args.device)
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         check_output(out, inputs, overwrite=args.overwrite)
     cfg, nets, step = load_model(args, "export", device)
     translator = Translator(nets, cfg, torch.device(device))
-    for written in export(translator, args.format, args.out, domain_names(cfg), step):
+    names = domain_names(cfg, read_domains(path))
+    for written in export(translator, args.format, args.out, names, step):
         print(f"wrote {written}")
     return 0

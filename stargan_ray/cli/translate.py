@@ -151,16 +151,18 @@ def parse_domains(text: str, names: list[str]) -> list[int]:
                       f"{', '.join(names)} (or their indices 0-{len(names) - 1}), or all")
 
 
-def domain_labels(cfg) -> list[str]:
-    """The model's domain names; their indices, said once on stderr, when unknown."""
+def domain_labels(cfg, path) -> list[str]:
+    """The model's domain names (recorded in the checkpoint at path, else read from
+    data.train_dir); their indices, said once on stderr, when unknown."""
+    from ..checkpoint import read_domains
     from ..inference import domain_names
 
-    names = domain_names(cfg)
+    names = domain_names(cfg, read_domains(path))
     if names is None:
         n = cfg.model.num_domains
-        print(f"stargan-ray translate: note: checkpoints do not record domain names and "
-              f"data.train_dir ({cfg.data.train_dir}) is not readable here, so the domains are "
-              f"named by index 0-{n - 1}", file=sys.stderr)
+        print(f"stargan-ray translate: note: {path} records no domain names (an official file or "
+              f"an older checkpoint) and data.train_dir ({cfg.data.train_dir}) is not readable "
+              f"here, so the domains are named by index 0-{n - 1}", file=sys.stderr)
         names = [str(i) for i in range(n)]
     return names
 
@@ -203,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--psi: truncates seeded styles; reference styles (--ref) are used "
                           "as they are")
     cfg, path = model_config(args, "translate")
-    names = domain_labels(cfg)
+    names = domain_labels(cfg, path)
     domains = parse_domains(args.to, names)
     labels = [f"{names[y]}_{s}" for y in domains for s in style_labels(args)]
     sources, bad = expand_inputs(args.inputs)

@@ -49,7 +49,8 @@ def prepare_train_data(cfg: "ExperimentConfig") -> dict[str, Any]:
     bad_log = ray.remote(num_cpus=0)(BadImageLog).remote()
     if bad:
         bad_log.report.remote(bad)
-    return {"table": ray.put(table), "bad_log": bad_log}
+    # domains: recorded in the run's checkpoints (TrainState.domains)
+    return {"table": ray.put(table), "bad_log": bad_log, "domains": list(table.domains)}
 
 
 def _ray_task(batch: dict[str, np.ndarray], *, table: ImageTable, stream: Stream,

@@ -46,7 +46,8 @@ class TranslatorDeployment:
                  batch_wait_s: float = BATCH_WAIT_S):
         self.translator = load_translator(checkpoint, cfg, device, max_batch)
         cfg = self.translator.cfg
-        self.names = domain_names(cfg) or [str(i) for i in range(cfg.model.num_domains)]
+        self.names = (domain_names(cfg, self.translator.domains)
+                      or [str(i) for i in range(cfg.model.num_domains)])
         self.device = device
         self.run.set_max_batch_size(max_batch)
         self.run.set_batch_wait_timeout_s(batch_wait_s)

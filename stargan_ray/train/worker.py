@@ -219,6 +219,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     start = loop_config.get("start_checkpoint")
     _restore_newest(state, ray.train.get_checkpoint(),
                     StartPoint(start["step"], start["uri"]) if start else None)
+    state.domains = tuple(loop_config["data"]["domains"])  # this run's data names them
     if world > 1:
         rows = len(lanes_of(rank, world, cfg.data.batch_size))
         state.grad_sync = make_grad_sync(world, rows, cfg.data.batch_size)
