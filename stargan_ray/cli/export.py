@@ -30,8 +30,8 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..export import export, reference_path
     from ..checkpoint import read_domains
+    from ..export import export, reference_path
     from ..inference import Translator, domain_names
 
     device = resolve_device(args.device)

@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     eval_cfg = EvalConfig(feature_weights=args.feature_weights, inception_path=args.inception_path)
     weights = FeatureWeights.from_config(eval_cfg, need=("inception",))
     result = fid_folders(args.dir_a, args.dir_b, weights, img_size=args.img_size,
-                         batch_size=args.batch_size, device=device)
+                         batch_size=args.batch_size, device=device,
+                         folded=eval_cfg.inception_folded)
     for note in result.warnings:
         print(f"warning: {note}", file=sys.stderr)
     if args.json:

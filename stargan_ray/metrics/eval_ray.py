@@ -57,7 +57,7 @@ class RayEvalWorker(EvalWorker):
             lpips_net = lpipslib.LPIPSNet(alexnet(weights=None).features)
             lpips_net.load_state_dict(payload["lpips"])
             lpips_net.eval().requires_grad_(False).to(device)
-        super().__init__(job, nets.to(device), inception.eval().requires_grad_(False).to(device),
+        super().__init__(job, nets.to(device), inception.to(device),
                          lpips_net, device)
 
 

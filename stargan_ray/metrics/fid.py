@@ -359,13 +359,17 @@ def list_pair(dir_a: str | Path, dir_b: str | Path) -> tuple[list[Path], list[Pa
 
 def fid_folders(dir_a: str | Path, dir_b: str | Path, weights: FeatureWeights, *,
                 img_size: int = 256, batch_size: int = 50,
-                device: torch.device | str = "cpu", folded: bool = True) -> FrechetResult:
+                device: torch.device | str = "cpu", folded: bool | None = None) -> FrechetResult:
     """FID between two image folders (the official calculate_fid_given_paths).
 
     Files that cannot be decoded are named (one warning line each) and left out. folded: see
-    fold_batchnorm (False: torchvision's modules as they are).
+    fold_batchnorm (False: torchvision's modules as they are; None: eval.inception_folded's
+    default).
     """
-    from ..config import ConfigError
+    from ..config import ConfigError, EvalConfig
+
+    if folded is None:
+        folded = EvalConfig().inception_folded
 
     listed = list_pair(dir_a, dir_b)
     inception = cached_inception(weights, str(device), folded)
@@ -379,7 +383,8 @@ def fid_folders(dir_a: str | Path, dir_b: str | Path, weights: FeatureWeights, *
     return fid_from_moments(*moments)
 
 
-__all__ = ["InceptionFeatures", "fold_batchnorm", "inception_from_state", "inception_id", "build_inception", "random_inception3", "cached_inception",
+__all__ = ["InceptionFeatures", "fold_batchnorm", "inception_from_state", "inception_id",
+           "build_inception", "random_inception3", "cached_inception",
            "inception_transform", "quantize", "uint8_to_inception", "list_images",
            "list_pair", "load_for_inception", "FeatureMoments", "stats_key", "features_of_files",
            "FrechetResult", "frechet_distance", "fid_from_moments", "fid_folders",
