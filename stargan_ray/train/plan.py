@@ -1,28 +1,27 @@
 """Where a run writes and which checkpoint it starts from, decided on the driver before Ray starts.
 
 A run folder is <storage>/<run name>, local or a URI; it holds Ray's checkpoint_<step> folders and
-Ray's snapshot of them (SNAPSHOT_FILE). plan_run checks the run name and picks the start checkpoint;
-reconcile_snapshot keeps Ray's snapshot from overruling that choice.
+Ray's snapshot of them (SNAPSHOT_FILE). plan_run checks the run name and picks the start checkpoint,
+the one place that does, for the CLI, the Python API and Tune trials; reconcile_snapshot keeps
+Ray's snapshot from overruling that choice. Finding checkpoints is checkpoints.py's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from ..checkpoint import CHECKPOINT_FILE, CheckpointError, CheckpointMismatch, verify_checkpoint
+from ..checkpoint import verify_checkpoint
 from ..config import ExperimentConfig
 from ..errors import ConfigError
 from ..storage import basename, filesystem, is_uri, join
+from .checkpoints import (StartPoint, checkpoint_folders, latest_checkpoint, local_file,
+                          newest_complete_checkpoint)
 
-CHECKPOINT_PREFIX = "checkpoint_"
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's list of registered checkpoints
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -127,90 +126,6 @@ def check_run_name(name: str, from_flag: bool = True) -> str:
     return name
 
 
-def checkpoint_folders(run_dir: str) -> list[tuple[int, str]]:
-    """(step, path) of every checkpoint_<step> folder of a run, newest first; local or URI."""
-    import pyarrow.fs as pafs
-
-    fs, path = filesystem(run_dir)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    steps = []
-    for info in infos:
-        name = info.base_name
-        if info.type == pafs.FileType.Directory and name.startswith(CHECKPOINT_PREFIX):
-            suffix = name[len(CHECKPOINT_PREFIX):]
-            if suffix.isdigit():
-                steps.append((int(suffix), join(run_dir, name)))
-    return sorted(steps, reverse=True)
-
-
-def latest_checkpoint(run_dir: str) -> tuple[int, str] | None:
-    """(step, path) of the newest checkpoint_<step> folder of a run (complete or not)."""
-    folders = checkpoint_folders(run_dir)
-    return folders[0] if folders else None
-
-
-def folder_step(path: str) -> int | None:
-    """The step of a checkpoint_<step> folder path, None for any other name."""
-    name = basename(path)
-    suffix = name[len(CHECKPOINT_PREFIX):]
-    return int(suffix) if name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
-
-
-@contextlib.contextmanager
-def local_file(uri: str) -> Iterator[str]:
-    """A local path for the checkpoint at uri (a file, or a folder holding checkpoint.pt)."""
-    if not is_uri(uri):
-        yield uri
-        return
-    import pyarrow.fs as pafs
-
-    fs, path = filesystem(uri)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.Directory:
-        path, info = f"{path}/{CHECKPOINT_FILE}", fs.get_file_info(f"{path}/{CHECKPOINT_FILE}")
-    if info.type != pafs.FileType.File:
-        raise CheckpointError(f"checkpoint: no such file {uri}")
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / CHECKPOINT_FILE
-        with fs.open_input_stream(path) as src, open(local, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        yield str(local)
-
-
-@dataclass(frozen=True)
-class StartPoint:
-    """The checkpoint a run begins from: its step and its file or folder (a path or a URI)."""
-
-    step: int
-    uri: str
-
-    @property
-    def label(self) -> str:
-        return basename(self.uri)
-
-
-def newest_complete_checkpoint(run_dir: str, cfg: ExperimentConfig
-                               ) -> tuple[StartPoint | None, list[str]]:
-    """The run's newest complete checkpoint, whatever Ray's snapshot lists, and the broken ones
-    newer than it (one reason each). Complete: loads with weights_only, holds its folder's step.
-
-    A complete checkpoint whose networks do not fit cfg raises CheckpointMismatch: that is a
-    config mistake, and falling back to an older checkpoint of the same run would not fix it.
-    """
-    broken = []
-    for step, uri in checkpoint_folders(run_dir):
-        try:
-            with local_file(uri) as local:
-                verify_checkpoint(local, cfg, step)
-        except CheckpointMismatch:
-            raise
-        except CheckpointError as err:
-            broken.append(str(err))
-            continue
-        return StartPoint(step, uri), broken
-    return None, broken
-
-
 @dataclass(frozen=True)
 class RunPlan:
     """Where a run writes, the checkpoint it starts from, and what to tell the user about it."""
@@ -220,26 +135,39 @@ class RunPlan:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class TrialStart:
+    """A Tune trial's (re)start: its run continues from its own newest complete checkpoint (a
+    retried failure, a PBT pause); a run without one begins from checkpoint, the Tune checkpoint
+    the trial was restored from (possibly another trial's under PBT), else from scratch."""
+
+    checkpoint: StartPoint | None = None
+
+
 def check_not_finished(start: StartPoint | None, cfg: ExperimentConfig) -> None:
     if start is not None and start.step >= cfg.train.total_iters:
         raise ConfigError(f"train.total_iters: the run already reached step {start.step}; "
                           f"raise train.total_iters to continue it")
 
 
-def plan_run(cfg: ExperimentConfig, opts: RunOptions) -> RunPlan:
+def plan_run(cfg: ExperimentConfig, opts: RunOptions, *, trial: TrialStart | None = None
+             ) -> RunPlan:
     """Check the run name and choose the start checkpoint, on the driver, before Ray starts.
 
     --resume: the newest complete checkpoint of the run folder (broken newer ones are skipped
     and named); none at all is an error. --resume-from: that checkpoint, checked against the
     config's network shapes, into a run with no later checkpoints. Neither: the run folder
-    must not hold checkpoints yet.
+    must not hold checkpoints yet. trial: a Tune trial's (re)start (see TrialStart).
     """
     name = check_run_name(opts.run_name(cfg), from_flag=opts.name is not None)
     opts.check_batch(cfg)
     run_dir = opts.run_dir(cfg)
     notes: list[str] = []
-    start = None
-    if opts.resume_from:
+    if trial is not None:
+        start, broken = newest_complete_checkpoint(run_dir, cfg)
+        notes.extend(f"skipping broken {reason}" for reason in broken)
+        start = start or trial.checkpoint
+    elif opts.resume_from:
         start = _start_from_path(cfg, opts.resume_from, run_dir, name)
         notes.append(f"run {name!r} starts from {start.uri} (step {start.step})")
     elif opts.resume:
@@ -253,6 +181,8 @@ def plan_run(cfg: ExperimentConfig, opts: RunOptions) -> RunPlan:
     elif latest_checkpoint(run_dir) is not None:
         raise ConfigError(f"--name: run {name!r} already has checkpoints in {run_dir}; pass "
                           "--resume to continue it or choose another --name")
+    else:
+        start = None
     check_not_finished(start, cfg)
     return RunPlan(run_dir, start, notes)
 

@@ -17,19 +17,20 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..checkpoint import CHECKPOINT_FILE, load_state_into, safe_load, state_dict
-from ..config import from_dict
 from ..engine import Batch, TrainState, build_optimizers, train_step
 from ..errors import UserError
 from ..storage import filesystem, join, write_bytes
 from .best import keep_best
-from .plan import CHECKPOINT_PREFIX, StartPoint, folder_step, local_file
+from .checkpoints import StartPoint, checkpoint_name, folder_step, local_file
+from .spec import WorkerSpec
 
 
 def make_grad_sync(world_size: int, rows: int | None = None, total: int | None = None):
@@ -125,8 +126,9 @@ def _stop(run_dir: str, logger, rank: int, message: str) -> None:
         write_bytes(join(run_dir, STOP_MARKER), json.dumps({"reason": message}).encode())
 
 
-def read_stop_marker(run_dir: str) -> str | None:
-    """Why the run stopped itself (and the marker is removed), or None when it did not."""
+def consume_stop_reason(run_dir: str) -> str | None:
+    """Why the run stopped itself, or None when it did not; the record is removed, so each
+    stop is reported once (by the driver: run_training, or a Tune trial)."""
     import pyarrow.fs as pafs
 
     fs, path = filesystem(run_dir)
@@ -158,7 +160,7 @@ def _save_report(state: TrainState, metrics: dict[str, Any], rank: int) -> None:
 
     if not weights_finite(state):
         raise NonFiniteWeights(f"non-finite weights at step {state.step}; checkpoint not written")
-    name = f"{CHECKPOINT_PREFIX}{state.step:08d}"
+    name = checkpoint_name(state.step)
     if rank != 0:
         ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
         return
@@ -198,6 +200,16 @@ def _quiet_train_reports() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+@dataclass
+class Outputs:
+    """What the loop makes besides checkpoints: the run's records (logger, rank 0 writes), the
+    sample grids (rank 0) and the quick evaluation (every rank, at the same steps)."""
+
+    logger: Any  # logger.RunLogger
+    samples: Callable[[TrainState], dict[str, Any]]  # the step's grids (PIL images)
+    evaluate: Callable[[TrainState], dict[str, float]]  # {"fid_quick": value} or {}
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker: restore, then train_step until total_iters with logs and checkpoints."""
     import ray.train
@@ -205,38 +217,48 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     from ..data.layout import lanes_of
     from ..data.pipeline import worker_batches
-    from ..run_logging import RunLogger
     from .cluster import quiet_ray_data
+    from .logger import RunLogger
 
-    cfg = from_dict(loop_config["cfg"])
+    spec = WorkerSpec.from_loop_config(loop_config)
+    cfg = spec.cfg
     _quiet_train_reports()
     quiet_ray_data()  # each worker runs its own Ray Data pipeline: no progress lines from it
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    torch.set_num_threads(max(1, int(loop_config.get("threads_per_worker", 1))))
+    torch.set_num_threads(max(1, spec.threads_per_worker))
     state = TrainState.create(cfg, device)  # the same seed on every rank: identical networks
-    start = loop_config.get("start_checkpoint")
-    _restore_newest(state, ray.train.get_checkpoint(),
-                    StartPoint(start["step"], start["uri"]) if start else None)
-    state.domains = tuple(loop_config["data"]["domains"])  # this run's data names them
+    _restore_newest(state, ray.train.get_checkpoint(), spec.start)
+    state.domains = tuple(spec.data["domains"])  # this run's data names them
     if world > 1:
         rows = len(lanes_of(rank, world, cfg.data.batch_size))
         state.grad_sync = make_grad_sync(world, rows, cfg.data.batch_size)
     # The data stream is a function of (seed, step): this worker's lanes start at the restored
     # step, so a resumed, restarted or exploited run reads nothing before it and sees exactly the
     # batches an uninterrupted run would, whatever the worker count.
-    batches = worker_batches(loop_config["data"], cfg, world_rank=rank, world_size=world,
+    batches = worker_batches(spec.data, cfg, world_rank=rank, world_size=world,
                              start_step=state.step, device=device)
-    logger = RunLogger(cfg, loop_config, rank=rank, world=world, device=device)
+    logger = RunLogger(cfg, spec.run_dir, run_name=spec.run_name, wandb=spec.wandb,
+                       wandb_group=spec.wandb_group, rank=rank)
     logger.event("start", step=state.step, pid=os.getpid(), workers=world)
-    _train(state, batches, logger, rank, world, loop_config)
+    _train(state, batches, _outputs(logger, cfg, device, rank, world), spec, rank, world)
     logger.finish()
 
 
-def _train(state: TrainState, batches, logger, rank: int, world: int,
-           loop_config: dict[str, Any]) -> None:
-    cfg = state.cfg
+def _outputs(logger, cfg, device, rank: int, world: int) -> Outputs:
+    from .quick_eval import quick_eval
+    from .samples import TrainingSamples
+
+    grids = TrainingSamples(cfg, device)
+    return Outputs(logger, samples=lambda state: grids(state.nets_ema),
+                   evaluate=lambda state: quick_eval(state.nets_ema, cfg, device,
+                                                     rank=rank, world=world))
+
+
+def _train(state: TrainState, batches, out: Outputs, spec: WorkerSpec, rank: int,
+           world: int) -> None:
+    cfg, logger = state.cfg, out.logger
     t = cfg.train
     window = StatsWindow()
     last_good = None  # CPU copy of the state at the last checkpoint, for nan_policy=rollback
@@ -260,7 +282,7 @@ def _train(state: TrainState, batches, logger, rank: int, world: int,
                 logger.event("rollback", step=state.step, reason=message)
                 window = StatsWindow()
                 continue
-            _stop(loop_config["run_dir"], logger, rank,
+            _stop(spec.run_dir, logger, rank,
                   f"{message} (train.nan_policy={t.nan_policy}, {rollbacks} rollbacks);"
                   f" the last checkpoint holds finite weights")
             return
@@ -273,10 +295,12 @@ def _train(state: TrainState, batches, logger, rank: int, world: int,
         window = StatsWindow()
         if step % t.print_every == 0 or step == t.total_iters:
             logger.log(step, metrics, _console_line(step, t.total_iters, metrics, images_per_s, eta))
-        if step % t.sample_every == 0 or step == t.total_iters:
-            logger.samples(state, step)
+        if (step % t.sample_every == 0 or step == t.total_iters) and rank == 0:
+            logger.images(step, out.samples(state))
         if step % t.eval_every == 0:  # not forced at the end: a full evaluation usually follows
-            metrics.update(logger.evaluate(state, step))
+            evaluation = out.evaluate(state)
+            logger.evaluation(step, evaluation)
+            metrics.update(evaluation)
         saved = step % t.save_every == 0 or step == t.total_iters
         if saved:
             _save_report(state, metrics, rank)
@@ -288,9 +312,8 @@ def _train(state: TrainState, batches, logger, rank: int, world: int,
             ray.train.report(metrics, checkpoint=None)
         if t.keep_best and rank == 0 and "fid_quick" in metrics and weights_finite(state):
             # After the report: the step's checkpoint folder (the source) is in storage by now.
-            keep_best(loop_config["run_dir"], step, metrics,
-                      lambda f: torch.save(state_dict(state), f),
-                      source=f"{CHECKPOINT_PREFIX}{step:08d}" if saved else None)
+            keep_best(spec.run_dir, step, metrics, lambda f: torch.save(state_dict(state), f),
+                      source=checkpoint_name(step) if saved else None)
 
 
 def _cpu_copy(obj: Any) -> Any:
