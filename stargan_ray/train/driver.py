@@ -11,6 +11,7 @@ from ..errors import UserError
 from .checkpoints import newest_complete_checkpoint
 from .cluster import quiet_ray_data
 from .plan import RunOptions, RunPlan, plan_run, ray_storage, reconcile_snapshot
+from .run_lock import hold_run_folder
 from .spec import WorkerSpec
 from .worker import TrainingStopped, consume_stop_reason, train_loop_per_worker
 
@@ -117,11 +118,17 @@ def run_training(cfg: ExperimentConfig, opts: RunOptions, *, plan: RunPlan | Non
     """Validate (plan_run), then fit; returns the ray.train.Result.
 
     Ctrl+C raises TrainingInterrupted (a KeyboardInterrupt) once the workers are stopped; a run
-    that stopped itself (train.nan_policy) raises TrainingStopped with its reason.
+    that stopped itself (train.nan_policy) raises TrainingStopped with its reason. The run
+    holds its folder while it runs (run_lock): a second run on it is refused.
     """
     plan = plan or plan_run(cfg, opts)
     for line in plan.notes if note else ():
         note(line)
+    with hold_run_folder(plan.run_dir, force=opts.force, note=note):
+        return _fit(cfg, opts, plan, callbacks)
+
+
+def _fit(cfg: ExperimentConfig, opts: RunOptions, plan: RunPlan, callbacks: list | None):
     trainer = None
     try:
         trainer = build_trainer(worker_spec(cfg, opts, plan), opts, callbacks=callbacks)

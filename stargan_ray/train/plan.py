@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 from ..checkpoint import verify_checkpoint
 from ..config import ExperimentConfig
 from ..errors import ConfigError
-from ..storage import basename, filesystem, is_uri, join
+from ..storage import basename, filesystem, is_uri, join, write_bytes
 from .checkpoints import (StartPoint, checkpoint_folders, latest_checkpoint, local_file,
                           newest_complete_checkpoint)
 
@@ -39,6 +41,7 @@ class RunOptions:
     max_failures: int = 3
     wandb: str | None = None  # online | offline | disabled; None: WANDB_MODE or offline
     resume_from: str | None = None  # a checkpoint file or folder to start from (any run's)
+    force: bool = False  # take the run folder's lock even from a run that may still be alive
 
     def __post_init__(self) -> None:
         # The CLI's argparse types refuse these too; this covers the Python API.
@@ -117,6 +120,33 @@ def ray_storage(storage: str) -> dict[str, Any]:
     return {"storage_path": path, "storage_filesystem": fs}
 
 
+def check_storage(storage: str) -> None:
+    """--storage must take a run folder: a local path whose nearest existing part is a folder
+    this process can write in (nothing is created here: --dry-run leaves no trace), or a URI
+    that accepts a probe write (written and deleted)."""
+    if is_uri(storage):
+        probe = join(storage, f".stargan-ray-probe-{secrets.token_hex(6)}")
+        try:
+            write_bytes(probe, b"probe")
+            fs, path = filesystem(probe)
+            fs.delete_file(path)
+        except Exception as err:  # pyarrow raises OSError and its own kinds
+            why = " ".join(str(err).split())[:300] or type(err).__name__
+            raise ConfigError(f"--storage {storage}: cannot write there ({why})") from None
+        return
+    path = Path(storage).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--storage {storage}: {existing} is a file, not a folder; give a "
+                          "folder for the run folders")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ConfigError(f"--storage {storage}: cannot write in {existing} ({err.strerror or err});"
+                          " give a writable folder") from None
+
+
 def check_run_name(name: str, from_flag: bool = True) -> str:
     """A run name is one plain folder name: '../x' or 'a/b' would write outside the storage."""
     if not _RUN_NAME.fullmatch(name):
@@ -161,6 +191,8 @@ def plan_run(cfg: ExperimentConfig, opts: RunOptions, *, trial: TrialStart | Non
     """
     name = check_run_name(opts.run_name(cfg), from_flag=opts.name is not None)
     opts.check_batch(cfg)
+    if trial is None:  # a trial writes inside its sweep folder, which Tune has written already
+        check_storage(opts.storage)
     run_dir = opts.run_dir(cfg)
     notes: list[str] = []
     if trial is not None:

@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,10 @@ from ..errors import UserError
 from ..storage import filesystem, join, write_bytes
 from .best import keep_best
 from .checkpoints import StartPoint, checkpoint_name, folder_step, local_file
+from .saving import NonFiniteWeights, save_report, weights_finite
 from .spec import WorkerSpec
+
+log = logging.getLogger(__name__)
 
 
 def make_grad_sync(world_size: int, rows: int | None = None, total: int | None = None):
@@ -99,18 +101,6 @@ class StatsWindow:
         return dict(zip(self.keys, means)), (None if worst is None else (worst[1], int(worst[0])))
 
 
-def weights_finite(state: TrainState) -> bool:
-    """True when every weight of nets and nets_ema is finite (EMA nets are what users sample)."""
-    flags = [torch.isfinite(p).all() for nets in (state.nets, state.nets_ema)
-             for _, m in nets.items() for p in m.parameters()]
-    return bool(torch.stack(flags).all())
-
-
-class NonFiniteWeights(RuntimeError):
-    """A save step found non-finite weights: no checkpoint is written, and Ray Train counts the
-    worker as failed (it restarts from the last checkpoint, up to max_failures)."""
-
-
 class TrainingStopped(UserError):
     """The run stopped itself (non-finite loss); the message names the loss and the step."""
 
@@ -121,7 +111,10 @@ STOP_MARKER = "STOPPED.json"
 
 def _stop(run_dir: str, logger, rank: int, message: str) -> None:
     """Every rank leaves the loop; rank 0 records why in the run folder for the driver."""
-    logger.event("stopped", reason=message)
+    try:
+        logger.event("stopped", reason=message)
+    except OSError as err:  # a full disk: the reason below matters more than the event
+        log.warning("could not record the stop event: %s", err)
     if rank == 0:
         write_bytes(join(run_dir, STOP_MARKER), json.dumps({"reason": message}).encode())
 
@@ -153,21 +146,6 @@ def _console_line(step: int, total: int, metrics: dict[str, float], images_per_s
     eta = time.strftime("%H:%M:%S", time.gmtime(max(eta_s, 0)))
     return f"[{step}/{total}] {losses} | {images_per_s:.1f} img/s | ETA {eta}"
 
-
-def _save_report(state: TrainState, metrics: dict[str, Any], rank: int) -> None:
-    """Every rank reports (a barrier); rank 0 attaches the complete state as a checkpoint."""
-    import ray.train
-
-    if not weights_finite(state):
-        raise NonFiniteWeights(f"non-finite weights at step {state.step}; checkpoint not written")
-    name = checkpoint_name(state.step)
-    if rank != 0:
-        ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.save(state_dict(state), Path(tmp) / CHECKPOINT_FILE)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=name)
 
 def _restore(state: TrainState, data: dict[str, Any]) -> None:
     load_state_into(state, data)
@@ -256,64 +234,113 @@ def _outputs(logger, cfg, device, rank: int, world: int) -> Outputs:
                                                      rank=rank, world=world))
 
 
-def _train(state: TrainState, batches, out: Outputs, spec: WorkerSpec, rank: int,
-           world: int) -> None:
-    cfg, logger = state.cfg, out.logger
-    t = cfg.train
-    window = StatsWindow()
-    last_good = None  # CPU copy of the state at the last checkpoint, for nan_policy=rollback
-    rollbacks = 0
-    run_started, start_step = time.perf_counter(), state.step
-    while state.step < t.total_iters:
-        batch: Batch = next(batches)
-        window.add(train_step(state, batch), state.step - 1)
-        step = state.step
-        check = step % t.print_every == 0 or step % t.save_every == 0 or step == t.total_iters
-        if not check:
-            continue
-        metrics, bad = window.reduce(world)
+@dataclass(frozen=True)
+class Due:
+    """What a step does besides training; every interval counts on its own (print, sample and
+    eval steps need not be print or save steps). The last step logs, samples and saves."""
+
+    log: bool
+    sample: bool
+    eval: bool
+    save: bool
+
+    @staticmethod
+    def at(step: int, t) -> "Due":
+        final = step == t.total_iters
+        # eval is not forced at the end: a full evaluation usually follows
+        return Due(log=step % t.print_every == 0 or final,
+                   sample=step % t.sample_every == 0 or final,
+                   eval=step % t.eval_every == 0, save=step % t.save_every == 0 or final)
+
+
+class _Loop:
+    """The loop's state between steps: the stats window, the rollback copy, the clock."""
+
+    def __init__(self, state: TrainState, out: Outputs, spec: WorkerSpec, rank: int,
+                 world: int) -> None:
+        self.state, self.out, self.spec, self.rank, self.world = state, out, spec, rank, world
+        self.window = StatsWindow()
+        self.last_good = None  # CPU copy of the state at the last checkpoint (nan_policy=rollback)
+        self.rollbacks = 0
+        self.started, self.start_step = time.perf_counter(), state.step
+
+    def stats(self) -> dict[str, Any] | None:
+        """The window's means (one all-reduce) and speed; None when the step rolled back.
+        Raises _Stop when a loss is not finite and no rollback is left."""
+        state, t = self.state, self.state.cfg.train
+        metrics, bad = self.window.reduce(self.world)
+        window, self.window = self.window, StatsWindow()
         if bad is not None:
             message = f"loss {bad[0]} is not finite at step {bad[1]}"
-            if t.nan_policy == "rollback" and last_good is not None and rollbacks < MAX_ROLLBACKS:
+            if t.nan_policy == "rollback" and self.last_good is not None \
+                    and self.rollbacks < MAX_ROLLBACKS:
                 # Back to the last checkpoint; the data stream moves on, so the batches that
                 # led to the non-finite loss are not replayed.
-                rollbacks += 1
-                load_state_into(state, last_good)
-                logger.event("rollback", step=state.step, reason=message)
-                window = StatsWindow()
-                continue
-            _stop(spec.run_dir, logger, rank,
-                  f"{message} (train.nan_policy={t.nan_policy}, {rollbacks} rollbacks);"
-                  f" the last checkpoint holds finite weights")
-            return
+                self.rollbacks += 1
+                load_state_into(state, self.last_good)
+                self.out.logger.event("rollback", step=state.step, reason=message)
+                return None
+            raise _Stop(f"{message} (train.nan_policy={t.nan_policy}, {self.rollbacks} "
+                        "rollbacks); the last checkpoint holds finite weights")
+        step = state.step
         elapsed = time.perf_counter() - window.started
-        images_per_s = window.steps * cfg.data.batch_size / max(elapsed, 1e-9)
-        eta = (t.total_iters - step) * (time.perf_counter() - run_started) / max(step - start_step, 1)
+        images_per_s = window.steps * state.cfg.data.batch_size / max(elapsed, 1e-9)
+        eta = ((t.total_iters - step) * (time.perf_counter() - self.started)
+               / max(step - self.start_step, 1))
         metrics.update(_lrs(state), step=step, images_per_s=images_per_s, eta_s=eta)
         if state.device.type == "cuda":  # the run's peak so far (benchmarks/gpu_train.py)
             metrics["peak_memory_gib"] = torch.cuda.max_memory_allocated(state.device) / 2**30
-        window = StatsWindow()
-        if step % t.print_every == 0 or step == t.total_iters:
-            logger.log(step, metrics, _console_line(step, t.total_iters, metrics, images_per_s, eta))
-        if (step % t.sample_every == 0 or step == t.total_iters) and rank == 0:
-            logger.images(step, out.samples(state))
-        if step % t.eval_every == 0:  # not forced at the end: a full evaluation usually follows
-            evaluation = out.evaluate(state)
+        return metrics
+
+    def outputs(self, due: Due, metrics: dict[str, Any]) -> None:
+        """Log, grids, evaluation, then the step's report (with its checkpoint on save steps)."""
+        state, t, logger, step = self.state, self.state.cfg.train, self.out.logger, self.state.step
+        if due.log:
+            logger.log(step, metrics, _console_line(step, t.total_iters, metrics,
+                                                    metrics["images_per_s"], metrics["eta_s"]))
+        if due.sample and self.rank == 0:
+            logger.images(step, self.out.samples(state))
+        if due.eval:
+            evaluation = self.out.evaluate(state)
             logger.evaluation(step, evaluation)
             metrics.update(evaluation)
-        saved = step % t.save_every == 0 or step == t.total_iters
-        if saved:
-            _save_report(state, metrics, rank)
+        if due.save:
+            problem = save_report(state, metrics, self.rank, self.world, self.spec.run_dir)
+            if problem is not None:  # a full disk: stop, not a worker failure to retry
+                raise _Stop(problem)
             if t.nan_policy == "rollback":
-                last_good = _cpu_copy(state_dict(state))
-        else:
+                self.last_good = _cpu_copy(state_dict(state))
+        elif due.log or due.eval:
             import ray.train
 
             ray.train.report(metrics, checkpoint=None)
-        if t.keep_best and rank == 0 and "fid_quick" in metrics and weights_finite(state):
+        if t.keep_best and self.rank == 0 and "fid_quick" in metrics and weights_finite(state):
             # After the report: the step's checkpoint folder (the source) is in storage by now.
-            keep_best(spec.run_dir, step, metrics, lambda f: torch.save(state_dict(state), f),
-                      source=checkpoint_name(step) if saved else None)
+            keep_best(self.spec.run_dir, step, metrics, lambda f: torch.save(state_dict(state), f),
+                      source=checkpoint_name(step) if due.save else None)
+
+
+class _Stop(Exception):
+    """The run stops itself; the message says why."""
+
+
+def _train(state: TrainState, batches, out: Outputs, spec: WorkerSpec, rank: int,
+           world: int) -> None:
+    loop = _Loop(state, out, spec, rank, world)
+    while state.step < state.cfg.train.total_iters:
+        batch: Batch = next(batches)
+        loop.window.add(train_step(state, batch), state.step - 1)
+        due = Due.at(state.step, state.cfg.train)
+        metrics: dict[str, Any] | None = {"step": state.step}
+        try:
+            if due.log or due.save:  # the window's stats: printed, and checked before a save
+                metrics = loop.stats()
+                if metrics is None:
+                    continue  # rolled back to the last checkpoint
+            loop.outputs(due, metrics)
+        except _Stop as stop:
+            _stop(spec.run_dir, out.logger, rank, str(stop))
+            return
 
 
 def _cpu_copy(obj: Any) -> Any:
