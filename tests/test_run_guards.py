@@ -250,3 +250,21 @@ def test_a_full_disk_during_a_save_stops_the_run_with_one_line(tmp_path, monkeyp
     assert " MiB; free that much, then run the same command with --resume" in reason
     assert float(reason.split("needs ")[1].split(" MiB")[0]) > 0.1  # the tiny model's size
     assert consume_stop_reason(str(run_dir)) is None  # consumed: reported once
+
+
+def test_keep_checkpoints_leaves_exactly_that_many_folders(tmp_path):
+    """Folders of an earlier fit whose snapshot was set aside are not Ray's to prune: the driver
+    prunes the run folder to train.keep_checkpoints when the run ends (best/ is not counted)."""
+    from stargan_ray.train.checkpoints import prune_checkpoints
+
+    run_dir = tmp_path / "run"
+    for step in (2, 4, 6, 8, 10):
+        (run_dir / f"checkpoint_{step:08d}").mkdir(parents=True)
+        (run_dir / f"checkpoint_{step:08d}" / "checkpoint.pt").write_bytes(b"x")
+    (run_dir / "best" / "checkpoint_00000002").mkdir(parents=True)
+    deleted = prune_checkpoints(str(run_dir), 3)
+    assert sorted(p.rsplit("/", 1)[1] for p in deleted) == ["checkpoint_00000002",
+                                                            "checkpoint_00000004"]
+    assert sorted(p.name for p in run_dir.glob("checkpoint_*")) == [
+        "checkpoint_00000006", "checkpoint_00000008", "checkpoint_00000010"]
+    assert (run_dir / "best" / "checkpoint_00000002").is_dir()

@@ -155,3 +155,22 @@ def run_checkpoints(run_dir: str, every: int = 1) -> tuple[list[tuple[int, str]]
             continue
         complete.append((step, path))
     return complete[::every], broken
+
+
+def prune_checkpoints(run_dir: str, keep: int) -> list[str]:
+    """Delete all but the newest `keep` checkpoint_<step> folders of a run; the deleted paths.
+
+    Ray Train keeps train.keep_checkpoints of the checkpoints it registered in this fit; folders
+    of an earlier fit whose snapshot was set aside (reconcile_snapshot, --resume-from) are not
+    its own and would stay forever. Called by the driver after a run ends, when Ray's are the
+    newest. The kept best (best/, train.keep_best) is a copy of its own and is not counted.
+    """
+    import pyarrow.fs as pafs
+
+    deleted = []
+    for _, path in checkpoint_folders(run_dir)[keep:]:
+        fs, fs_path = filesystem(path)
+        if fs.get_file_info(fs_path).type == pafs.FileType.Directory:
+            fs.delete_dir(fs_path)
+            deleted.append(path)
+    return deleted

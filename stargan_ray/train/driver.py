@@ -8,7 +8,7 @@ from typing import Callable
 
 from ..config import ExperimentConfig
 from ..errors import UserError
-from .checkpoints import newest_complete_checkpoint
+from .checkpoints import newest_complete_checkpoint, prune_checkpoints
 from .cluster import quiet_ray_data
 from .plan import RunOptions, RunPlan, plan_run, ray_storage, reconcile_snapshot
 from .run_lock import hold_run_folder
@@ -139,4 +139,6 @@ def _fit(cfg: ExperimentConfig, opts: RunOptions, plan: RunPlan, callbacks: list
     reason = consume_stop_reason(plan.run_dir)
     if reason is not None:
         raise TrainingStopped(reason)
+    for path in prune_checkpoints(plan.run_dir, cfg.train.keep_checkpoints):
+        log.info("removed %s (train.keep_checkpoints=%d)", path, cfg.train.keep_checkpoints)
     return result
