@@ -4,8 +4,8 @@
         [--rounds 2] [--train 40] [--threads 1] [--set data.val_batch_size=4 ...]
 
 Each process stands for one Ray Train worker (one intra-op thread, as threads_per_worker's
-default) and calls fid_quick exactly as RunLogger.evaluate does: shard=(rank, world) and
-run_logging.sum_over_ranks as the reduce. Per world size, one group of processes: the first
+default) and calls fid_quick exactly as train.quick_eval does: shard=(rank, world) and
+quick_eval.sum_over_ranks as the reduce. Per world size, one group of processes: the first
 evaluation is cold (empty real-statistics cache: the train images are sharded too), the next
 --evals are warm (the steady state of a training run). Rank 0 times each evaluation from a barrier
 before it to its return. The world sizes run one after the other, --rounds times, interleaved;
@@ -57,7 +57,7 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace, data: 
     """One worker: cold evaluation, then --evals warm ones; rank 0 writes the times."""
     import torch.distributed as dist
 
-    from stargan_ray.run_logging import sum_over_ranks
+    from stargan_ray.train.quick_eval import sum_over_ranks
 
     torch.set_num_threads(args.threads)
     if world > 1:

@@ -1,5 +1,6 @@
 """fid_quick split over ranks equals the single-process value: shards as threads of this
-process (world 2 and 3, a reduce that adds their tensors) and as two gloo processes (RunLogger)."""
+process (world 2 and 3, a reduce that adds their tensors) and as two gloo processes
+(train.quick_eval, as the training loop calls it)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import shutil
 import socket
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -178,19 +178,16 @@ def _free_port() -> int:
 
 
 def _gloo_rank(rank: int, world: int, port: int, cfg, nets, out: str) -> None:
-    """One Train-like worker: a gloo group on loopback, RunLogger.evaluate as training calls it."""
+    """One Train-like worker: a gloo group on loopback, quick_eval as training calls it."""
     import torch.distributed as dist
 
-    from stargan_ray.run_logging import RunLogger
+    from stargan_ray.train.quick_eval import quick_eval
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     try:
-        logger = RunLogger(cfg, {"run_dir": f"{out}/run", "run_name": "gloo", "wandb": "disabled"},
-                           rank=rank, world=world, device=torch.device("cpu"))
-        values = logger.evaluate(SimpleNamespace(nets_ema=nets), step=1)
-        logger.finish()
+        values = quick_eval(nets, cfg, torch.device("cpu"), rank=rank, world=world)
         Path(out, f"rank{rank}.json").write_text(json.dumps(values))
     finally:
         dist.destroy_process_group()

@@ -158,7 +158,7 @@ def test_a_16_bit_png_gives_its_8_bit_twin_in_every_loader(tmp_path):
 
 
 def test_training_grids_skip_an_unreadable_val_image(tmp_path, caplog):
-    from stargan_ray.run_logging import load_val_samples
+    from stargan_ray.train.samples import load_val_samples
 
     write_good(tmp_path / "val" / "cat")
     bad = write_bad(tmp_path / "val" / "dog")

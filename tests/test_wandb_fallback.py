@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import wandb
 
-from stargan_ray import run_logging
-from stargan_ray.run_logging import RunLogger, wandb_unreachable
+from stargan_ray.train import logger as run_logging
+from stargan_ray.train.logger import RunLogger, wandb_unreachable
 
 from .conftest import tiny_config
 
@@ -53,9 +52,7 @@ def online_env(monkeypatch, tmp_path):
 
 def _online_run(run_dir: Path) -> tuple[RunLogger, float]:
     start = time.perf_counter()
-    logger = RunLogger(tiny_config(), {"run_dir": str(run_dir), "run_name": "fallback",
-                                       "wandb": "online"},
-                       rank=0, world=1, device=torch.device("cpu"))
+    logger = RunLogger(tiny_config(), str(run_dir), run_name="fallback", wandb="online", rank=0)
     elapsed = time.perf_counter() - start
     logger.log(3, {"G/latent_cyc": 0.25}, "step 3")
     logger.finish()

@@ -100,11 +100,12 @@ def _run_dir(args: argparse.Namespace, device: str) -> int:
     """`eval --run`: every complete checkpoint of the run; RUN_DIR/metrics/by_step.csv and .png."""
     from ..metrics import by_step
     from ..metrics.evaluator import evaluate
+    from ..train.checkpoints import run_checkpoints
 
     if args.out:
         raise ConfigError("--out: eval --run writes RUN_DIR/metrics; leave out --out")
     run_dir = _run_folder(args.run)
-    found, broken = by_step.run_checkpoints(run_dir, args.every or 1)
+    found, broken = run_checkpoints(run_dir, args.every or 1)
     for reason in broken:
         print(f"skipping broken {reason}", file=sys.stderr)
     if not found:
