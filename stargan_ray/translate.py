@@ -26,6 +26,7 @@ from .inference import Translator, load_image_tensor, to_pixels
 GRID_MAX_ROWS = 64  # a grid shows the first this many inputs (a row each)
 GRID_MAX_OUTPUTS = 64  # ... and the first this many outputs of each
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes up to this (and negatives, unused here)
+MAX_OUTPUTS = 10_000  # outputs of one `translate` command unless --no-limit
 
 
 # ---------------------------------------------------------------- inputs
@@ -116,7 +117,9 @@ class Seeds:
             earlier = self.ranges[:i]
             yield from (s for s in r if not any(s in e for e in earlier))
 
-    def __len__(self) -> int:
+    @property
+    def count(self) -> int:
+        """How many seeds (not len(): a range may hold more than an index can count)."""
         count, end = 0, -1
         for r in sorted(self.ranges, key=lambda r: r.start):  # the union's size
             count += max(0, r.stop - max(r.start, end))
@@ -140,7 +143,7 @@ class Request:
 
     @property
     def num_styles(self) -> int:
-        return len(self.refs) if self.refs else len(self.seeds)
+        return len(self.refs) if self.refs else self.seeds.count
 
     @property
     def per_source(self) -> int:
@@ -377,4 +380,4 @@ def save_grid(rows: list[np.ndarray], path: Path, header: np.ndarray | None = No
 __all__ = ["Source", "expand_inputs", "Seeds", "Request", "parse_domains", "output_path",
            "check_names", "all_outputs", "Alignment", "source_loader", "load_references",
            "style_chunks", "TranslateFiles", "Written", "grid_header", "save_grid",
-           "GRID_MAX_ROWS", "GRID_MAX_OUTPUTS", "MAX_SEED"]
+           "GRID_MAX_ROWS", "GRID_MAX_OUTPUTS", "MAX_SEED", "MAX_OUTPUTS"]

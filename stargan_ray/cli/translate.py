@@ -59,7 +59,8 @@ def add_parser(sub) -> None:
                    help="target domain: a name of the model's domains, its index, or all")
     styles = p.add_mutually_exclusive_group()
     styles.add_argument("--seeds", type=seed_list, default=None,
-                        help="latent seeds, e.g. 0,1,2 or 0-9: one output each (default: 0)")
+                        help="latent seeds, e.g. 0,1,2 or 0-9 (each 0 to 2^64 - 1, the range of "
+                             "torch.Generator.manual_seed): one output each (default: 0)")
     styles.add_argument("--ref", nargs="+", action="extend", metavar="IMAGE",
                         help="reference images: one output each, in the reference's style")
     p.add_argument("--psi", type=psi_value, default=None,
@@ -77,6 +78,9 @@ def add_parser(sub) -> None:
                         "outputs (the first 64)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace outputs an earlier run wrote (default: refuse)")
+    p.add_argument("--no-limit", action="store_true",
+                   help="allow more than 10,000 outputs (inputs x domains x styles); they are "
+                        "written as they are made, so memory stays flat")
     p.add_argument("--batch-size", type=positive_int, default=16,
                    help="images through the generator at once (default: %(default)s)")
     add_device_arg(p)
@@ -88,13 +92,16 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..inference import Translator
-    from ..translate import (GRID_MAX_ROWS, check_names, expand_inputs, grid_header,
+    from ..translate import (GRID_MAX_ROWS, MAX_SEED, check_names, expand_inputs, grid_header,
                              load_references, parse_domains, save_grid)
 
     device = resolve_device(args.device)
     if args.psi is not None and args.ref:
         raise ConfigError("--psi: truncates seeded styles; reference styles (--ref) are used "
                           "as they are")
+    if args.seeds is not None and args.seeds.largest > MAX_SEED:
+        raise ConfigError(f"--seeds: {args.seeds.largest} is above the largest seed {MAX_SEED} "
+                          "(2^64 - 1, the range of torch.Generator.manual_seed)")
     cfg, path = model_config(args, "translate")
     translator = Translator.from_checkpoint(path, cfg, device, args.batch_size)
     if not translator.domains_named:
@@ -105,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     request = _request(args, parse_domains(args.to, translator.domains))
     first_label = next(request.labels(translator.domains))  # also checks the references' names
     sources, bad = expand_inputs(args.inputs)
+    _check_count(args, len(sources), request)
     out = check_output(args.out, [a for a in args.inputs if Path(a).is_dir()], kind="dir")
     check_names(sources, out, first_label)
     _check_outputs(args, out, sources, request, translator.domains)
@@ -130,6 +138,16 @@ def _request(args: argparse.Namespace, domains: tuple[int, ...]):
         return Request(domains, refs=tuple(Path(r) for r in args.ref))
     return Request(domains, seeds=args.seeds or Seeds([range(1)]),
                    psi=1.0 if args.psi is None else args.psi)
+
+
+def _check_count(args: argparse.Namespace, num_sources: int, request) -> None:
+    from ..translate import MAX_OUTPUTS
+
+    total = num_sources * request.per_source
+    if total > MAX_OUTPUTS and not args.no_limit:
+        raise ConfigError(f"translate: {num_sources} input(s) x {len(request.domains)} domain(s) "
+                          f"x {request.num_styles} style(s) = {total} outputs, above the limit "
+                          f"of {MAX_OUTPUTS}; pass --no-limit to write them all")
 
 
 def _skip(item, reason: str) -> None:
