@@ -126,7 +126,7 @@ def add_resource_args(parser: argparse.ArgumentParser, *, what: str = "run",
 # ConfigError, which main() prints as one line with exit code 2.
 
 
-def _bounded_int(minimum: int):
+def _bounded_int(minimum: int, maximum: int | None = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -134,9 +134,11 @@ def _bounded_int(minimum: int):
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
         return value
 
-    parse.__name__ = f"integer >= {minimum}"
+    parse.__name__ = f"integer >= {minimum}" + (f" and <= {maximum}" if maximum else "")
     return parse
 
 
@@ -156,6 +158,8 @@ def _bounded_float(minimum: float, inclusive: bool):
 
 
 positive_int = _bounded_int(1)
+MAX_IMG_SIZE = 2048  # --img-size: the paper's models are 256 px; 2048 px is 64 times that
+img_size_arg = _bounded_int(1, MAX_IMG_SIZE)
 nonnegative_int = _bounded_int(0)
 positive_float = _bounded_float(0.0, inclusive=False)
 nonnegative_float = _bounded_float(0.0, inclusive=True)

@@ -54,6 +54,7 @@ from . import lpips as lpipslib
 from .eval_plan import (MODES, EvalData, Item, Job, Task, chunks, image_count,
                         make_tasks, plan_items, resolve_dirs, seeded_generator, source_indices)
 from .eval_worker import EvalWorker, ItemResult
+from .memory import check_memory, decode_bytes, generator_bytes, inception_bytes
 from .options import EvalOptions
 from .sharding import Shard, agree_on_misses, merge_lpips, merge_moments
 from .weights import FeatureWeights
@@ -168,6 +169,12 @@ def collect(nets_ema: Networks, cfg: ExperimentConfig, *, modes: Sequence[str],
     rank gets the whole result (metrics/sharding.py).
     """
     _check_modes(modes)
+    if opts.num_workers == 0:  # Ray actors check nothing here: their nodes' memory is theirs
+        check_memory(opts.device, decode_bytes(cfg.model.img_size),
+                     inception_bytes(cfg.eval.batch_size) + generator_bytes(cfg),
+                     f"evaluation at model.img_size {cfg.model.img_size} with eval.batch_size "
+                     f"{cfg.eval.batch_size} and data.val_batch_size {cfg.data.val_batch_size}",
+                     "lower eval.batch_size or data.val_batch_size")
     data = EvalData.discover(*resolve_dirs(cfg), num_domains=cfg.model.num_domains,
                              img_size=cfg.model.img_size)
     tasks = make_tasks(data.domains)
