@@ -158,6 +158,15 @@ def _real_status(cache: dict[int, str], missing: set[int], shard: Shard | None) 
     return {t: "computed" if miss else "hit" for t, miss in zip(cache, agreed)}
 
 
+def _check_memory(cfg: ExperimentConfig, device: str, kept_outputs: int) -> None:
+    """One item's generator batch and one Inception batch against the device's free memory."""
+    check_memory(device, decode_bytes(cfg.model.img_size),
+                 inception_bytes(cfg.eval.batch_size) + generator_bytes(cfg, kept_outputs),
+                 f"evaluation at model.img_size {cfg.model.img_size} with eval.batch_size "
+                 f"{cfg.eval.batch_size} and data.val_batch_size {cfg.data.val_batch_size}",
+                 "lower eval.batch_size or data.val_batch_size")
+
+
 def collect(nets_ema: Networks, cfg: ExperimentConfig, *, modes: Sequence[str],
             weights: FeatureWeights, opts: EvalOptions = EvalOptions(),
             max_sources: int | None = None, num_outs: int | None = None, lpips: bool = True
@@ -169,23 +178,19 @@ def collect(nets_ema: Networks, cfg: ExperimentConfig, *, modes: Sequence[str],
     rank gets the whole result (metrics/sharding.py).
     """
     _check_modes(modes)
+    num_outs = num_outs or cfg.eval.num_outs_per_domain
+    lpips = lpips and num_outs >= 2
     if opts.num_workers == 0:  # Ray actors check nothing here: their nodes' memory is theirs
-        check_memory(opts.device, decode_bytes(cfg.model.img_size),
-                     inception_bytes(cfg.eval.batch_size) + generator_bytes(cfg),
-                     f"evaluation at model.img_size {cfg.model.img_size} with eval.batch_size "
-                     f"{cfg.eval.batch_size} and data.val_batch_size {cfg.data.val_batch_size}",
-                     "lower eval.batch_size or data.val_batch_size")
+        _check_memory(cfg, opts.device, num_outs if lpips else 1)
     data = EvalData.discover(*resolve_dirs(cfg), num_domains=cfg.model.num_domains,
                              img_size=cfg.model.img_size)
     tasks = make_tasks(data.domains)
-    num_outs = num_outs or cfg.eval.num_outs_per_domain
     job = Job(cfg, data, tuple(tasks), num_outs, cfg.train.seed)
 
     nets_device = opts.device if opts.num_workers == 0 else "cpu"  # Ray gets CPU state dicts
     folded = cfg.eval.inception_folded
     inception = fidlib.cached_inception(weights, nets_device, folded)
-    lpips_net = (lpipslib.cached_lpips(weights, nets_device) if lpips and num_outs >= 2
-                 else None)
+    lpips_net = lpipslib.cached_lpips(weights, nets_device) if lpips else None
 
     cache_root = Path(opts.cache_dir) if opts.cache_dir is not None else default_cache_dir()
     real, cache, cache_paths = _cached_real(data, tasks, cfg.model.img_size,

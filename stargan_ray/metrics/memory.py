@@ -29,11 +29,13 @@ FLOAT = 4
 
 
 def available_bytes(device: torch.device | str) -> int | None:
-    """Free memory of device: a CUDA device's free memory (torch.cuda.mem_get_info), else the
-    host's available RAM (/proc/meminfo MemAvailable, else sysconf); None when unknown."""
+    """Free memory of device: a CUDA device's free memory (torch.cuda.mem_get_info) plus what
+    this process's allocator holds unused, else the host's available RAM (/proc/meminfo
+    MemAvailable, else sysconf); None when unknown."""
     device = torch.device(device)
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + cached
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -56,12 +58,12 @@ def inception_bytes(batch_size: int) -> int:
     return batch_size * (3 * INCEPTION_SIZE ** 2 * FLOAT + INCEPTION_BYTES_PER_IMAGE)
 
 
-def generator_bytes(cfg: ExperimentConfig) -> int:
-    """Device memory of one evaluation item: data.val_batch_size sources through G, with every
-    output kept for LPIPS (eval.num_outs_per_domain)."""
+def generator_bytes(cfg: ExperimentConfig, kept_outputs: int) -> int:
+    """Device memory of one evaluation item: data.val_batch_size sources through G, with
+    kept_outputs outputs of each alive at once (all of them when LPIPS needs them, else 1)."""
     m, n = cfg.model, cfg.data.val_batch_size
     pixels = m.img_size ** 2
-    images = n * (cfg.eval.num_outs_per_domain + 1) * 3 * pixels * FLOAT
+    images = n * (kept_outputs + 1) * 3 * pixels * FLOAT
     return images + n * LIVE_FEATURE_MAPS * (m.dim_in or 1) * pixels * FLOAT
 
 
