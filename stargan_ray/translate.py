@@ -1,7 +1,8 @@
 """Translating image files: inputs (files, folders, globs), the outputs' names, the face aligner
 and batched generation written to disk as it is made.
 
-Shared by `stargan-ray translate`, the Serve app and the video path. Outputs are
+Used by `stargan-ray translate`; free of Ray and argparse so that the Serve app and the video
+path can share it. Outputs are
 <input stem>_<domain>_seed<k>.png (latent-guided) or <input stem>_<domain>_ref-<ref stem>.png
 (reference-guided); images found in an input folder keep their subfolder. Generation runs over
 (sources x styles) in chunks of about batch_size pairs and each chunk is written before the next
