@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -27,6 +28,7 @@ from .inference import Translator, load_image_tensor, to_pixels
 GRID_MAX_ROWS = 64  # a grid shows the first this many inputs (a row each)
 GRID_MAX_OUTPUTS = 64  # ... and the first this many outputs of each
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes up to this (and negatives, unused here)
+_DIGITS = re.compile("[0-9]+")
 MAX_OUTPUTS = 10_000  # outputs of one `translate` command unless --no-limit
 
 
@@ -105,8 +107,8 @@ class Seeds:
         """ValueError (naming the expected form) for text that is not seeds."""
         ranges = []
         for part in text.split(","):
-            first, dash, last = part.strip().partition("-")
-            if not first.isdigit() or (dash and not last.isdigit()):
+            first, dash, last = (p.strip() for p in part.partition("-"))
+            if not _DIGITS.fullmatch(first) or (dash and not _DIGITS.fullmatch(last)):
                 raise ValueError(f"expected seeds such as 0,1,2 or 0-9, got {text!r}")
             ranges.append(range(int(first), int(last if dash else first) + 1))
         if not any(ranges):
