@@ -8,6 +8,7 @@ Plain torch: no Ray here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -74,18 +75,30 @@ def load_folder(root: str | Path, img_size: int, limit: int,
     return torch.stack(images), torch.tensor(labels), list(folder.domains)
 
 
+@dataclass(frozen=True)
+class SampleOptions:
+    """How many sources and references `sample` takes, its latent seed, the animation format
+    (gif or webp) and the styles each domain's interpolation passes through."""
+
+    num_src: int = 8
+    num_ref: int = 8
+    seed: int = 0
+    animation: str = "gif"
+    interp_styles: int = 3
+
+
 @torch.no_grad()
 def sample(nets_ema: Networks, cfg: ExperimentConfig, src_dir: str | Path, ref_dir: str | Path,
-           out_dir: str | Path, device: torch.device | str = "cpu", num_src: int = 8,
-           num_ref: int = 8, seed: int = 0, animation: str = "gif",
-           interp_styles: int = 3) -> list[Path]:
+           out_dir: str | Path, device: torch.device | str = "cpu",
+           opts: SampleOptions = SampleOptions()) -> list[Path]:
     """reference.jpg, latent_psi_{psi}.jpg and interpolation.{gif|webp} into out_dir."""
     out_dir = Path(out_dir)
     size, latent_dim = cfg.model.img_size, cfg.model.latent_dim
-    x_src, _, _ = load_folder(src_dir, size, num_src, cfg.model.num_domains)
-    x_ref, y_ref, _ = load_folder(ref_dir, size, num_ref, cfg.model.num_domains)
+    interp_styles = opts.interp_styles
+    x_src, _, _ = load_folder(src_dir, size, opts.num_src, cfg.model.num_domains)
+    x_ref, y_ref, _ = load_folder(ref_dir, size, opts.num_ref, cfg.model.num_domains)
     x_src, x_ref, y_ref = x_src.to(device), x_ref.to(device), y_ref.to(device)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(opts.seed)
     domains = list(range(min(cfg.model.num_domains, MAX_GRID_DOMAINS)))
     s_avg = {y: mean_style(nets_ema, y, latent_dim, device, g) for y in domains}
     z_trg = torch.randn((cfg.eval.num_outs_per_domain, latent_dim), generator=g).to(device)
@@ -99,7 +112,7 @@ def sample(nets_ema: Networks, cfg: ExperimentConfig, src_dir: str | Path, ref_d
         styles = list(nets_ema.mapping_network(z, torch.full((interp_styles,), y, device=device))
                       .split(1))
         frames += interpolation_frames(nets_ema, x_src, styles, ease())
-    paths.append(save_animation(frames, out_dir / f"interpolation.{animation}"))
+    paths.append(save_animation(frames, out_dir / f"interpolation.{opts.animation}"))
     return paths
 
 
@@ -109,4 +122,4 @@ def output_names(animation: str = "gif") -> list[str]:
             + [f"interpolation.{animation}"])
 
 
-__all__ = ["debug_images", "sample", "load_folder", "output_names"]
+__all__ = ["debug_images", "sample", "SampleOptions", "load_folder", "output_names"]

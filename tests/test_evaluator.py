@@ -10,8 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from stargan_ray.config import ConfigError
 from stargan_ray.data.synthetic import generate
 from stargan_ray.metrics import eval_ray, evaluator, kid
+from stargan_ray.metrics.options import EvalOptions
 from stargan_ray.metrics.weights import FeatureWeights
 from stargan_ray.models import build_networks, ema_copy, he_init
 
@@ -50,7 +52,7 @@ def test_evaluate_writes_official_layout_json(setup, tmp_path):
     _, cfg, nets = setup
     out = tmp_path / "out"
     results = evaluator.evaluate(nets, cfg, step=42, mode="reference", out_dir=out,
-                                 cache_dir=tmp_path / "cache", progress=False)
+                                 opts=EvalOptions(cache_dir=tmp_path / "cache", progress=False))
     tasks = ["square2circle", "circle2square"]
     assert sorted(p.name for p in out.iterdir()) == ["FID_00042_reference.json",
                                                       "LPIPS_00042_reference.json"]
@@ -77,7 +79,8 @@ def test_evaluate_writes_official_layout_json(setup, tmp_path):
     # KID beside each FID, in the results and the FID file, from the same Inception features
     weights = FeatureWeights.from_config(cfg.eval)
     collected, _, _ = evaluator.collect(nets, cfg, modes=("reference",), weights=weights,
-                                        cache_dir=tmp_path / "cache", progress=False)
+                                        opts=EvalOptions(cache_dir=tmp_path / "cache",
+                                                         progress=False))
     assert collected.cache == {0: "hit", 1: "hit"}  # real rows come back from the cache
     for t, task in enumerate(evaluator.make_tasks(["circle", "square"])):
         real, fake = collected.real[task.trg], collected.fake[("reference", t)]
@@ -96,7 +99,7 @@ def test_real_statistics_are_cached_and_invalidated_when_a_file_changes(setup, t
 
     def real_only():
         collected, _, _ = evaluator.collect(nets, cfg, modes=(), weights=weights,
-                                            cache_dir=cache, progress=False)
+                                            opts=EvalOptions(cache_dir=cache, progress=False))
         return collected
 
     first = real_only()
@@ -114,8 +117,8 @@ def test_real_statistics_are_cached_and_invalidated_when_a_file_changes(setup, t
     assert not torch.allclose(third.real[1].sum, first.real[1].sum)
     # the quick variant: fewer sources and outputs, no LPIPS, real statistics from the cache
     quick, _, _ = evaluator.collect(nets, cfg, modes=("latent",), weights=weights,
-                                    max_sources=1, num_outs=1, lpips=False, cache_dir=cache,
-                                    progress=False)
+                                    max_sources=1, num_outs=1, lpips=False,
+                                    opts=EvalOptions(cache_dir=cache, progress=False))
     assert quick.cache == {0: "hit", 1: "hit"} and quick.lpips == {}
     assert [quick.fake[("latent", t)].n for t in (0, 1)] == [1, 1]
 
@@ -136,8 +139,9 @@ def test_results_do_not_depend_on_the_number_of_shards(setup, tmp_path, ray_sess
         torch.set_num_threads(1 if workers == 0 else threads)
         try:
             collected, _, _ = evaluator.collect(
-                nets, cfg, modes=evaluator.MODES, weights=weights, num_workers=workers,
-                cache_dir=tmp_path / str(workers), progress=False, cpus_per_worker=0.5)
+                nets, cfg, modes=evaluator.MODES, weights=weights,
+                opts=EvalOptions(workers, cache_dir=tmp_path / str(workers), progress=False,
+                                 cpus_per_worker=0.5))
         finally:
             torch.set_num_threads(threads)
         runs.append(collected)
@@ -173,3 +177,20 @@ def test_eval_num_workers_auto_is_the_default_and_runs_in_process_without_gpus(c
     assert [eval_ray.auto_workers(g) for g in (0, 1, 2, 8)] == [0, 0, 2, 8]
     if not torch.cuda.is_available() and not os.environ.get("RAY_ADDRESS"):
         assert eval_ray.auto_workers(eval_ray.cluster_gpus()) == 0
+
+
+def test_an_evaluation_batch_larger_than_free_memory_is_refused_before_it_runs(setup, tmp_path):
+    from dataclasses import replace
+
+    from stargan_ray.metrics import memory
+
+    _, cfg, nets = setup
+    have = memory.available_bytes("cpu")
+    assert memory.generator_bytes(cfg, 2) + memory.inception_bytes(cfg.eval.batch_size) < have
+    huge = replace(cfg, eval=replace(cfg.eval, batch_size=have // memory.inception_bytes(1) + 1))
+    with pytest.raises(ConfigError, match=r"evaluation at model.img_size 32 with eval.batch_size "
+                                          r"\d+ and data.val_batch_size \d+ needs about .* "
+                                          r"available on cpu; lower eval.batch_size"):
+        evaluator.evaluate(nets, huge, step=1, out_dir=tmp_path / "o",
+                           opts=EvalOptions(cache_dir=tmp_path / "cache", progress=False))
+    assert not (tmp_path / "o").exists() and not (tmp_path / "cache").exists()

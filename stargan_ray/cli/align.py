@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_alignment_args, add_device_arg, check_output, positive_int, resolve_device
+from .common import (MAX_IMG_SIZE, add_alignment_args, add_device_arg, check_output, img_size_arg,
+                     resolve_device)
 
 
 def add_parser(sub) -> None:
@@ -17,8 +18,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True,
                    help="output folder (same relative file names); not inside --inp")
     add_alignment_args(p)
-    p.add_argument("--img-size", type=positive_int, default=256,
-                   help="output size, a multiple of 64 (default: %(default)s)")
+    p.add_argument("--img-size", type=img_size_arg, default=256,
+                   help=f"output size, a multiple of 64 up to {MAX_IMG_SIZE} "
+                        "(default: %(default)s)")
     add_device_arg(p)
     p.set_defaults(func=run)
 

@@ -74,15 +74,20 @@ def model_config(args: argparse.Namespace, command: str,
 def load_model(args: argparse.Namespace, command: str, device: str,
                extra: list[tuple[str, Any]] | None = None):
     """(config, EMA networks on device, step) for the model named by add_model_source_args."""
-    from ..checkpoint import load_ema_networks, official_step, safe_load
+    from ..checkpoint import load_ema_networks
 
     cfg, path = model_config(args, command, extra)
     cfg, nets = load_ema_networks(path, cfg, device)
+    return cfg, nets, checkpoint_step(args, path)
+
+
+def checkpoint_step(args: argparse.Namespace, path: str) -> int:
+    """The training step of the model named by add_model_source_args (0 when unknown)."""
+    from ..checkpoint import official_step, safe_load
+
     if args.official_checkpoint:
-        step = official_step(path) or 0
-    else:
-        step = int(safe_load(path, mmap=True).get("step", 0))  # mapped: only the step is read
-    return cfg, nets, step
+        return official_step(path) or 0
+    return int(safe_load(path, mmap=True).get("step", 0))  # mapped: only the step is read
 
 
 WING_FILE = "expr/checkpoints/wing.ckpt"  # where the official download script puts them
@@ -121,7 +126,7 @@ def add_resource_args(parser: argparse.ArgumentParser, *, what: str = "run",
 # ConfigError, which main() prints as one line with exit code 2.
 
 
-def _bounded_int(minimum: int):
+def _bounded_int(minimum: int, maximum: int | None = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -129,9 +134,11 @@ def _bounded_int(minimum: int):
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
         return value
 
-    parse.__name__ = f"integer >= {minimum}"
+    parse.__name__ = f"integer >= {minimum}" + (f" and <= {maximum}" if maximum else "")
     return parse
 
 
@@ -151,6 +158,8 @@ def _bounded_float(minimum: float, inclusive: bool):
 
 
 positive_int = _bounded_int(1)
+MAX_IMG_SIZE = 2048  # --img-size: the paper's models are 256 px; 2048 px is 64 times that
+img_size_arg = _bounded_int(1, MAX_IMG_SIZE)
 nonnegative_int = _bounded_int(0)
 positive_float = _bounded_float(0.0, inclusive=False)
 nonnegative_float = _bounded_float(0.0, inclusive=True)

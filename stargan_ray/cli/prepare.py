@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import positive_float, positive_int
+from .common import MAX_IMG_SIZE, img_size_arg, positive_float, positive_int
 
 
 def add_parser(sub) -> None:
@@ -17,9 +17,10 @@ def add_parser(sub) -> None:
     p.add_argument("src", metavar="SRC", help="folder tree SRC/<domain>/<image>")
     p.add_argument("out", metavar="OUT", help="output folder or URI (s3://bucket/prefix),"
                    " outside SRC")
-    p.add_argument("--img-size", type=positive_int, default=None, metavar="N",
-                   help="model.img_size the shards are for (a power of two >= 32): store"
-                   " PNGs reduced to what the pipeline decodes for it (shorter side 1.2 N);"
+    p.add_argument("--img-size", type=img_size_arg, default=None, metavar="N",
+                   help=f"model.img_size the shards are for (a power of two, 32 to "
+                        f"{MAX_IMG_SIZE}): store PNGs reduced to what the pipeline decodes for "
+                        "it (shorter side 1.2 N);"
                    " default: original bytes")
     p.add_argument("--shard-mb", type=positive_float, default=256.0, metavar="M",
                    help="start a new Parquet file after about M MiB (default 256)")
