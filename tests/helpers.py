@@ -23,3 +23,8 @@ def random_batch(cfg, n: int | None = None, seed: int = 0) -> Batch:
 
 def max_param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
     return max((pa - pb).abs().max().item() for pa, pb in zip(a.parameters(), b.parameters()))
+
+
+def stat_floats(stats: dict[str, torch.Tensor]) -> dict[str, float]:
+    """A train step's stats (0-dim tensors) as Python floats."""
+    return {k: float(v) for k, v in stats.items()}

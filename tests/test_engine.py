@@ -3,8 +3,7 @@ import copy
 import pytest
 import torch
 
-from stargan_ray.engine import (TrainState, build_optimizers, non_finite, stats_to_floats,
-                                train_step)
+from stargan_ray.engine import TrainState, build_optimizers, train_step
 from stargan_ray.models import EMA, TRAINED
 
 from .conftest import tiny_config
@@ -65,11 +64,7 @@ def test_stats_use_the_official_names_and_stay_on_the_device():
     assert set(stats) == OFFICIAL_STATS
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad
                for v in stats.values())
-    floats = stats_to_floats(stats)
-    assert all(isinstance(v, float) for v in floats.values())
     assert state.step == 1
-    assert non_finite(stats) == []
-    assert non_finite({**stats, "G/latent_cyc": torch.tensor(float("nan"))}) == ["G/latent_cyc"]
 
 
 def test_train_step_restores_requires_grad_and_leaves_ema_frozen():
