@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from stargan_ray.engine import Batch
+from stargan_ray.checkpoint import load_state_into, read_config, safe_load
+from stargan_ray.engine import Batch, TrainState
 
 
 def random_batch(cfg, n: int | None = None, seed: int = 0) -> Batch:
@@ -28,3 +31,11 @@ def max_param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
 def stat_floats(stats: dict[str, torch.Tensor]) -> dict[str, float]:
     """A train step's stats (0-dim tensors) as Python floats."""
     return {k: float(v) for k, v in stats.items()}
+
+
+def load_train_state(path: str | Path, device: str = "cpu") -> TrainState:
+    """The TrainState saved at path, rebuilt as a resuming worker does (stored config, then
+    load_state_into)."""
+    state = TrainState.create(read_config(path), device)
+    load_state_into(state, safe_load(path, device))
+    return state

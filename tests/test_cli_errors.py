@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from stargan_ray import cli
-from stargan_ray.checkpoint import load_checkpoint
 from stargan_ray.config import to_toml
 from stargan_ray.data import folders
 from stargan_ray.data import prepare as prep
@@ -19,7 +18,7 @@ from stargan_ray.engine import TrainState, train_step
 from stargan_ray.tune.space import EVAL_METRIC, reported_metrics
 
 from .conftest import tiny_config
-from .helpers import random_batch
+from .helpers import load_train_state, random_batch
 from .test_checkpoint import _official_files
 
 
@@ -82,7 +81,7 @@ def test_import_official_keeps_an_existing_out_unless_overwrite(official, capsys
     _one_line([*argv, "--out", str(out)], capsys, "already exists", "--overwrite")
     assert out.read_bytes() == b"an earlier import"
     assert cli.main([*argv, "--out", str(out), "--overwrite", "--step", "0"]) == 0
-    assert load_checkpoint(out).step == 0  # 0 is a step, not "from the file name" (20)
+    assert load_train_state(out).step == 0  # 0 is a step, not "from the file name" (20)
 
 
 def test_import_official_out_folder_and_negative_step(official, capsys):

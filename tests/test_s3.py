@@ -22,7 +22,6 @@ import pytest
 import torch
 
 from stargan_ray import cli, storage
-from stargan_ray.checkpoint import load_checkpoint
 from stargan_ray.config import to_toml
 from stargan_ray.data import prepare as prep
 from stargan_ray.data import shards, synthetic
@@ -33,6 +32,7 @@ from stargan_ray.train.plan import local_file, ray_storage
 from stargan_ray.tune import SweepOptions, read_space, run_sweep
 
 from .conftest import tiny_config
+from .helpers import load_train_state
 from .test_train import _assert_equal_states
 
 # Dummy credentials for moto, set at import: before any test starts the session's Ray instance,
@@ -215,7 +215,7 @@ def _opts(s3: S3Server, name: str, **kw) -> RunOptions:
 def _final(s3: S3Server, name: str):
     step, folder = latest_checkpoint(s3.uri(f"runs/{name}"))
     with local_file(folder) as path:
-        return step, load_checkpoint(path)
+        return step, load_train_state(path)
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from stargan_ray.checkpoint import load_checkpoint
 from stargan_ray.data import synthetic
 from stargan_ray.engine import TrainState, build_optimizers, train_step
 from stargan_ray.models import EMA, TRAINED
 from stargan_ray.train import RunOptions, TrainingStopped, latest_checkpoint, make_grad_sync, run_training
 
 from .conftest import tiny_config
-from .helpers import random_batch
+from .helpers import load_train_state, random_batch
 
 # ---------------------------------------------------------------- equivalence (torch.distributed)
 
@@ -159,7 +158,7 @@ def _opts(tmp_path, name, **kw):
 
 def _final_state(tmp_path, name):
     step, path = latest_checkpoint(f"{tmp_path}/{name}")
-    return step, load_checkpoint(path)
+    return step, load_train_state(path)
 
 
 def _assert_equal_states(a, b):
@@ -280,5 +279,5 @@ def test_a_non_finite_loss_stops_the_run_without_a_bad_checkpoint(ray_session, t
     # rollback needs a checkpoint from before the first non-finite loss
     assert rollbacks == (3 if policy == "rollback" and checkpoints else 0)
     for folder in checkpoints:
-        state = load_checkpoint(folder)
+        state = load_train_state(folder)
         assert all(torch.isfinite(p).all() for _, m in state.nets.items() for p in m.parameters())
