@@ -23,14 +23,8 @@ import gpu_train  # noqa: E402
 import step as steplib  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: see tests/test_precision.py (two threads on a shared 2-core machine
-    wait for each other most of the time)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread (conftest.one_thread): two wait for each other on a shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

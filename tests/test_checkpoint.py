@@ -16,8 +16,7 @@ from stargan_ray.config import load_experiment
 from stargan_ray.engine import TrainState, train_step
 from stargan_ray.models import EMA, TRAINED, build_networks, ema_copy
 
-from .conftest import tiny_config
-from .helpers import load_train_state, random_batch
+from .helpers import load_train_state, random_batch, tiny_config
 
 
 def _assert_same_state(a, b):

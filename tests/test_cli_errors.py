@@ -17,8 +17,7 @@ from stargan_ray.data import shards
 from stargan_ray.engine import TrainState, train_step
 from stargan_ray.tune.space import EVAL_METRIC, reported_metrics
 
-from .conftest import tiny_config
-from .helpers import load_train_state, random_batch
+from .helpers import load_train_state, random_batch, tiny_config
 from .test_checkpoint import _official_files
 
 

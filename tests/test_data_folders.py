@@ -16,7 +16,7 @@ from stargan_ray.data.folders import (BadImage, DomainCountError, DomainMismatch
 from stargan_ray.data.table import open_train_table
 from stargan_ray.errors import UserError
 
-from .conftest import tiny_config
+from .helpers import tiny_config
 
 
 def _png(path, colour=(200, 30, 30), size=(8, 8)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+from functools import partial
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -21,7 +22,7 @@ from stargan_ray.data.sampling import load_size
 from stargan_ray.data.stream import local_raw_batches
 from stargan_ray.data.table import open_table, open_train_table
 
-from .conftest import tiny_config
+from .helpers import tiny_data_config
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +32,7 @@ def tree(tmp_path_factory):
     return synthetic.generate(root, img_size=32, num_domains=3, n_train=70, n_val=4, seed=3)
 
 
-def _cfg(train, val):
-    return tiny_config(**{"model.num_domains": 3, "data.train_dir": str(train),
-                          "data.val_dir": str(val), "data.batch_size": 8})
+_cfg = partial(tiny_data_config, **{"model.num_domains": 3, "data.batch_size": 8})
 
 
 def test_round_trip_shards_give_the_folder_batches_pixel_for_pixel(tree, tmp_path):

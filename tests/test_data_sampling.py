@@ -20,7 +20,7 @@ from stargan_ray.data.sampling import BadImageLog, crop_box
 from stargan_ray.data.stream import local_batches, local_raw_batches
 from stargan_ray.data.table import open_train_table
 
-from .conftest import tiny_config
+from .helpers import tiny_config
 
 COLOURS = ((220, 40, 40), (40, 40, 220))
 

@@ -6,8 +6,7 @@ import torch
 from stargan_ray.engine import TrainState, build_optimizers, train_step
 from stargan_ray.models import EMA, TRAINED
 
-from .conftest import tiny_config
-from .helpers import random_batch
+from .helpers import random_batch, tiny_config
 from .reference_loop import reference_iteration
 
 OFFICIAL_STATS = {f"D/{m}_{k}" for m in ("latent", "ref") for k in ("real", "fake", "reg")} | {

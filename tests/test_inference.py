@@ -15,7 +15,7 @@ from stargan_ray.inference import Translator
 from stargan_ray.models import build_networks, ema_copy, he_init
 from stargan_ray.models.fan import FAN
 
-from .conftest import tiny_config
+from .helpers import tiny_config
 
 S = 32
 

@@ -22,8 +22,7 @@ from stargan_ray.data.stream import local_batches
 from stargan_ray.engine import TrainState, train_step
 from stargan_ray.models import Networks
 
-from .conftest import tiny_config
-from .helpers import stat_floats
+from .helpers import stat_floats, tiny_config
 
 STEPS = 300
 

@@ -8,8 +8,7 @@ from stargan_ray.engine import TrainState, train_step
 from stargan_ray.precision import float32_mode
 from stargan_ray.models import TRAINED
 
-from .conftest import tiny_config
-from .helpers import random_batch, stat_floats
+from .helpers import random_batch, stat_floats, tiny_config
 
 STEPS = 4
 # Tolerances chosen from a measurement (tiny config, 8 initialisation seeds, 4 steps, CPU bf16
@@ -27,14 +26,8 @@ PARAM_REL_DISTANCE = 0.6
 CHANNELS_LAST_FIRST_STEP_RTOL, CHANNELS_LAST_REL_DISTANCE = 1e-6, 0.1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two intra-op threads on a 2-core machine shared with other jobs spend most of their time
-    waiting for each other (measured: 4 tiny steps 1.2 s with one thread, up to 260 s with two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread (conftest.one_thread): two wait for each other on a shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _flat(state: TrainState) -> torch.Tensor:

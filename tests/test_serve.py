@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -17,7 +16,7 @@ from stargan_ray.inference import Translator, image_to_tensor
 from stargan_ray.serve.batching import Job, run_jobs
 from stargan_ray.serve.inputs import BadRequest, Limits, parse_seeds
 
-from .conftest import save_synthetic_checkpoint
+from .helpers import free_port, save_synthetic_checkpoint
 
 S = 32
 DOMAINS = ["circle", "square", "triangle"]  # the synthetic set's names for 3 domains
@@ -82,12 +81,6 @@ def test_batched_jobs_equal_each_job_alone(checkpoint):
 
 
 # ---------------------------------------------------------------- a real Serve app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

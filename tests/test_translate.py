@@ -13,7 +13,7 @@ from stargan_ray.cli import main
 from stargan_ray.engine import TrainState
 from stargan_ray.inference import Translator, load_image_tensor, to_pixels
 
-from .conftest import save_synthetic_checkpoint, tiny_config
+from .helpers import save_synthetic_checkpoint, tiny_config
 from . import test_align
 from .test_align import face_points
 
