@@ -104,6 +104,21 @@ def stat_floats(stats: dict[str, torch.Tensor]) -> dict[str, float]:
     return {k: float(v) for k, v in stats.items()}
 
 
+# ---------------------------------------------------------------- image folders
+
+
+def image_tree(root: Path, domains=("a", "b"), n: int = 2, size=(8, 8), suffix: str = ".png",
+               colour: Callable[[int], tuple[int, int, int]] = lambda i: (200, 30, 30)) -> Path:
+    """A training folder of solid-colour images, root/<domain>/<i><suffix>, n per domain."""
+    from PIL import Image
+
+    for domain in domains:
+        (root / domain).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", size, colour(i)).save(root / domain / f"{i}{suffix}")
+    return root
+
+
 # ---------------------------------------------------------------- checkpoints and run folders
 
 

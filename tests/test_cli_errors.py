@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from PIL import Image
 
 from stargan_ray import cli
 from stargan_ray.config import to_toml
@@ -17,7 +16,7 @@ from stargan_ray.data import shards
 from stargan_ray.engine import TrainState, train_step
 from stargan_ray.tune.space import EVAL_METRIC, reported_metrics
 
-from .helpers import load_train_state, random_batch, tiny_config
+from .helpers import image_tree, load_train_state, random_batch, tiny_config
 from .test_checkpoint import _official_files
 
 
@@ -101,12 +100,7 @@ def test_import_official_out_folder_and_negative_step(official, capsys):
 @pytest.fixture
 def src(tmp_path):
     """Two domains of two images each."""
-    root = tmp_path / "src"
-    for domain in ("a", "b"):
-        (root / domain).mkdir(parents=True)
-        for i in range(2):
-            Image.new("RGB", (40, 40), (i * 90, 20, 200)).save(root / domain / f"{i}.png")
-    return root
+    return image_tree(tmp_path / "src", size=(40, 40), colour=lambda i: (i * 90, 20, 200))
 
 
 def _tree(root):

@@ -16,7 +16,7 @@ from stargan_ray.data.folders import (BadImage, DomainCountError, DomainMismatch
 from stargan_ray.data.table import open_train_table
 from stargan_ray.errors import UserError
 
-from .helpers import tiny_config
+from .helpers import image_tree, tiny_config
 
 
 def _png(path, colour=(200, 30, 30), size=(8, 8)):
@@ -25,10 +25,7 @@ def _png(path, colour=(200, 30, 30), size=(8, 8)):
 
 
 def _tree(root, domains=("cat", "dog"), n=2):
-    for d in domains:
-        for i in range(n):
-            _png(root / d / f"{i}.png")
-    return root
+    return image_tree(root, domains, n)
 
 
 def _one_line_naming(err: pytest.ExceptionInfo, path) -> None:
