@@ -116,12 +116,16 @@ class OfficialLoop:
                                    betas=[o.beta1, o.beta2], weight_decay=o.weight_decay)
             for name in TRAINED})
 
-    def _reset_grad(self) -> None:
+    def _update(self, loss: torch.Tensor, *names: str) -> None:
+        """The official _reset_grad, backward and optimiser steps of one loss, in its order."""
         for optim in self.optims.values():
             optim.zero_grad()
+        loss.backward()
+        for name in names:
+            self.optims[name].step()
 
     def step(self, batch: Batch) -> None:
-        s, nets, args, optims = self.solver, self.nets, self.args, self.optims
+        s, nets, args = self.solver, self.nets, self.args
         # the official fetcher hands out fresh tensors; compute_d_loss sets requires_grad on x_real
         x_real, y_org = batch.x_src.detach(), batch.y_src
         x_ref, x_ref2, y_trg = batch.x_ref, batch.x_ref2, batch.y_ref
@@ -129,26 +133,16 @@ class OfficialLoop:
         masks = nets.fan.get_heatmap(x_real) if args.w_hpf > 0 else None
 
         d_loss, _ = s.compute_d_loss(nets, args, x_real, y_org, y_trg, z_trg=z_trg, masks=masks)
-        self._reset_grad()
-        d_loss.backward()
-        optims.discriminator.step()
+        self._update(d_loss, "discriminator")
         d_loss, _ = s.compute_d_loss(nets, args, x_real, y_org, y_trg, x_ref=x_ref, masks=masks)
-        self._reset_grad()
-        d_loss.backward()
-        optims.discriminator.step()
+        self._update(d_loss, "discriminator")
 
         g_loss, _ = s.compute_g_loss(nets, args, x_real, y_org, y_trg, z_trgs=[z_trg, z_trg2],
                                      masks=masks)
-        self._reset_grad()
-        g_loss.backward()
-        optims.generator.step()
-        optims.mapping_network.step()
-        optims.style_encoder.step()
+        self._update(g_loss, "generator", "mapping_network", "style_encoder")
         g_loss, _ = s.compute_g_loss(nets, args, x_real, y_org, y_trg, x_refs=[x_ref, x_ref2],
                                      masks=masks)
-        self._reset_grad()
-        g_loss.backward()
-        optims.generator.step()
+        self._update(g_loss, "generator")
 
         for name in EMA:
             s.moving_average(nets[name], self.nets_ema[name], beta=self.ema_beta)
