@@ -9,7 +9,7 @@ import pytest
 
 from stargan_ray.config import ExperimentConfig
 
-from .helpers import intra_op_threads, tiny_config
+from .helpers import intra_op_threads, save_synthetic_checkpoint, tiny_config
 
 # W&B never reaches the network from tests.
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -33,6 +33,12 @@ def ray_session():
                         configure_logging=False, log_to_driver=True)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A saved untrained tiny model with the synthetic set's 3 domains (one per test module)."""
+    return save_synthetic_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 @pytest.fixture

@@ -16,17 +16,12 @@ from stargan_ray.inference import Translator, image_to_tensor
 from stargan_ray.serve.batching import Job, run_jobs
 from stargan_ray.serve.inputs import BadRequest, Limits, parse_seeds
 
-from .helpers import free_port, save_synthetic_checkpoint
+from .helpers import free_port
 
 S = 32
 DOMAINS = ["circle", "square", "triangle"]  # the synthetic set's names for 3 domains
 MAX_BATCH = 8
 LIMITS = {"max_bytes": 300_000, "max_pixels": 1_000_000, "max_outputs": 6}
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return save_synthetic_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 def photo_bytes(size=(160, 120), seed=0, fmt="JPEG") -> bytes:

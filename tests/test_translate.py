@@ -13,7 +13,7 @@ from stargan_ray.cli import main
 from stargan_ray.engine import TrainState
 from stargan_ray.inference import Translator, load_image_tensor, to_pixels
 
-from .helpers import save_synthetic_checkpoint, tiny_config
+from .helpers import tiny_config
 from . import test_align
 from .test_align import face_points
 
@@ -21,11 +21,6 @@ wing = test_align.wing  # the fixture FAN checkpoint (random weights)
 
 S = 32
 DOMAINS = ("circle", "square", "triangle")  # the synthetic set's names for 3 domains
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return save_synthetic_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 def photo(path, size=(S, S), seed=0):
