@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from stargan_ray.config import ExperimentConfig
 
@@ -39,6 +40,17 @@ def ray_session():
 def checkpoint(tmp_path_factory):
     """A saved untrained tiny model with the synthetic set's 3 domains (one per test module)."""
     return save_synthetic_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def wing(tmp_path_factory):
+    """A wing.ckpt of a FAN with random weights (seeded), as the official file holds it."""
+    from stargan_ray.models.fan import FAN
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("wing") / "wing.ckpt"
+    torch.save({"state_dict": FAN().state_dict()}, path)
+    return path
 
 
 @pytest.fixture

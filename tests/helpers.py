@@ -4,6 +4,7 @@ run folders and ports. Fixtures live in conftest.py and build on these."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -14,11 +15,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
+import numpy as np
 import torch
+from PIL import Image
 
 from stargan_ray.checkpoint import load_state_into, read_config, safe_load
 from stargan_ray.config import ExperimentConfig, load_experiment
 from stargan_ray.engine import Batch, TrainState
+from stargan_ray.models import EMA, TRAINED, build_networks, ema_copy, he_init
+from stargan_ray.models.fan import FAN
 
 T = TypeVar("T")
 
@@ -66,14 +71,58 @@ def run_options(storage, name: str, **overrides):
 def seeded_ema_networks(cfg: ExperimentConfig, seed: int = 0):
     """Networks of cfg.model, He-initialised from a fixed seed, as EMA copies (for sampling and
     evaluation tests that need a model but no training)."""
-    from stargan_ray.models import build_networks, ema_copy, he_init
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         nets = build_networks(cfg.model)
         for _, module in nets.items():
             module.apply(he_init)
     return ema_copy(nets)
+
+
+def tiny_translator(w_hpf: float = 0.0, batch_size: int = 16):
+    """A Translator of seeded He-initialised tiny networks with 3 domains (with a random FAN when
+    w_hpf > 0)."""
+    cfg = tiny_config(**{"model.num_domains": 3, "model.w_hpf": w_hpf,
+                         "model.wing_path": "wing.ckpt" if w_hpf > 0 else ""})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        nets = build_networks(cfg.model, fan=FAN() if w_hpf > 0 else None)
+        for _, module in nets.items():
+            module.apply(he_init)
+    nets = ema_copy(nets)
+    for _, module in nets.items(include_fan=True):
+        module.eval()
+    from stargan_ray.inference import Translator
+
+    return Translator(nets, cfg, torch.device("cpu"), batch_size)
+
+
+def randomized_fan(seed: int) -> FAN:
+    """A FAN whose every parameter and batch-norm statistic is random (not the defaults)."""
+    g = torch.Generator().manual_seed(seed)
+    fan = FAN()
+    with torch.no_grad():
+        for name, t in fan.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                t.fill_(7)
+            elif name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            else:
+                t.copy_(torch.randn(t.shape, generator=g) / math.sqrt(t[0].numel()))
+    return fan
+
+
+def sparsify_heads(fan: FAN, x: torch.Tensor) -> None:
+    """Rescale the landmark head so ~5% of each heatmap passes the 0.1 truncation.
+
+    Random weights otherwise give heatmaps above 0.1 nearly everywhere and masks that are all 1.
+    """
+    heat = fan.get_heatmap(x, b_preprocess=False).transpose(0, 1).flatten(1)
+    q, peak = heat.quantile(0.95, dim=1), heat.amax(dim=1)
+    a = 1.0 / (peak - q).clamp_min(1e-6)
+    with torch.no_grad():
+        fan.l0.weight[:-1] *= a.view(-1, 1, 1, 1)
+        fan.l0.bias[:-1] = a * (fan.l0.bias[:-1] - q) + 0.1
 
 
 def random_batch(cfg, n: int | None = None, seed: int = 0) -> Batch:
@@ -94,6 +143,18 @@ def max_param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
     return max((pa - pb).abs().max().item() for pa, pb in zip(a.parameters(), b.parameters()))
 
 
+def assert_equal_states(a, b) -> None:
+    """Two TrainStates hold the same networks and EMA copies (within 1e-6)."""
+    for name in TRAINED:
+        for (key, pa), pb in zip(getattr(a.nets, name).named_parameters(),
+                                 getattr(b.nets, name).parameters()):
+            assert torch.allclose(pa, pb, rtol=0, atol=1e-6), f"{name}.{key}"
+    for name in EMA:
+        for pa, pb in zip(getattr(a.nets_ema, name).parameters(),
+                          getattr(b.nets_ema, name).parameters()):
+            assert torch.allclose(pa, pb, rtol=0, atol=1e-6)
+
+
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """The largest difference between a and b relative to b's largest magnitude."""
     return ((a - b).abs().max() / b.abs().max()).item()
@@ -110,13 +171,42 @@ def stat_floats(stats: dict[str, torch.Tensor]) -> dict[str, float]:
 def image_tree(root: Path, domains=("a", "b"), n: int = 2, size=(8, 8), suffix: str = ".png",
                colour: Callable[[int], tuple[int, int, int]] = lambda i: (200, 30, 30)) -> Path:
     """A training folder of solid-colour images, root/<domain>/<i><suffix>, n per domain."""
-    from PIL import Image
-
     for domain in domains:
         (root / domain).mkdir(parents=True, exist_ok=True)
         for i in range(n):
             Image.new("RGB", size, colour(i)).save(root / domain / f"{i}{suffix}")
     return root
+
+
+COLOURS = ((220, 40, 40), (40, 40, 220))
+
+
+def write_colour_tree(root, counts, size=32, seed=0):
+    """root/d<k>/<i>.png with counts[k] images of colour family k, each a little different."""
+    rng = np.random.default_rng(seed)
+    for label, count in enumerate(counts):
+        folder = root / f"d{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            base = np.asarray(COLOURS[label], np.int16)
+            pixels = base + rng.integers(-30, 30, (size, size, 3))
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{i:04d}.png")
+    return root
+
+
+def colour_domain(images: torch.Tensor) -> np.ndarray:
+    """Domain told by the pixels: red-dominant images are 0, blue-dominant 1."""
+    means = images.float().mean((2, 3))
+    return (means[:, 2] > means[:, 0]).long().numpy()
+
+
+def face_points(rng: np.random.Generator) -> np.ndarray:
+    """98 landmarks with eyes (60-75, 96, 97) left/right above the mouth corners (76, 82)."""
+    pts = rng.normal(128, 30, (98, 2))
+    pts[60:68], pts[96] = rng.normal((100, 110), 3, (8, 2)), (100, 110)
+    pts[68:76], pts[97] = rng.normal((156, 110), 3, (8, 2)), (156, 110)
+    pts[76], pts[82] = (110, 170), (146, 170)
+    return pts
 
 
 # ---------------------------------------------------------------- checkpoints and run folders
@@ -131,6 +221,28 @@ def save_synthetic_checkpoint(path: Path) -> Path:
         torch.manual_seed(0)
         state = TrainState.create(cfg, "cpu")
     return save_checkpoint(state, path)
+
+
+def official_files(tmp_path, cfg, prefix=True, drop_filter=True):
+    """Files as the official code saves them at step 20 (module. prefixes, no hpf.filter buffer
+    unless asked), from random networks of cfg.model; returns (nets, nets_ema)."""
+    nets = build_networks(cfg.model)
+    ema = ema_copy(nets)
+    for p in ema.generator.parameters():
+        p.data.normal_()
+
+    def dump(networks):
+        out = {}
+        for name, module in networks.items():
+            sd = module.state_dict()
+            if drop_filter:
+                sd.pop("hpf.filter", None)
+            out[name] = {("module." + k if prefix else k): v for k, v in sd.items()}
+        return out
+
+    torch.save(dump(ema), tmp_path / "000020_nets_ema.ckpt")
+    torch.save(dump(nets), tmp_path / "000020_nets.ckpt")
+    return nets, ema
 
 
 def load_train_state(path: str | Path, device: str = "cpu") -> TrainState:

@@ -16,7 +16,7 @@ from stargan_ray.config import load_experiment
 from stargan_ray.engine import TrainState, train_step
 from stargan_ray.models import EMA, TRAINED, build_networks, ema_copy
 
-from .helpers import load_train_state, random_batch, tiny_config
+from .helpers import load_train_state, official_files, random_batch, tiny_config
 
 
 def _assert_same_state(a, b):
@@ -111,31 +111,11 @@ def test_a_run_killed_during_a_save_leaves_the_previous_checkpoint(tmp_path):
     assert data["format"] == "old" and torch.equal(data["w"], torch.ones(3))
 
 
-def _official_files(tmp_path, cfg, prefix=True, drop_filter=True):
-    nets = build_networks(cfg.model)
-    ema = ema_copy(nets)
-    for p in ema.generator.parameters():
-        p.data.normal_()
-
-    def dump(networks):
-        out = {}
-        for name, module in networks.items():
-            sd = module.state_dict()
-            if drop_filter:
-                sd.pop("hpf.filter", None)
-            out[name] = {("module." + k if prefix else k): v for k, v in sd.items()}
-        return out
-
-    torch.save(dump(ema), tmp_path / "000020_nets_ema.ckpt")
-    torch.save(dump(nets), tmp_path / "000020_nets.ckpt")
-    return nets, ema
-
-
 def test_official_checkpoints_load_strictly_with_the_known_fixes(tmp_path):
     cfg = load_experiment("celeba_hq", ["model.img_size=64", "model.dim_in=4",
                                         "model.max_conv_dim=8", "model.style_dim=8",
                                         "model.hidden_dim=16"])
-    _, ema = _official_files(tmp_path, cfg)
+    _, ema = official_files(tmp_path, cfg)
     target = ema_copy(build_networks(cfg.model))
     loaded = load_official_networks(tmp_path / "000020_nets_ema.ckpt", target)
     assert loaded == ["generator", "mapping_network", "style_encoder"]
@@ -145,7 +125,7 @@ def test_official_checkpoints_load_strictly_with_the_known_fixes(tmp_path):
 
 def test_official_import_writes_a_checkpoint_our_tools_read(tmp_path):
     cfg = tiny_config()
-    _, ema = _official_files(tmp_path, cfg, prefix=False, drop_filter=False)
+    _, ema = official_files(tmp_path, cfg, prefix=False, drop_filter=False)
     out = import_official(cfg, tmp_path / "000020_nets_ema.ckpt", tmp_path / "imported.pt",
                           nets_path=tmp_path / "000020_nets.ckpt")
     state = load_train_state(out)
@@ -156,7 +136,7 @@ def test_official_import_writes_a_checkpoint_our_tools_read(tmp_path):
 
 
 def test_mismatched_shapes_name_expected_and_found(tmp_path):
-    _official_files(tmp_path, tiny_config(**{"model.num_domains": 3}))
+    official_files(tmp_path, tiny_config(**{"model.num_domains": 3}))
     target = ema_copy(build_networks(tiny_config().model))
     with pytest.raises(CheckpointError) as err:
         load_official_networks(tmp_path / "000020_nets_ema.ckpt", target)

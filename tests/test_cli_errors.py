@@ -16,8 +16,7 @@ from stargan_ray.data import shards
 from stargan_ray.engine import TrainState, train_step
 from stargan_ray.tune.space import EVAL_METRIC, reported_metrics
 
-from .helpers import image_tree, load_train_state, random_batch, tiny_config
-from .test_checkpoint import _official_files
+from .helpers import image_tree, load_train_state, official_files, random_batch, tiny_config
 
 
 def _rc(argv: list[str]) -> int:
@@ -51,7 +50,7 @@ def _usage_error(argv: list[str], capsys, needle: str) -> None:
 def official(tmp_path):
     """Official files of the tiny config and an experiment file for it."""
     cfg = tiny_config()
-    _official_files(tmp_path, cfg, prefix=False, drop_filter=False)
+    official_files(tmp_path, cfg, prefix=False, drop_filter=False)
     (tmp_path / "000020_optims.ckpt").write_bytes(b"not read: the check comes first")
     experiment = tmp_path / "tiny.toml"
     experiment.write_text(to_toml(cfg))

@@ -13,8 +13,7 @@ from stargan_ray.data.pipeline import prepare_train_data, worker_raw_batches
 from stargan_ray.data.stream import local_raw_batches
 from stargan_ray.data.table import open_train_table
 
-from .helpers import tiny_data_config
-from .test_data_sampling import colour_domain, write_colour_tree
+from .helpers import colour_domain, tiny_data_config, write_colour_tree
 
 pytestmark = pytest.mark.ray
 

@@ -6,7 +6,7 @@ import torch
 from stargan_ray.engine import TrainState, build_optimizers, train_step
 from stargan_ray.models import EMA, TRAINED
 
-from .helpers import random_batch, tiny_config
+from .helpers import random_batch, randomized_fan, sparsify_heads, tiny_config
 from .reference_loop import reference_iteration
 
 OFFICIAL_STATS = {f"D/{m}_{k}" for m in ("latent", "ref") for k in ("real", "fake", "reg")} | {
@@ -103,7 +103,6 @@ def test_create_does_not_disturb_the_global_rng():
 
 def test_masked_iteration_with_fan_matches_the_official_loop(tmp_path):
     """w_hpf=1 (CelebA-HQ): masks from x_src, recomputed from x_fake for the cycle term."""
-    from .test_fan import randomized_fan, sparsify_heads
 
     fan = randomized_fan(0)
     sparsify_heads(fan, torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1)

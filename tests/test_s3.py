@@ -27,8 +27,8 @@ from stargan_ray.train import latest_checkpoint, run_training
 from stargan_ray.train.plan import local_file, ray_storage
 from stargan_ray.tune import SweepOptions, read_space, run_sweep
 
-from .helpers import free_port, load_train_state, run_options, tiny_data_config, wait_until
-from .test_train import _assert_equal_states
+from .helpers import (assert_equal_states, free_port, load_train_state, run_options,
+                      tiny_data_config, wait_until)
 
 # Dummy credentials for moto, set at import: before any test starts the session's Ray instance,
 # whose workers inherit this environment (a cluster's nodes have their own credentials). No
@@ -238,7 +238,7 @@ def test_a_run_on_s3_stops_resumes_and_ends_like_an_uninterrupted_one(s3, data, 
     # It continued from step 2: the checkpoint of step 2 was not written again.
     again = s3.fs().get_file_info(f"{BUCKET}/runs/resumed/checkpoint_00000002/checkpoint.pt")
     assert again.mtime == first.mtime and again.size == first.size
-    _assert_equal_states(state, reference)
+    assert_equal_states(state, reference)
 
 
 # ---------------------------------------------------------------- a sweep

@@ -18,8 +18,8 @@ from stargan_ray.engine import TrainState, build_optimizers, train_step
 from stargan_ray.models import EMA, TRAINED
 from stargan_ray.train import TrainingStopped, latest_checkpoint, make_grad_sync, run_training
 
-from .helpers import (load_train_state, random_batch, read_events, registered_steps, run_options,
-                      tiny_config, wait_until)
+from .helpers import (assert_equal_states, load_train_state, random_batch, read_events,
+                      registered_steps, run_options, tiny_config, wait_until, write_colour_tree)
 
 # ---------------------------------------------------------------- equivalence (torch.distributed)
 
@@ -105,7 +105,6 @@ def _share_worker(rank: int, world: int, init_file: str, out_dir: str, train_dir
 
 
 def test_the_total_batch_trains_the_same_model_on_1_to_4_workers_and_with_accumulation(tmp_path):
-    from .test_data_sampling import write_colour_tree
 
     train_dir = str(write_colour_tree(tmp_path / "train", (40, 40)))
     steps = 3
@@ -153,17 +152,6 @@ def _final_state(tmp_path, name):
     return step, load_train_state(path)
 
 
-def _assert_equal_states(a, b):
-    for name in TRAINED:
-        for (key, pa), pb in zip(getattr(a.nets, name).named_parameters(),
-                                 getattr(b.nets, name).parameters()):
-            assert torch.allclose(pa, pb, rtol=0, atol=1e-6), f"{name}.{key}"
-    for name in EMA:
-        for pa, pb in zip(getattr(a.nets_ema, name).parameters(),
-                          getattr(b.nets_ema, name).parameters()):
-            assert torch.allclose(pa, pb, rtol=0, atol=1e-6)
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(ray_session, tmp_path_factory):
     """A 2-worker run of 12 steps that nobody stops: the reference for resume tests."""
@@ -200,7 +188,7 @@ def test_stopped_and_resumed_run_ends_with_the_same_parameters(uninterrupted, tm
     run_training(_cfg(), _opts(tmp_path, "resumed", resume=True))
     step, state = _final_state(tmp_path, "resumed")
     assert step == 12
-    _assert_equal_states(state, reference)
+    assert_equal_states(state, reference)
     starts = [e["step"] for e in read_events(tmp_path / "resumed") if e["event"] == "start"]
     assert starts == [0, 8]
 
@@ -239,7 +227,7 @@ def test_a_killed_worker_is_replaced_and_the_run_finishes_exactly(uninterrupted,
     # save_every steps were trained twice
     assert starts[0] == 0 and len(starts) == 2 and starts[1] >= kill_step, starts
     assert starts[1] % cfg.train.save_every == 0
-    _assert_equal_states(state, reference)
+    assert_equal_states(state, reference)
 
 
 @pytest.mark.ray

@@ -13,11 +13,7 @@ from stargan_ray.cli import main
 from stargan_ray.engine import TrainState
 from stargan_ray.inference import Translator, load_image_tensor, to_pixels
 
-from .helpers import tiny_config
-from . import test_align
-from .test_align import face_points
-
-wing = test_align.wing  # the fixture FAN checkpoint (random weights)
+from .helpers import face_points, tiny_config
 
 S = 32
 DOMAINS = ("circle", "square", "triangle")  # the synthetic set's names for 3 domains
