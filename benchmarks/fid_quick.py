@@ -19,24 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from stargan_ray.config import load_experiment  # noqa: E402
-from stargan_ray.data.synthetic import generate  # noqa: E402
-from stargan_ray.metrics import evaluator  # noqa: E402
-from stargan_ray.metrics import fid as fidlib  # noqa: E402
-from stargan_ray.metrics.weights import FeatureWeights  # noqa: E402
-from stargan_ray.models import build_networks, ema_copy, he_init  # noqa: E402
+from common import free_port
+from stargan_ray.config import load_experiment
+from stargan_ray.data.synthetic import generate
+from stargan_ray.metrics import evaluator
+from stargan_ray.metrics import fid as fidlib
+from stargan_ray.metrics.weights import FeatureWeights
+from stargan_ray.models import build_networks, ema_copy, he_init
 
 
 def experiment(args: argparse.Namespace, data: Path):
@@ -83,17 +79,11 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace, data: 
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_world(world: int, args: argparse.Namespace, data: Path, work: Path) -> dict:
     import torch.multiprocessing as mp
 
     out = Path(tempfile.mkdtemp(prefix=f"w{world}_", dir=work))
-    mp.spawn(rank_main, args=(world, _free_port(), args, str(data), str(out)), nprocs=world,
+    mp.spawn(rank_main, args=(world, free_port(), args, str(data), str(out)), nprocs=world,
              join=True)
     return json.loads((out / "times.json").read_text())
 

@@ -201,19 +201,6 @@ def load_state_into(state, data: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state(rng["cuda"].cpu(), state.device)
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu",
-                    cfg: ExperimentConfig | None = None):
-    """Rebuild the TrainState saved at path (cfg defaults to the stored, resolved config)."""
-    from .engine import TrainState  # engine imports nothing from here; avoid a cycle at import
-
-    data = safe_load(path)
-    _check_format(data, path)
-    cfg = cfg or from_dict(data["config"])
-    state = TrainState.create(cfg, device)
-    load_state_into(state, data)
-    return state
-
-
 # ---------------------------------------------------------------- official checkpoints
 
 _OFFICIAL_STEP = re.compile(r"^(\d+)_(nets_ema|nets|optims)\.ckpt$")

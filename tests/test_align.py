@@ -15,6 +15,8 @@ from stargan_ray.cli.align import add_parser
 from stargan_ray.config import ConfigError
 from stargan_ray.models.fan import FAN, load_fan
 
+from .helpers import face_points
+
 
 def face_photo(width: int, height: int, seed: int = 0) -> Image.Image:
     """A drawn face (skin ellipse, eyes, nose, mouth) on a noisy background."""
@@ -34,23 +36,6 @@ def face_photo(width: int, height: int, seed: int = 0) -> Image.Image:
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1
-
-
-@pytest.fixture(scope="module")
-def wing(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("wing") / "wing.ckpt"
-    torch.save({"state_dict": FAN().state_dict()}, path)
-    return path
-
-
-def face_points(rng: np.random.Generator) -> np.ndarray:
-    """98 landmarks with eyes (60-75, 96, 97) left/right above the mouth corners (76, 82)."""
-    pts = rng.normal(128, 30, (98, 2))
-    pts[60:68], pts[96] = rng.normal((100, 110), 3, (8, 2)), (100, 110)
-    pts[68:76], pts[97] = rng.normal((156, 110), 3, (8, 2)), (156, 110)
-    pts[76], pts[82] = (110, 170), (146, 170)
-    return pts
 
 
 def test_similarity_matrix_recovers_a_known_similarity():

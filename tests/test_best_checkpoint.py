@@ -18,7 +18,7 @@ from stargan_ray.metrics import by_step
 from stargan_ray.metrics.evaluator import EvalOptions, evaluate
 from stargan_ray.train import WorkerSpec, worker
 
-from .conftest import tiny_config, tiny_eval_config
+from .helpers import tiny_config, tiny_eval_config
 
 STEPS = (2, 4, 6)
 

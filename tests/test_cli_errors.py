@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from PIL import Image
 
 from stargan_ray import cli
-from stargan_ray.checkpoint import load_checkpoint
 from stargan_ray.config import to_toml
 from stargan_ray.data import folders
 from stargan_ray.data import prepare as prep
@@ -18,9 +16,7 @@ from stargan_ray.data import shards
 from stargan_ray.engine import TrainState, train_step
 from stargan_ray.tune.space import EVAL_METRIC, reported_metrics
 
-from .conftest import tiny_config
-from .helpers import random_batch
-from .test_checkpoint import _official_files
+from .helpers import image_tree, load_train_state, official_files, random_batch, tiny_config
 
 
 def _rc(argv: list[str]) -> int:
@@ -54,7 +50,7 @@ def _usage_error(argv: list[str], capsys, needle: str) -> None:
 def official(tmp_path):
     """Official files of the tiny config and an experiment file for it."""
     cfg = tiny_config()
-    _official_files(tmp_path, cfg, prefix=False, drop_filter=False)
+    official_files(tmp_path, cfg, prefix=False, drop_filter=False)
     (tmp_path / "000020_optims.ckpt").write_bytes(b"not read: the check comes first")
     experiment = tmp_path / "tiny.toml"
     experiment.write_text(to_toml(cfg))
@@ -82,7 +78,7 @@ def test_import_official_keeps_an_existing_out_unless_overwrite(official, capsys
     _one_line([*argv, "--out", str(out)], capsys, "already exists", "--overwrite")
     assert out.read_bytes() == b"an earlier import"
     assert cli.main([*argv, "--out", str(out), "--overwrite", "--step", "0"]) == 0
-    assert load_checkpoint(out).step == 0  # 0 is a step, not "from the file name" (20)
+    assert load_train_state(out).step == 0  # 0 is a step, not "from the file name" (20)
 
 
 def test_import_official_out_folder_and_negative_step(official, capsys):
@@ -103,12 +99,7 @@ def test_import_official_out_folder_and_negative_step(official, capsys):
 @pytest.fixture
 def src(tmp_path):
     """Two domains of two images each."""
-    root = tmp_path / "src"
-    for domain in ("a", "b"):
-        (root / domain).mkdir(parents=True)
-        for i in range(2):
-            Image.new("RGB", (40, 40), (i * 90, 20, 200)).save(root / domain / f"{i}.png")
-    return root
+    return image_tree(tmp_path / "src", size=(40, 40), colour=lambda i: (i * 90, 20, 200))
 
 
 def _tree(root):

@@ -13,7 +13,10 @@ from PIL import Image
 from stargan_ray.data import folders
 from stargan_ray.data.folders import (BadImage, DomainCountError, DomainMismatchError,
                                       EmptyDomainError, MissingRootError, TooFewDomainsError)
+from stargan_ray.data.table import open_train_table
 from stargan_ray.errors import UserError
+
+from .helpers import image_tree, tiny_config
 
 
 def _png(path, colour=(200, 30, 30), size=(8, 8)):
@@ -22,10 +25,7 @@ def _png(path, colour=(200, 30, 30), size=(8, 8)):
 
 
 def _tree(root, domains=("cat", "dog"), n=2):
-    for d in domains:
-        for i in range(n):
-            _png(root / d / f"{i}.png")
-    return root
+    return image_tree(root, domains, n)
 
 
 def _one_line_naming(err: pytest.ExceptionInfo, path) -> None:
@@ -78,7 +78,7 @@ def test_val_domains_differ_from_train(tmp_path):
     train = _tree(tmp_path / "train", domains=("cat", "dog"))
     val = _tree(tmp_path / "val", domains=("cat", "wolf"))
     with pytest.raises(DomainMismatchError) as err:
-        folders.scan_train_val(str(train), str(val), 2)
+        open_train_table(tiny_config(**{"data.train_dir": str(train), "data.val_dir": str(val)}))
     _one_line_naming(err, val)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+from functools import partial
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -21,7 +22,7 @@ from stargan_ray.data.sampling import load_size
 from stargan_ray.data.stream import local_raw_batches
 from stargan_ray.data.table import open_table, open_train_table
 
-from .conftest import tiny_config
+from .helpers import image_tree, tiny_data_config
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +32,7 @@ def tree(tmp_path_factory):
     return synthetic.generate(root, img_size=32, num_domains=3, n_train=70, n_val=4, seed=3)
 
 
-def _cfg(train, val):
-    return tiny_config(**{"model.num_domains": 3, "data.train_dir": str(train),
-                          "data.val_dir": str(val), "data.batch_size": 8})
+_cfg = partial(tiny_data_config, **{"model.num_domains": 3, "data.batch_size": 8})
 
 
 def test_round_trip_shards_give_the_folder_batches_pixel_for_pixel(tree, tmp_path):
@@ -71,11 +70,8 @@ def test_shard_layout_and_manifest(tree, tmp_path):
 
 
 def test_img_size_resizes_keeping_aspect(tmp_path):
-    src = tmp_path / "src"
-    for d in ("a", "b"):
-        (src / d).mkdir(parents=True)
-        for i in range(3):
-            Image.new("RGB", (300, 200), (i * 40, 10, 200)).save(src / d / f"{i}.jpg")
+    src = image_tree(tmp_path / "src", n=3, size=(300, 200), suffix=".jpg",
+                     colour=lambda i: (i * 40, 10, 200))
     manifest = prep.prepare(str(src), str(tmp_path / "out"), img_size=64, workers=1)
     table, _ = open_table(str(tmp_path / "out"), 2)
     assert manifest["img_size"] == 64 and table.kind == "shards"
@@ -138,9 +134,6 @@ def test_val_shards_are_checked_against_train(tree, tmp_path):
     prep.prepare(str(val), str(tmp_path / "val_shards"), workers=1)
     table, _ = open_train_table(_cfg(train, tmp_path / "val_shards"))  # same domains: fine
     assert table.kind == "folders"
-    wrong = tmp_path / "wrong"
-    for name in ("circle", "square", "star"):
-        (wrong / name).mkdir(parents=True)
-        Image.new("RGB", (8, 8)).save(wrong / name / "0.png")
+    wrong = image_tree(tmp_path / "wrong", ("circle", "square", "star"), n=1)
     with pytest.raises(DomainMismatchError, match="differ from train domains"):
         open_train_table(_cfg(tmp_path / "val_shards", wrong))

@@ -17,7 +17,7 @@ from stargan_ray.metrics.options import EvalOptions
 from stargan_ray.metrics.weights import FeatureWeights
 from stargan_ray.models import build_networks, ema_copy, he_init
 
-from .conftest import tiny_eval_config
+from .helpers import relative_error, tiny_eval_config
 
 
 @pytest.fixture(scope="module")
@@ -123,10 +123,6 @@ def test_real_statistics_are_cached_and_invalidated_when_a_file_changes(setup, t
     assert [quick.fake[("latent", t)].n for t in (0, 1)] == [1, 1]
 
 
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
 @pytest.mark.ray
 def test_results_do_not_depend_on_the_number_of_shards(setup, tmp_path, ray_session):
     _, cfg, nets = setup
@@ -154,8 +150,8 @@ def test_results_do_not_depend_on_the_number_of_shards(setup, tmp_path, ray_sess
             assert mine.keys() == theirs.keys()
             for key in mine:
                 assert mine[key].n == theirs[key].n
-                assert _relative(theirs[key].sum, mine[key].sum) < 1e-6
-                assert _relative(theirs[key].outer, mine[key].outer) < 1e-6
+                assert relative_error(theirs[key].sum, mine[key].sum) < 1e-6
+                assert relative_error(theirs[key].outer, mine[key].outer) < 1e-6
         assert base.lpips.keys() == other.lpips.keys()
         for key in base.lpips:
             assert base.lpips[key].keys() == other.lpips[key].keys()

@@ -30,7 +30,7 @@ from stargan_ray.inference import load_image_tensor
 from stargan_ray.metrics import evaluator, fid
 from stargan_ray.metrics.weights import FeatureWeights
 
-from .conftest import tiny_config
+from .helpers import tiny_config
 
 S = 32  # tiny_config image size
 BAD_REASONS = {"empty.png": "empty file", "text.jpg": "not an image", "cut.png": "truncated",

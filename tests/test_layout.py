@@ -10,7 +10,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "stargan_ray"
 
-# Plain torch: what a user can read, test and run in one process (DESIGN.md, "Layers").
+# Plain torch: what a user can read, test and run in one process (README.md, "Layout").
 CORE = [
     "stargan_ray.errors", "stargan_ray.config", "stargan_ray.storage", "stargan_ray.models",
     "stargan_ray.models.fan", "stargan_ray.losses", "stargan_ray.schedules", "stargan_ray.engine",

@@ -13,7 +13,7 @@ from PIL import Image
 
 from stargan_ray import plots
 from stargan_ray.train.logger import RunLogger
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 STATS = ("D/latent_real", "D/latent_fake", "D/latent_reg", "D/ref_real", "D/ref_fake",
          "D/ref_reg", "G/latent_adv", "G/latent_sty", "G/latent_ds", "G/latent_cyc", "G/ref_adv",

@@ -172,17 +172,6 @@ def scan(root: str, num_domains: int | None = None) -> DomainFolder:
                         np.asarray(labels, np.int64))
 
 
-def scan_train_val(train_dir: str, val_dir: str,
-                   num_domains: int) -> tuple[DomainFolder, DomainFolder]:
-    """Both splits, checked against each other and against model.num_domains."""
-    train = scan(train_dir, num_domains)
-    val = scan(val_dir, num_domains)
-    if train.domains != val.domains:
-        raise DomainMismatchError(f"{val_dir}: val domains ({', '.join(val.domains)}) differ from"
-                                  f" train domains in {train_dir} ({', '.join(train.domains)})")
-    return train, val
-
-
 # ---------------------------------------------------------------- decoding
 
 
@@ -305,7 +294,7 @@ def drop_unreadable(folder: DomainFolder,
     return DomainFolder(folder.root, folder.domains, paths, labels), bad
 
 
-__all__ = ["DomainFolder", "scan", "scan_train_val", "decode", "to_rgb", "probe", "drop_unreadable",
+__all__ = ["DomainFolder", "scan", "decode", "to_rgb", "probe", "drop_unreadable",
            "list_image_files", "load_image", "report_unreadable", "filesystem", "read_bytes",
            "BadImage", "DataError", "MissingRootError",
            "TooFewDomainsError", "EmptyDomainError", "DomainCountError", "DomainMismatchError",

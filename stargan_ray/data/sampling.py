@@ -167,14 +167,6 @@ def chunk_rows(table: ImageTable, plan: Plan, epoch: int, index: int, img_size: 
     return out
 
 
-def empty_rows(img_size: int) -> dict[str, np.ndarray]:
-    """No rows, with the columns and dtypes of chunk_rows."""
-    out = {c: np.zeros((0, 3, img_size, img_size), np.uint8) for c in IMAGE_COLUMNS}
-    out.update({c: np.zeros(0, np.int64) for c in ("y_src", "y_ref", "i_src", "i_ref", "i_ref2",
-                                                   "epoch")})
-    return out
-
-
 # ---------------------------------------------------------------- bad files across chunks
 
 
@@ -202,4 +194,4 @@ class BadImageLog:
 
 
 __all__ = ["LOAD_SCALE", "CROP_SCALE", "CROP_RATIO", "load_size", "crop_box", "augment",
-           "to_unit_range", "chunk_rows", "empty_rows", "BadImageLog"]
+           "to_unit_range", "chunk_rows", "BadImageLog"]
