@@ -243,3 +243,34 @@ def test_a_total_batch_the_workers_cannot_share_is_one_line(capsys, argv, words)
     assert cli.main(["train", "--dry-run", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and all(w in err for w in words), err
+
+
+# ---------------------------------------------------------------- integer arguments
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--dry-run", "--num-workers", "-1"], "argument --num-workers: must be >= 1, got -1"),
+    (["train", "--dry-run", "--num-workers", "x"],
+     "argument --num-workers: expected an integer >= 1, got 'x'"),
+    (["train", "--dry-run", "--num-workers", "2-x"],
+     "argument --num-workers: MIN-MAX must be two integers >= 1, got '2-x'"),
+    (["demo", "--num-workers", "0"], "argument --num-workers: must be >= 1, got 0"),
+    (["sample", "--checkpoint", "c.pt", "--src", "s", "--ref", "r", "--out", "o", "--seed", "-5"],
+     "argument --seed: must be >= 0 and <= 4294967295 (numpy's seed range), got -5"),
+    (["align", "--inp", "i", "--out", "o", "--lm-mean", "missing.npz", "--img-size", "100"],
+     "argument --img-size: must be >= 64 and <= 1024 and a multiple of 64 (the FAN's 64 px "
+     "heatmaps), got 100"),
+    (["align", "--inp", "i", "--out", "o", "--img-size", "4096"], "<= 1024"),
+])
+def test_integer_arguments_name_the_flag_the_value_and_the_rule(tmp_path, capsys, argv, message,
+                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _usage_error(argv, capsys, message)
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_more_workers_than_images_per_step_says_so(capsys):
+    err = _one_line(["train", "--dry-run", "--num-workers", "1000000"], capsys,
+                    "--num-workers: up to 1000000 workers, but data.batch_size is 8")
+    assert "multiple of 1000000" not in err
+    _one_line(["train", "--dry-run", "--num-workers", "3"], capsys, "(1, 2, 4, 8)")

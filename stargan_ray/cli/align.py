@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_alignment_args, add_device_arg, check_output, positive_int, resolve_device
+from .common import add_alignment_args, add_device_arg, check_output, int_arg, resolve_device
 
 
 def add_parser(sub) -> None:
@@ -17,8 +17,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True,
                    help="output folder (same relative file names); not inside --inp")
     add_alignment_args(p)
-    p.add_argument("--img-size", type=positive_int, default=256,
-                   help="output size, a multiple of 64 (default: %(default)s)")
+    p.add_argument("--img-size", type=int_arg(64, 1024, multiple_of=64,
+                                              why="the FAN's 64 px heatmaps"), default=256,
+                   help="output size, a multiple of 64 up to 1024 (default: %(default)s)")
     add_device_arg(p)
     p.set_defaults(func=run)
 
