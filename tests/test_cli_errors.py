@@ -18,7 +18,7 @@ from stargan_ray.data import shards
 from stargan_ray.engine import TrainState, train_step
 from stargan_ray.tune.space import EVAL_METRIC, reported_metrics
 
-from .conftest import tiny_config
+from .conftest import save_synthetic_checkpoint, tiny_config
 from .helpers import random_batch
 from .test_checkpoint import _official_files
 
@@ -274,3 +274,18 @@ def test_more_workers_than_images_per_step_says_so(capsys):
                     "--num-workers: up to 1000000 workers, but data.batch_size is 8")
     assert "multiple of 1000000" not in err
     _one_line(["train", "--dry-run", "--num-workers", "3"], capsys, "(1, 2, 4, 8)")
+
+
+# ---------------------------------------------------------------- outputs kept unless --overwrite
+
+
+def test_eval_keeps_the_results_of_an_earlier_eval_unless_overwrite(tmp_path, capsys):
+    checkpoint = save_synthetic_checkpoint(tmp_path / "c.pt")
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "LPIPS_00000_reference.json").write_text('{"from": "an earlier eval"}')
+    _one_line(["eval", "--checkpoint", str(checkpoint), "--out", str(out), "--num-workers", "0",
+               "--device", "cpu", "--feature-weights", "random"], capsys,
+              "LPIPS_00000_reference.json: already exists and is kept; pass --overwrite")
+    assert [p.name for p in out.iterdir()] == ["LPIPS_00000_reference.json"]
+    assert (out / "LPIPS_00000_reference.json").read_text() == '{"from": "an earlier eval"}'

@@ -51,8 +51,8 @@ from ..models import Networks
 from ..storage import atomic_write_json
 from . import fid as fidlib
 from . import lpips as lpipslib
-from .eval_plan import (MODES, EvalData, Item, Job, Task, chunks, image_count,
-                        make_tasks, plan_items, resolve_dirs, seeded_generator, source_indices)
+from .eval_plan import (MODES, EvalData, Item, Job, Task, chunks, image_count, make_tasks,
+                        plan_items, resolve_dirs, result_file, seeded_generator, source_indices)
 from .eval_worker import EvalWorker, ItemResult
 from .sharding import Shard, agree_on_misses, merge_lpips, merge_moments
 from .weights import FeatureWeights
@@ -261,13 +261,13 @@ def evaluate(nets_ema: Networks, cfg: ExperimentConfig, *, step: int, mode: str 
         results.update(lpips_values)
         if out_dir is not None and not quick:
             common = {"feature_weights": weights.kind, "step": step, "mode": m}
-            files.append((Path(out_dir) / f"FID_{step:05d}_{m}.json",
+            files.append((Path(out_dir) / result_file("FID", step, m),
                           {**fid_values, **kid_values, **common,
                            "weights_id": weights.id("inception"),
                            "frechet_method": frechet_method,
                            "real_stats": {data.domains[d]: s for d, s in collected.cache.items()},
                            "warnings": fid_notes}))
-            files.append((Path(out_dir) / f"LPIPS_{step:05d}_{m}.json",
+            files.append((Path(out_dir) / result_file("LPIPS", step, m),
                           {**lpips_values, **common, "weights_id": weights.id("alexnet"),
                            "warnings": lpips_notes}))
     elapsed = time.perf_counter() - start
