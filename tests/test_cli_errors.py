@@ -289,3 +289,15 @@ def test_eval_keeps_the_results_of_an_earlier_eval_unless_overwrite(tmp_path, ca
               "LPIPS_00000_reference.json: already exists and is kept; pass --overwrite")
     assert [p.name for p in out.iterdir()] == ["LPIPS_00000_reference.json"]
     assert (out / "LPIPS_00000_reference.json").read_text() == '{"from": "an earlier eval"}'
+
+
+@pytest.mark.parametrize("name", ["../escaped", "a/b", ".hidden", "/abs"])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_tune_name_is_a_plain_folder_name_like_a_run_name(tmp_path, capsys, monkeypatch, name,
+                                                          dry_run):
+    monkeypatch.chdir(tmp_path)
+    storage = tmp_path / "runs"
+    _one_line(["tune", "--space", str(_space(tmp_path, "G/latent_cyc")), "--storage",
+               str(storage), "--name", name, *(["--dry-run"] if dry_run else [])], capsys,
+              f"--name {name!r}: must be a plain folder name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.toml"]  # nothing written
