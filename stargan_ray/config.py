@@ -285,6 +285,10 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    except UnicodeDecodeError as err:  # an image, a checkpoint, a file in another encoding
+        byte = err.object[err.start]
+        raise ConfigError(f"{path}: not a TOML file (not UTF-8 text: byte {byte:#04x} at offset "
+                          f"{err.start})") from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:

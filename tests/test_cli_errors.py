@@ -301,3 +301,44 @@ def test_tune_name_is_a_plain_folder_name_like_a_run_name(tmp_path, capsys, monk
                str(storage), "--name", name, *(["--dry-run"] if dry_run else [])], capsys,
               f"--name {name!r}: must be a plain folder name")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["space.toml"]  # nothing written
+
+
+# ---------------------------------------------------------------- files that are not what they should be
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", ["not a TOML file", "byte 0x89 at offset 0"]),
+    ('name = "caf\u00e9"\n'.encode("latin-1"), ["not a TOML file", "byte 0xe9 at offset 11"]),
+])
+def test_an_experiment_file_that_is_not_utf8_text_is_one_line(tmp_path, capsys, content, words):
+    path = tmp_path / "exp.toml"
+    path.write_bytes(content)
+    _one_line(["train", "--dry-run", "--experiment", str(path)], capsys, str(path), *words)
+
+
+def test_an_official_checkpoint_flag_on_our_file_of_other_widths_is_one_line(tmp_path, capsys):
+    checkpoint = save_synthetic_checkpoint(tmp_path / "c.pt")  # dim_in 8; toy has 16
+    err = _one_line(["eval", "--official-checkpoint", str(checkpoint), "--experiment", "toy",
+                     "--num-workers", "0", "--device", "cpu", "--out", str(tmp_path / "o")],
+                    capsys, f"checkpoint {checkpoint}: nets.", "in the file but the configured "
+                    "model expects", "in the checkpoint but 16 in the config")
+    assert "size mismatch" not in err
+
+
+@pytest.mark.parametrize("kind", ["truncated", "png"])
+def test_fid_inception_path_that_is_no_weights_file_is_one_line(tmp_path, capsys, kind):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.new("RGB", (8, 8), (10, 20, 30 + i)).save(tmp_path / name / f"{i}.png")
+    weights = tmp_path / "inception.pth"
+    if kind == "truncated":
+        torch.save({"fc.weight": torch.zeros(64, 64)}, weights)
+        weights.write_bytes(weights.read_bytes()[:200])
+    else:
+        Image.new("RGB", (8, 8)).save(weights, format="PNG")
+    needle = ("truncated or corrupt" if kind == "truncated" else
+              "it holds a PNG image); give torchvision's inception_v3_google-0cc3c7bd.pth "
+              "(eval.inception_path)")
+    _one_line(["fid", str(tmp_path / "a"), str(tmp_path / "b"), "--inception-path", str(weights),
+               "--device", "cpu"], capsys, str(weights), needle)
