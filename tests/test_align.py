@@ -106,6 +106,16 @@ def test_align_cli_writes_aligned_photos_and_skips_others(wing, tmp_path, capsys
     assert "skipped 1: fake.png" in capsys.readouterr().out
     assert f"skipping unreadable image {inp / 'fake.png'}: not an image" in caplog.text
 
+    # a second run into the same --out keeps what is there unless --overwrite
+    (out / "face.png").write_bytes(b"touched up by hand")
+    with pytest.raises(ConfigError, match="face.png: already exists and is kept; pass --overwrite"):
+        run_cli([*common, "--out", str(out), "--min-confidence", "0"])
+    assert (out / "face.png").read_bytes() == b"touched up by hand"
+    assert run_cli([*common, "--out", str(out), "--min-confidence", "0", "--overwrite"]) == 0
+    with Image.open(out / "face.png") as aligned:
+        assert aligned.size == (128, 128)
+    capsys.readouterr()
+
     # no face: the landmark heatmaps of this FAN never come near the required peak
     assert run_cli([*common, "--out", str(tmp_path / "none"), "--min-confidence", "1e9"]) == 1
     assert "skipped face.png: no face found" in capsys.readouterr().out

@@ -77,9 +77,16 @@ def test_eval_run_writes_evaluate_numbers_by_step(run, capsys, monkeypatch):
     assert f"best step: {best} (FID_latent/mean" in out
     assert len(set(expected.values())) == len(STEPS)  # the checkpoints really differ
 
+    # Again: the results of the first eval are kept unless --overwrite.
+    csv_before = (run_dir / "metrics" / "by_step.csv").read_bytes()
+    again = ["eval", "--run", str(run_dir), "--every", "2", "--mode", "latent",
+             "--num-workers", "0", "--device", "cpu"]
+    assert cli.main(again) == 2
+    err = capsys.readouterr().err
+    assert "FID_00002_latent.json: already exists and is kept; pass --overwrite" in err, err
+    assert (run_dir / "metrics" / "by_step.csv").read_bytes() == csv_before
     # --every 2: the 1st and 3rd complete checkpoints, latent only.
-    rc = cli.main(["eval", "--run", str(run_dir), "--every", "2", "--mode", "latent",
-                   "--num-workers", "0", "--device", "cpu"])
+    rc = cli.main([*again, "--overwrite"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     rows = _rows(run_dir / "metrics" / "by_step.csv")

@@ -272,7 +272,7 @@ def test_align_aligns_every_good_file_and_names_each_bad_one(tmp_path):
     (["fid", "{d}", "{d}", "--device", "foo"], "--device: expected cpu, cuda or cuda:N"),
     (["fid", "{d}", "{d}", "--device", "cuda"], "no usable CUDA device"),
     (["fid", "{d}", "{d}/nope", "--device", "cpu"], "nope: no such folder"),
-    (["align", "--inp", "{d}", "--out", "{d}/x", "--img-size", "0"], "must be >= 1"),
+    (["align", "--inp", "{d}", "--out", "{d}/x", "--img-size", "0"], "must be >= 64"),
     (["align", "--inp", "{d}", "--out", "{d}", "--device", "cpu"], "lies inside the input"),
     (["align", "--inp", "{d}", "--out", "{d}/aligned", "--device", "cpu"], "lies inside"),
     (["eval", "--checkpoint", "{d}/c.pt", "--device", "foo"], "--device: expected cpu"),

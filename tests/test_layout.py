@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "stargan_ray"
 
 # Plain torch: what a user can read, test and run in one process (README.md, "Layout").
 CORE = [
-    "stargan_ray.errors", "stargan_ray.config", "stargan_ray.storage", "stargan_ray.models",
+    "stargan_ray.errors", "stargan_ray.config", "stargan_ray.config_bounds", "stargan_ray.storage",
+    "stargan_ray.models",
     "stargan_ray.models.fan", "stargan_ray.losses", "stargan_ray.schedules", "stargan_ray.engine",
     "stargan_ray.checkpoint", "stargan_ray.grids", "stargan_ray.sample", "stargan_ray.align",
     "stargan_ray.metrics.frechet", "stargan_ray.metrics.kid", "stargan_ray.metrics.fid",

@@ -22,6 +22,11 @@ from ..data import folders
 MODES = ("latent", "reference")
 
 
+def result_file(kind: str, step: int, mode: str) -> str:
+    """The official name of one results file: FID_{step:05d}_{mode}.json or LPIPS_..."""
+    return f"{kind}_{step:05d}_{mode}.json"
+
+
 @dataclass(frozen=True)
 class EvalData:
     """Sorted domains and, per domain, the sorted image paths of the val and train splits."""
@@ -161,5 +166,5 @@ def image_count(items: Iterable[Item], num_outs: int) -> int:
     return sum(len(i.indices) * (1 if i.kind == "real" else num_outs) for i in items)
 
 
-__all__ = ["MODES", "EvalData", "Task", "make_tasks", "Item", "Job", "seeded_generator",
+__all__ = ["MODES", "result_file", "EvalData", "Task", "make_tasks", "Item", "Job", "seeded_generator",
            "source_indices", "chunks", "plan_items", "image_count", "resolve_dirs"]

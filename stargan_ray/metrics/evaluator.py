@@ -51,8 +51,8 @@ from ..models import Networks
 from ..storage import atomic_write_json
 from . import fid as fidlib
 from . import lpips as lpipslib
-from .eval_plan import (MODES, EvalData, Item, Job, Task, chunks, image_count,
-                        make_tasks, plan_items, resolve_dirs, seeded_generator, source_indices)
+from .eval_plan import (MODES, EvalData, Item, Job, Task, chunks, image_count, make_tasks,
+                        plan_items, resolve_dirs, result_file, seeded_generator, source_indices)
 from .eval_worker import EvalWorker, ItemResult
 from .memory import check_memory, decode_bytes, generator_bytes, inception_bytes
 from .options import EvalOptions
@@ -261,11 +261,11 @@ def _json_files(r: ModeResults, m: str, step: int, out_dir: Path, weights: Featu
     """FID_{step:05d}_{m}.json and LPIPS_{step:05d}_{m}.json: the official names and keys, plus
     feature_weights, the real-statistics cache status and any warnings."""
     common = {"feature_weights": weights.kind, "step": step, "mode": m}
-    return [(out_dir / f"FID_{step:05d}_{m}.json",
+    return [(out_dir / result_file("FID", step, m),
              {**r.fid, **r.kid, **common, "weights_id": weights.id("inception"),
               "frechet_method": cfg.eval.frechet_method, "real_stats": real_stats,
               "warnings": r.fid_notes}),
-            (out_dir / f"LPIPS_{step:05d}_{m}.json",
+            (out_dir / result_file("LPIPS", step, m),
              {**r.lpips, **common, "weights_id": weights.id("alexnet"),
               "warnings": r.lpips_notes})]
 

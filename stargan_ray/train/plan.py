@@ -76,13 +76,15 @@ class RunOptions:
         rows, so the update is the same."""
         low, high = self.worker_range
         total = cfg.data.batch_size
-        if not self.elastic and total % low:
-            raise ConfigError(f"data.batch_size: {total} images per step (the total over all "
-                              f"workers) cannot be split evenly over --num-workers {low}; use a "
-                              f"multiple of {low}")
-        if high > total:
+        if high > total:  # first: "use a multiple of 1000000" would not help
             raise ConfigError(f"--num-workers: up to {high} workers, but data.batch_size is "
                               f"{total} images per step in total (at least one per worker)")
+        if not self.elastic and total % low:
+            counts = ", ".join(str(n) for n in range(1, total + 1) if total % n == 0)
+            raise ConfigError(f"data.batch_size: {total} images per step (the total over all "
+                              f"workers) cannot be split evenly over --num-workers {low}; use "
+                              f"a worker count that divides it ({counts}) or a data.batch_size "
+                              f"that is a multiple of {low}")
 
     def run_name(self, cfg: ExperimentConfig) -> str:
         return self.name or cfg.name
