@@ -25,6 +25,7 @@ else:  # pragma: no cover
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 SYNTHETIC = "synthetic"  # data.train_dir value: the embedded dataset, generated into a cache
+FITS = ("stretch", "crop", "pad")  # data.fit: how a photo that is not square becomes square
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,15 @@ class DataConfig:
     batch_per_worker: int = 0
     val_batch_size: int = 32
     randcrop_prob: float = 0.5
+    # Domains from a labels CSV (columns path,domain; paths relative to the split's dir) instead
+    # of <dir>/<domain>/ folders; "" = folders.
+    train_labels: str = ""
+    val_labels: str = ""
+    # A photo that is not square: stretch (official) | crop (centred square) | pad (whole photo
+    # on a square, mid-grey border); see data/shapes.py.
+    fit: str = "stretch"
+    # Train on shards prepared for a smaller img_size (upsampled images) with a warning.
+    allow_upscale: bool = False
 
 
 @dataclass(frozen=True)
@@ -263,6 +273,7 @@ def validate(cfg: ExperimentConfig) -> None:
              d.batch_per_worker)
     _require(d.val_batch_size >= 1, "data.val_batch_size", "must be >= 1", d.val_batch_size)
     _require(0 <= d.randcrop_prob <= 1, "data.randcrop_prob", "must be in [0, 1]", d.randcrop_prob)
+    _require(d.fit in FITS, "data.fit", f"must be one of {', '.join(FITS)}", d.fit)
     for key in ("total_iters", "print_every", "sample_every", "save_every", "eval_every",
                 "keep_checkpoints"):
         _require(getattr(t, key) >= 1, f"train.{key}", "must be >= 1", getattr(t, key))
@@ -394,5 +405,5 @@ __all__ = [
     "ConfigError", "ModelConfig", "LossConfig", "OptimConfig", "DataConfig", "TrainConfig",
     "EvalConfig", "ExperimentConfig", "load_experiment", "with_overrides", "from_dict",
     "apply_overrides", "parse_override", "to_toml", "config_keys", "get_key", "replace",
-    "SYNTHETIC",
+    "SYNTHETIC", "FITS",
 ]
