@@ -153,6 +153,7 @@ SECTIONS: dict[str, type] = {
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "loss.ds_decay": ("linear", "cosine", "step", "none"),
+    "data.fit": FITS,
     "train.nan_policy": ("stop", "rollback"),
     "train.precision": ("fp32", "tf32", "bf16"),
     "eval.feature_weights": ("pretrained", "random"),
@@ -273,7 +274,6 @@ def validate(cfg: ExperimentConfig) -> None:
              d.batch_per_worker)
     _require(d.val_batch_size >= 1, "data.val_batch_size", "must be >= 1", d.val_batch_size)
     _require(0 <= d.randcrop_prob <= 1, "data.randcrop_prob", "must be in [0, 1]", d.randcrop_prob)
-    _require(d.fit in FITS, "data.fit", f"must be one of {', '.join(FITS)}", d.fit)
     for key in ("total_iters", "print_every", "sample_every", "save_every", "eval_every",
                 "keep_checkpoints"):
         _require(getattr(t, key) >= 1, f"train.{key}", "must be >= 1", getattr(t, key))
