@@ -203,3 +203,28 @@ def test_the_training_grids_take_val_images_by_their_labels(flat):
     x, y = torch.cat([x_src, x_ref]), torch.cat([y_src, y_ref])
     assert set(y.tolist()) == {0, 1}
     assert np.array_equal(_is_red(x), y.numpy() == 1)
+
+
+def test_fid_quick_on_a_labelled_folder_equals_it_on_the_same_images_in_folders(flat, tmp_path):
+    import shutil
+
+    from stargan_ray.metrics import evaluator
+
+    from .conftest import seeded_ema_networks, tiny_eval_config
+
+    src, csv = flat
+    tree = tmp_path / "tree"
+    for line in csv.read_text().splitlines()[1:]:
+        path, domain = line.split(",")
+        full = src / path if not path.startswith("/") else path
+        if (src / "all" / "missing.png") != full:
+            (tree / domain).mkdir(parents=True, exist_ok=True)
+            shutil.copy(full, tree / domain / str(full).rsplit("/", 1)[-1])
+    small = {"eval.quick_sources": 2, "eval.quick_outs": 1}
+    labelled = tiny_eval_config(src, src, **{"data.train_labels": str(csv),
+                                             "data.val_labels": str(csv), **small})
+    folders_cfg = tiny_eval_config(tree, tree, **small)
+    nets = seeded_ema_networks(labelled)
+    values = [evaluator.fid_quick(nets, cfg, cache_dir=tmp_path / "cache" / name)
+              for name, cfg in (("labels", labelled), ("folders", folders_cfg))]
+    assert np.isfinite(values[0]) and values[0] == values[1]

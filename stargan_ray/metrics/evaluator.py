@@ -162,7 +162,8 @@ def collect(nets_ema: Networks, cfg: ExperimentConfig, *, modes: Sequence[str],
         raise ValueError("collect: a shard runs in this process (num_workers=0)")
     device = str(torch.device(device))
     data = EvalData.discover(*resolve_dirs(cfg), num_domains=cfg.model.num_domains,
-                             img_size=cfg.model.img_size)
+                             img_size=cfg.model.img_size,
+                             labels=(cfg.data.train_labels, cfg.data.val_labels))
     tasks = make_tasks(data.domains)
     num_outs = num_outs or cfg.eval.num_outs_per_domain
     lpips = lpips and num_outs >= 2
