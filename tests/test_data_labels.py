@@ -228,3 +228,17 @@ def test_fid_quick_on_a_labelled_folder_equals_it_on_the_same_images_in_folders(
     values = [evaluator.fid_quick(nets, cfg, cache_dir=tmp_path / "cache" / name)
               for name, cfg in (("labels", labelled), ("folders", folders_cfg))]
     assert np.isfinite(values[0]) and values[0] == values[1]
+
+
+def test_a_row_naming_an_unreadable_file_is_named_and_skipped(flat, tmp_path, capsys):
+    src, csv = flat
+    (src / "all" / "broken.png").write_text("not a picture")
+    csv.write_text(csv.read_text() + "all/broken.png,blue\n")
+    assert _prepare([str(src), str(tmp_path / "shards"), "--labels", str(csv)]) == 1
+    out = capsys.readouterr().out
+    assert f"{src}/all/broken.png: not an image" in out and "skipped 2 file(s):" in out
+    cfg = tiny_config(**{"data.train_dir": str(src), "data.train_labels": str(csv),
+                         "data.val_dir": str(src), "data.val_labels": str(csv)})
+    table, bad = open_train_table(cfg)
+    assert table.counts == [6, 6]
+    assert sorted(p for p, _ in bad) == [f"{src}/all/broken.png", f"{src}/all/missing.png"]
