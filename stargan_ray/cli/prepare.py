@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import FITS
 from .common import positive_float, positive_int
 
 
@@ -17,14 +16,27 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "prepare", help="pack an image folder tree (SRC/<domain>/<image>) into Parquet shards",
         description=__doc__.split("\n\n")[0])
-    p.add_argument("src", metavar="SRC", help="folder tree SRC/<domain>/<image>, or the image"
-                   " root of --labels / --attributes")
+    p.add_argument("src", metavar="SRC", help="folder tree SRC/<domain>/<image>")
     p.add_argument("out", metavar="OUT", help="output folder or URI (s3://bucket/prefix),"
                    " outside SRC")
     p.add_argument("--img-size", type=positive_int, default=None, metavar="N",
                    help="model.img_size the shards are for (a power of two >= 32): store"
                    " PNGs reduced to what the pipeline decodes for it (shorter side 1.2 N);"
                    " default: original bytes")
+    _add_source_args(p)
+    p.add_argument("--shard-mb", type=positive_float, default=256.0, metavar="M",
+                   help="start a new Parquet file after about M MiB (default 256)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="decoding processes (default: CPU count, at most 16)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a shard set already in OUT (default: keep it and stop)")
+    p.set_defaults(func=run)
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    """Where the domains come from (SRC is then the image root) and how photos become square."""
+    from ..config import FITS
+
     p.add_argument("--labels", default="", metavar="CSV",
                    help="domains from a CSV with columns path,domain (path relative to SRC or"
                    " absolute) instead of SRC/<domain>/ folders")
@@ -37,13 +49,6 @@ def add_parser(sub) -> None:
     p.add_argument("--fit", choices=FITS, default="stretch",
                    help="a photo that is not square: stretch (official, default), crop (the"
                    " centred square) or pad (the whole photo on a mid-grey square)")
-    p.add_argument("--shard-mb", type=positive_float, default=256.0, metavar="M",
-                   help="start a new Parquet file after about M MiB (default 256)")
-    p.add_argument("--workers", type=positive_int, default=None,
-                   help="decoding processes (default: CPU count, at most 16)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a shard set already in OUT (default: keep it and stop)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
