@@ -374,8 +374,7 @@ def drop_unreadable(folder: DomainFolder,
 
 
 __all__ = ["DomainFolder", "scan", "scan_train_val", "decode", "to_rgb", "probe", "drop_unreadable",
-           "list_image_files", "image_files", "load_image", "report_unreadable", "report_links",
-           "filesystem", "read_bytes",
+           "list_image_files", "load_image", "report_unreadable", "filesystem", "read_bytes",
            "BadImage", "DataError", "MissingRootError",
            "TooFewDomainsError", "EmptyDomainError", "DomainCountError", "DomainMismatchError",
-           "IMAGE_EXTENSIONS"]
+           "IMAGE_EXTENSIONS", "image_files", "report_links"]
