@@ -26,6 +26,7 @@ else:  # pragma: no cover
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 SYNTHETIC = "synthetic"  # data.train_dir value: the embedded dataset, generated into a cache
+FITS = ("stretch", "crop", "pad")  # data.fit: how a photo that is not square becomes square
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,15 @@ class DataConfig:
     batch_per_worker: int = 0
     val_batch_size: int = 32
     randcrop_prob: float = 0.5
+    # Domains from a labels CSV (columns path,domain; paths relative to the split's dir) instead
+    # of <dir>/<domain>/ folders; "" = folders.
+    train_labels: str = ""
+    val_labels: str = ""
+    # A photo that is not square: stretch (official) | crop (centred square) | pad (whole photo
+    # on a square, mid-grey border); see data/shapes.py.
+    fit: str = "stretch"
+    # Train on shards prepared for a smaller img_size (upsampled images) with a warning.
+    allow_upscale: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,6 +154,7 @@ SECTIONS: dict[str, type] = {
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "loss.ds_decay": ("linear", "cosine", "step", "none"),
+    "data.fit": FITS,
     "train.nan_policy": ("stop", "rollback"),
     "train.precision": ("fp32", "tf32", "bf16"),
     "eval.feature_weights": ("pretrained", "random"),
@@ -373,5 +384,5 @@ __all__ = [
     "ConfigError", "ModelConfig", "LossConfig", "OptimConfig", "DataConfig", "TrainConfig",
     "EvalConfig", "ExperimentConfig", "load_experiment", "with_overrides", "from_dict",
     "apply_overrides", "parse_override", "to_toml", "config_keys", "get_key", "replace",
-    "SYNTHETIC",
+    "SYNTHETIC", "FITS",
 ]

@@ -18,7 +18,7 @@ from stargan_ray.engine import TrainState
 from stargan_ray.errors import UserError
 from stargan_ray.train import WorkerSpec, worker
 
-from .conftest import tiny_config
+from .helpers import tiny_config
 from .helpers import random_batch
 
 

@@ -109,7 +109,7 @@ def to_unit_range(x: "torch.Tensor") -> "torch.Tensor":
 # ---------------------------------------------------------------- one chunk -> training rows
 
 
-def _decode_chunk(table: ImageTable, plan: Plan, epoch: int, index: int, img_size: int
+def _decode_chunk(table: ImageTable, plan: Plan, epoch: int, index: int, img_size: int, fit: str
                   ) -> tuple[list[Image.Image], list[int], list[int], list[tuple[str, str]]]:
     """(images, labels, image ids, bad files) of one chunk, each image decoded once."""
     images: list[Image.Image] = []
@@ -119,7 +119,7 @@ def _decode_chunk(table: ImageTable, plan: Plan, epoch: int, index: int, img_siz
             try:
                 if isinstance(data, BadImage):
                     raise data
-                images.append(folders.decode(data, min_side=load_size(img_size)))
+                images.append(folders.decode(data, load_size(img_size), fit))
             except BadImage as err:
                 bad.append((path, str(err)))
                 continue
@@ -129,11 +129,12 @@ def _decode_chunk(table: ImageTable, plan: Plan, epoch: int, index: int, img_siz
 
 
 def chunk_rows(table: ImageTable, plan: Plan, epoch: int, index: int, img_size: int,
-               randcrop_prob: float, report: Callable[[list[tuple[str, str]]], Any] | None = None
-               ) -> dict[str, np.ndarray]:
-    """Decode one chunk's images once and draw its training rows (see the module docstring)."""
+               randcrop_prob: float, report: Callable[[list[tuple[str, str]]], Any] | None = None,
+               fit: str = "stretch") -> dict[str, np.ndarray]:
+    """Decode one chunk's images once (made square by `fit`, data.fit) and draw its training
+    rows (see the module docstring)."""
     rng = np.random.default_rng([plan.seed, epoch, index, 0xDA7A])
-    images, labels, ids, bad = _decode_chunk(table, plan, epoch, index, img_size)
+    images, labels, ids, bad = _decode_chunk(table, plan, epoch, index, img_size, fit)
     if bad and report is not None:
         report(bad)
     labels_arr, ids_arr = np.asarray(labels, np.int64), np.asarray(ids, np.int64)

@@ -18,6 +18,7 @@ import torch
 
 from ..config import SYNTHETIC, ExperimentConfig
 from ..data import folders
+from ..data.labels import scan_split
 
 MODES = ("latent", "reference")
 
@@ -37,11 +38,13 @@ class EvalData:
 
     @classmethod
     def discover(cls, train_dir: str | Path, val_dir: str | Path,
-                 num_domains: int | None = None, img_size: int | None = None) -> "EvalData":
-        """Both splits, listed as training lists them; val images that cannot be decoded are
-        named and left out (they are sources and references, so they are checked up front)."""
-        val_folder = folders.scan(str(val_dir), num_domains)
-        train_folder = folders.scan(str(train_dir), num_domains)
+                 num_domains: int | None = None, img_size: int | None = None,
+                 labels: tuple[str, str] = ("", "")) -> "EvalData":
+        """Both splits, listed as training lists them (labels: data.train_labels and
+        data.val_labels, "" for domain folders); val images that cannot be decoded are named and
+        left out (they are sources and references, so they are checked up front)."""
+        val_folder = scan_split(str(val_dir), labels[1], num_domains)
+        train_folder = scan_split(str(train_dir), labels[0], num_domains)
         if train_folder.domains != val_folder.domains:
             raise folders.DomainMismatchError(
                 f"{val_dir}: val domains ({', '.join(val_folder.domains)}) differ from train "

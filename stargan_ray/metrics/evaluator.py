@@ -183,7 +183,8 @@ def collect(nets_ema: Networks, cfg: ExperimentConfig, *, modes: Sequence[str],
     if opts.num_workers == 0:  # Ray actors check nothing here: their nodes' memory is theirs
         _check_memory(cfg, opts.device, num_outs if lpips else 1)
     data = EvalData.discover(*resolve_dirs(cfg), num_domains=cfg.model.num_domains,
-                             img_size=cfg.model.img_size)
+                             img_size=cfg.model.img_size,
+                             labels=(cfg.data.train_labels, cfg.data.val_labels))
     tasks = make_tasks(data.domains)
     job = Job(cfg, data, tuple(tasks), num_outs, cfg.train.seed)
 

@@ -37,16 +37,17 @@ def load_val_samples(cfg: ExperimentConfig, device: torch.device | str):
     image of its domain taken.
     """
     from ..data import folders
+    from ..data.labels import scan_split
     from ..data.synthetic import resolve_data_dirs
 
     _, val_dir = resolve_data_dirs(cfg)
-    folder = folders.scan(val_dir, cfg.model.num_domains)
+    folder = scan_split(val_dir, cfg.data.val_labels, cfg.model.num_domains)
     fs, size = folder.fs(), cfg.model.img_size
 
     def readable(paths):  # decoded images of one domain, in order, unreadable ones skipped
         for path in paths:
             try:
-                image = folders.decode(folders.read_bytes(fs, path))
+                image = folders.decode(folders.read_bytes(fs, path), fit=cfg.data.fit)
             except (folders.BadImage, OSError) as err:
                 folders.report_unreadable(path, str(err))
                 continue
