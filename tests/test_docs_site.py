@@ -64,8 +64,11 @@ def test_every_config_key_is_in_the_reference():
     assert "a power of two >= 32 and <= 1024" in rows["model.img_size"].replace("&gt;", ">") \
         .replace("&lt;", "<")
     assert "`rollback`" in rows["train.nan_policy"]
-    # and the comment beside a field, read from the source
+    # and the comment beside or above a field, read from the source
     assert "halve lambda_ds every this many steps" in rows["loss.ds_step_every"]
+    assert "width of the mapping network" in rows["model.hidden_dim"]
+    unexplained = [key for key, row in rows.items() if row.rstrip().endswith("|  |")]
+    assert unexplained == [], "give these fields a comment in stargan_ray/config.py"
 
 
 def test_every_command_and_flag_is_in_the_reference():
