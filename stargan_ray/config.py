@@ -31,16 +31,16 @@ FITS = ("stretch", "crop", "pad")  # data.fit: how a photo that is not square be
 
 @dataclass(frozen=True)
 class ModelConfig:
-    img_size: int = 256
-    num_domains: int = 2
-    latent_dim: int = 16
+    img_size: int = 256  # image height and width in px (square)
+    num_domains: int = 2  # one output branch of F, E and D per domain
+    latent_dim: int = 16  # size of a latent code z_trg
     hidden_dim: int = 512  # width of the mapping network (official --hidden_dim, fixed 512 there)
-    style_dim: int = 64
-    w_hpf: float = 1.0
+    style_dim: int = 64  # size of a style code s_trg
+    w_hpf: float = 1.0  # weight of the high-pass path (FAN face masks); 0 = none (AFHQ)
     # None means the official formula 2**14 // img_size; small images make that very wide.
     dim_in: int | None = None
-    max_conv_dim: int = 512
-    wing_path: str = ""
+    max_conv_dim: int = 512  # channel cap of the convolution stacks
+    wing_path: str = ""  # the FAN's wing.ckpt, needed when w_hpf > 0
 
     def __post_init__(self) -> None:
         if self.dim_in is None and isinstance(self.img_size, int) and self.img_size > 0:
@@ -49,11 +49,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    lambda_reg: float = 1.0
-    lambda_sty: float = 1.0
-    lambda_ds: float = 1.0
-    lambda_cyc: float = 1.0
-    ds_iter: int = 100000
+    lambda_reg: float = 1.0  # weight of the R1 penalty on D's real images
+    lambda_sty: float = 1.0  # weight of the style reconstruction loss
+    lambda_ds: float = 1.0  # weight of the diversity loss at step 0 (see ds_decay)
+    lambda_cyc: float = 1.0  # weight of the cycle-consistency loss
+    ds_iter: int = 100000  # steps over which lambda_ds decays to 0
     ds_decay: str = "linear"  # linear (official) | cosine | step | none
     ds_step_every: int = 25000  # for ds_decay = "step": halve lambda_ds every this many steps
     r1_interval: int = 1  # lazy R1: every k-th D step, weight scaled by k (1 = official)
@@ -61,28 +61,28 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 1e-4
-    f_lr: float = 1e-6
-    beta1: float = 0.0
-    beta2: float = 0.99
-    weight_decay: float = 1e-4
-    ema_beta: float = 0.999
+    lr: float = 1e-4  # Adam learning rate of G, E and D
+    f_lr: float = 1e-6  # Adam learning rate of the mapping network F
+    beta1: float = 0.0  # Adam beta1
+    beta2: float = 0.99  # Adam beta2
+    weight_decay: float = 1e-4  # Adam weight decay
+    ema_beta: float = 0.999  # decay of the moving average nets_ema
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    train_dir: str = "data/celeba_hq/train"
-    val_dir: str = "data/celeba_hq/val"
+    train_dir: str = "data/celeba_hq/train"  # folders per domain, shards, or "synthetic"
+    val_dir: str = "data/celeba_hq/val"  # sources and references of grids and evaluation
     batch_size: int = 8  # images per step over all workers (each takes its share)
     # At most this many images through the networks at once on one worker; a larger share is
     # split into micro-batches whose gradients accumulate (same update). 0: the whole share.
     batch_per_worker: int = 0
-    val_batch_size: int = 32
-    randcrop_prob: float = 0.5
+    val_batch_size: int = 32  # sources through G at once in evaluation
+    randcrop_prob: float = 0.5  # chance of the official random resized crop
     # Domains from a labels CSV (columns path,domain; paths relative to the split's dir) instead
     # of <dir>/<domain>/ folders; "" = folders.
     train_labels: str = ""
-    val_labels: str = ""
+    val_labels: str = ""  # the same for val_dir
     # A photo that is not square: stretch (official) | crop (centred square) | pad (whole photo
     # on a square, mid-grey border); see data/shapes.py.
     fit: str = "stretch"
@@ -92,28 +92,28 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    total_iters: int = 100000
-    seed: int = 777
-    print_every: int = 10
-    sample_every: int = 5000
-    save_every: int = 10000
-    eval_every: int = 50000
-    keep_checkpoints: int = 3
+    total_iters: int = 100000  # training steps
+    seed: int = 777  # seeds the initial weights and the data stream
+    print_every: int = 10  # steps between log lines (console, metrics.jsonl, W&B)
+    sample_every: int = 5000  # steps between sample grids
+    save_every: int = 10000  # steps between checkpoints
+    eval_every: int = 50000  # steps between fid_quick evaluations
+    keep_checkpoints: int = 3  # newest checkpoints kept in the run folder
     # Also keep the checkpoint with the lowest fid_quick in <run>/best/ (best.json names it).
     keep_best: bool = False
     nan_policy: str = "stop"  # stop | rollback
     precision: str = "fp32"  # fp32 | tf32 | bf16
-    channels_last: bool = False
-    compile: bool = False
+    channels_last: bool = False  # channels-last memory format for networks and batches
+    compile: bool = False  # torch.compile the networks
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    num_outs_per_domain: int = 10
-    batch_size: int = 32
+    num_outs_per_domain: int = 10  # outputs per source and target domain
+    batch_size: int = 32  # images through Inception at once
     feature_weights: str = "pretrained"  # pretrained | random (never for reported numbers)
-    inception_path: str = ""
-    alexnet_path: str = ""
+    inception_path: str = ""  # Inception v3 weights file for FID; "" = torchvision's cache
+    alexnet_path: str = ""  # AlexNet weights file for LPIPS; "" = torchvision's cache
     quick_sources: int = 16  # fid_quick: sources per task
     quick_outs: int = 2  # fid_quick: outputs per source
     # FID's trace term (metrics/frechet.py): auto (the smallest exact symmetric eigenproblem: n x n
@@ -126,7 +126,7 @@ class EvalConfig:
     # KID beside every FID (not in fid_quick): subsets of min(both set sizes, kid_subset_size)
     # features; torch-fidelity's and clean-fid's defaults.
     kid_subsets: int = 100
-    kid_subset_size: int = 1000
+    kid_subset_size: int = 1000  # features per KID subset (see kid_subsets)
 
 
 @dataclass(frozen=True)
