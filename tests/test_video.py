@@ -1,0 +1,143 @@
+"""Video in and out: frames and rates kept, bad clips named, the official interpolation videos."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stargan_ray import grids, sample, video
+from stargan_ray.data.synthetic import generate
+from stargan_ray.errors import UserError
+from stargan_ray.inference import Translator, image_to_tensor, to_pixels
+from stargan_ray.video_translate import translate_video
+
+from .conftest import seeded_ema_networks, tiny_config
+
+S = 32  # tiny_config image size
+
+
+def _clip(n: int, h: int = 40, w: int = 56) -> list[np.ndarray]:
+    """Smooth frames that change over time (H.264 keeps them within a few levels)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return [np.stack([(xx * 4 + t * 9) % 256, (yy * 5) % 256, np.full_like(xx, 40 + t * 6)],
+                     axis=-1).astype(np.uint8) for t in range(n)]
+
+
+def test_a_written_clip_reads_back_with_every_frame_at_its_rate(tmp_path):
+    frames = _clip(17)
+    path = video.write_video(tmp_path / "a.mp4", frames, fps=24.0)
+    info, decoded = video.open_video(path)
+    decoded = list(decoded)
+    assert info.fps == pytest.approx(24.0) and info.size == (56, 40)
+    assert len(decoded) == 17 == video.count_frames(path)[0]
+    error = np.mean([np.abs(a.astype(int) - b.astype(int)).mean()
+                     for a, b in zip(frames, decoded)])
+    assert error < 4  # lossy H.264, but the same pictures in the same order
+
+
+@pytest.mark.parametrize("make", ["truncated", "text", "empty"])
+def test_a_bad_clip_is_named_in_one_line(tmp_path, make):
+    good = video.write_video(tmp_path / "good.mp4", _clip(12), fps=10.0).read_bytes()
+    bad = tmp_path / f"{make}.mp4"
+    bad.write_bytes({"truncated": good[:len(good) // 2], "text": b"not a video at all",
+                     "empty": b""}[make])
+    with pytest.raises(video.BadVideo) as err:
+        _, frames = video.open_video(bad)
+        list(frames)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_missing_video_extra_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # as if not installed
+    with pytest.raises(UserError, match=r"pip install 'stargan-ray\[video\]'"):
+        video.ffmpeg_module()
+
+
+def test_an_animated_gif_is_a_video_and_a_still_one_an_image(tmp_path):
+    from PIL import Image
+
+    frames = [Image.fromarray(f) for f in _clip(3)]
+    frames[0].save(tmp_path / "moving.gif", save_all=True, append_images=frames[1:], duration=50)
+    frames[0].save(tmp_path / "still.gif")
+    assert video.is_video(tmp_path / "moving.gif") and not video.is_video(tmp_path / "still.gif")
+    assert video.is_video(tmp_path / "x.MOV") and not video.is_video(tmp_path / "x.png")
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = tiny_config(**{"model.num_domains": 3, "eval.num_outs_per_domain": 2})
+    return cfg, seeded_ema_networks(cfg)
+
+
+def test_a_translated_clip_has_every_frame_in_each_style(model, tmp_path):
+    cfg, nets = model
+    frames = _clip(11)
+    clip = video.write_video(tmp_path / "in.mp4", frames, fps=15.0)
+    translator = Translator(nets, cfg, torch.device("cpu"), batch_size=4)  # 3 batches: 4, 4, 3
+    styles = translator.latent_styles(1, [0, 7])
+    outs = [tmp_path / "out" / "a.mp4", tmp_path / "out" / "b.mp4"]
+    assert translate_video(translator, clip, styles, outs) == 11
+    _, decoded_in = video.open_video(clip)
+    x = torch.stack([image_to_tensor(Image.fromarray(f), S) for f in decoded_in])
+    got = []
+    for k, out in enumerate(outs):
+        info, frames = video.open_video(out)
+        got.append(np.stack(list(frames)).astype(int))
+        assert info.fps == pytest.approx(15.0) and got[k].shape == (11, S, S, 3)
+        # The same frames encoded by the same writer: H.264 loses the same detail on both
+        expected = to_pixels(translator.generate(x, styles[k:k + 1].expand(11, -1)))
+        reference = video.write_video(tmp_path / f"expected{k}.mp4", list(expected), fps=15.0)
+        _, frames = video.open_video(reference)
+        assert np.abs(got[k] - np.stack(list(frames))).mean() < 0.5
+    assert np.abs(got[0] - got[1]).mean() > 5  # and each output has its own style
+
+
+def test_a_clip_that_breaks_off_leaves_no_output(model, tmp_path):
+    cfg, nets = model
+    good = video.write_video(tmp_path / "in.mp4", _clip(30), fps=10.0).read_bytes()
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(good[:len(good) * 2 // 3])
+    out = tmp_path / "out.mp4"
+    translator = Translator(nets, cfg, torch.device("cpu"), batch_size=4)
+    with pytest.raises(video.BadVideo):
+        translate_video(translator, broken, translator.latent_styles(0, [0]), [out])
+    assert not out.exists()
+
+
+def test_video_ref_frames_slide_the_references_beside_the_outputs(model):
+    cfg, nets = model
+    x_src = torch.rand(2, 3, S, S) * 2 - 1
+    x_ref = torch.rand(3, 3, S, S) * 2 - 1
+    y_ref = torch.tensor([0, 0, 1])  # one same-domain pair: one transition
+    frames = list(sample.video_ref_frames(nets, x_src, x_ref, y_ref))
+    assert len(frames) == len(grids.ease())
+    width = S + sample.SLIDE_MARGIN
+    assert frames[0].shape == (3, 2 * S, width + 2 * S)
+    assert torch.equal(frames[0][:, S:, :S], x_ref[0])  # alpha 0: the first reference shows
+    assert torch.equal(frames[-1][:, :S, :S], x_ref[0])  # alpha 1: it has slid up
+    assert torch.equal(frames[-1][:, S:, :S], x_ref[1])
+    s_ref = nets.style_encoder(x_ref, y_ref)
+    expected = grids.interpolation_frames(nets, x_src, [s_ref[0:1], s_ref[1:2]], grids.ease())
+    assert all(torch.equal(f[:, :, width:], e) for f, e in zip(frames, expected))
+
+
+def test_sample_writes_the_official_mp4_videos(model, tmp_path):
+    cfg, nets = model
+    _, val = generate(tmp_path / "data", img_size=S, num_domains=3, n_train=1, n_val=2)
+    paths = sample.sample(nets, cfg, val, val, tmp_path / "out", num_src=4, num_ref=6,
+                          interp_styles=2, animation="mp4")
+    assert [p.name for p in paths][-2:] == ["video_ref.mp4", "video_latent.mp4"]
+    assert [p.name for p in paths] == sample.output_names("mp4")
+    steps = len(grids.ease())
+    info, frames = video.open_video(paths[-2])
+    # 6 references, 2 per domain, grouped by domain: 3 same-domain transitions
+    assert sum(1 for _ in frames) == 3 * steps + sample.HOLD_FRAMES
+    assert info.size == (S + sample.SLIDE_MARGIN + 4 * S, 2 * S)
+    assert info.fps == pytest.approx(video.OFFICIAL_FPS)
+    info, frames = video.open_video(paths[-1])
+    assert sum(1 for _ in frames) == 3 * 1 * steps + sample.HOLD_FRAMES  # domains x transitions
+    assert info.size == (4 * S, 2 * S)
