@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,25 +20,31 @@ from PIL import Image
 from .inference import Translator, image_to_tensor, to_pixels
 from .video import VideoWriter, open_video
 
+FramePrep = Callable[[np.ndarray], torch.Tensor]  # (H, W, 3) uint8 -> (3, S, S) in [-1, 1]
+LANDMARK_SMOOTHING = 0.6  # weight of the running landmarks against each new frame's own
+
 
 def translate_video(translator: Translator, path: str | Path, styles: torch.Tensor,
-                    outputs: Sequence[str | Path], progress: bool = False) -> int:
+                    outputs: Sequence[str | Path], progress: bool = False,
+                    prepare: FramePrep | None = None) -> int:
     """Write outputs[k]: the clip at `path` in styles[k] (same frame count and rate).
 
-    styles: (K, style_dim), one per output. Returns the number of frames. Raises
+    styles: (K, style_dim), one per output. prepare: how a frame becomes a source (default: the
+    test transform; SmoothedAligner aligns faces). Returns the number of frames. Raises
     video.BadVideo (and removes every partial output) when the clip breaks off.
     """
+    size = translator.img_size
+    prepare = prepare or (lambda frame: image_to_tensor(Image.fromarray(frame), size))
     if styles.size(0) != len(outputs):
         raise ValueError(f"{len(outputs)} outputs for {styles.size(0)} styles")
     info, frames = open_video(path)
-    size = translator.img_size
     count = 0
     with ExitStack() as stack:
         writers = [stack.enter_context(VideoWriter(out, info.fps, (size, size)))
                    for out in outputs]
-        batch: list[np.ndarray] = []
+        batch: list[torch.Tensor] = []
         for frame in _progress(frames, info.frames_estimate, Path(path).name, progress):
-            batch.append(frame)
+            batch.append(prepare(frame))
             if len(batch) == translator.batch_size:
                 count += _write_batch(translator, batch, styles, writers)
                 batch = []
@@ -47,10 +53,10 @@ def translate_video(translator: Translator, path: str | Path, styles: torch.Tens
     return count
 
 
-def _write_batch(translator: Translator, batch: list[np.ndarray], styles: torch.Tensor,
+def _write_batch(translator: Translator, batch: list[torch.Tensor], styles: torch.Tensor,
                  writers: list[VideoWriter]) -> int:
     size = translator.img_size
-    x = torch.stack([image_to_tensor(Image.fromarray(frame), size) for frame in batch])
+    x = torch.stack(batch)
     out = translator.translate(x, styles)  # (N, K, 3, S, S)
     pixels = to_pixels(out.flatten(0, 1)).reshape(len(batch), len(writers), size, size, 3)
     for n in range(len(batch)):
@@ -67,4 +73,44 @@ def _progress(frames, total: int | None, name: str, enabled: bool):
     return tqdm(frames, total=total, desc=name, unit="frame", leave=False)
 
 
-__all__ = ["translate_video"]
+def smooth_landmarks(running: np.ndarray | None, current: np.ndarray,
+                     smoothing: float = LANDMARK_SMOOTHING) -> np.ndarray:
+    """An exponential moving average of a clip's landmarks: the alignment follows the face
+    without the frame-to-frame jitter of the detector (0 = each frame's own landmarks)."""
+    if running is None:
+        return current
+    return smoothing * running + (1 - smoothing) * current
+
+
+class SmoothedAligner:
+    """Per-frame face alignment of a clip with landmarks smoothed over time.
+
+    A frame whose landmarks are not confident enough keeps the running ones (the face is held
+    where it was); before any face is found, frames are used unaligned.
+    """
+
+    def __init__(self, aligner, img_size: int, smoothing: float = LANDMARK_SMOOTHING) -> None:
+        self.aligner = aligner  # align.FaceAligner
+        self.img_size = img_size
+        self.smoothing = smoothing
+        self.device = next(aligner.fan.parameters()).device
+        self.points: np.ndarray | None = None
+
+    def __call__(self, frame: np.ndarray) -> torch.Tensor:
+        from .grids import to_image
+
+        image = Image.fromarray(frame)
+        x = image_to_tensor(image, self.aligner.img_size).to(self.device)
+        points, confidence = self.aligner.landmarks(x)
+        if not (self.aligner.min_confidence > 0 and not confidence >= self.aligner.min_confidence):
+            self.points = smooth_landmarks(self.points, points, self.smoothing)
+        if self.points is None:
+            return image_to_tensor(image, self.img_size)
+        result = self.aligner.align_to(x, self.points, confidence)
+        if result.image is None:
+            return image_to_tensor(image, self.img_size)
+        # quantised as `stargan-ray align` writes a photo, so a frame and a photo agree
+        return image_to_tensor(to_image(result.image.clamp(-1, 1)), self.img_size)
+
+
+__all__ = ["translate_video", "smooth_landmarks", "SmoothedAligner", "LANDMARK_SMOOTHING"]

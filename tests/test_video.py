@@ -141,3 +141,41 @@ def test_sample_writes_the_official_mp4_videos(model, tmp_path):
     info, frames = video.open_video(paths[-1])
     assert sum(1 for _ in frames) == 3 * 1 * steps + sample.HOLD_FRAMES  # domains x transitions
     assert info.size == (4 * S, 2 * S)
+
+
+def test_smoothed_landmarks_jitter_less_and_follow_a_move():
+    from stargan_ray.video_translate import smooth_landmarks
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(50, 200, (98, 2))
+    raw = [base + rng.normal(0, 2, base.shape) for _ in range(40)]  # a still face, a noisy detector
+    running, smoothed = None, []
+    for points in raw:
+        running = smooth_landmarks(running, points)
+        smoothed.append(running)
+    def jitter(seq):
+        return np.mean([np.abs(b - a).mean() for a, b in zip(seq[:-1], seq[1:])])
+
+    assert jitter(smoothed) < 0.6 * jitter(raw)
+    moved = base + 30  # the face moves and stays: the running landmarks get there
+    for _ in range(30):
+        running = smooth_landmarks(running, moved)
+    assert np.abs(running - moved).max() < 0.01
+
+
+def test_an_aligned_clip_keeps_every_frame(model, tmp_path):
+    from stargan_ray.align import FaceAligner
+    from stargan_ray.models.fan import FAN
+    from stargan_ray.video_translate import SmoothedAligner
+
+    cfg, nets = model
+    torch.manual_seed(0)
+    fan = FAN().eval()
+    rng = np.random.default_rng(1)
+    mean = rng.uniform(60, 200, (98, 2))
+    clip = video.write_video(tmp_path / "in.mp4", _clip(6, 64, 64), fps=8.0)
+    translator = Translator(nets, cfg, torch.device("cpu"), batch_size=4)
+    prepare = SmoothedAligner(FaceAligner(fan, mean, 64), S)
+    out = tmp_path / "aligned.mp4"
+    n = translate_video(translator, clip, translator.latent_styles(0, [3]), [out], prepare=prepare)
+    assert n == 6 and video.count_frames(out)[0] == 6 and prepare.points is not None
