@@ -179,3 +179,29 @@ def test_an_aligned_clip_keeps_every_frame(model, tmp_path):
     out = tmp_path / "aligned.mp4"
     n = translate_video(translator, clip, translator.latent_styles(0, [3]), [out], prepare=prepare)
     assert n == 6 and video.count_frames(out)[0] == 6 and prepare.points is not None
+
+
+@pytest.mark.ray
+def test_clips_spread_over_two_ray_workers_equal_one_process(model, tmp_path, ray_session):
+    from stargan_ray.translate_ray import VideoJob, VideoWorker, translate_videos, translator_payload
+
+    cfg, nets = model
+    translator = Translator(nets, cfg, torch.device("cpu"), batch_size=4)
+    styles = translator.latent_styles(2, [5, 6])
+    clips = [video.write_video(tmp_path / f"in{i}.mp4", _clip(5 + 2 * i), fps=12.0)
+             for i in range(3)]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    jobs = [VideoJob(str(p), styles, (str(tmp_path / "ray" / f"{p.stem}_a.mp4"),
+                                      str(tmp_path / "ray" / f"{p.stem}_b.mp4")))
+            for p in [*clips, broken]]
+    results = translate_videos(translator, jobs, num_workers=2, cpus_per_worker=1)
+    assert results[:3] == [5, 7, 9] and "broken.mp4" in results[3]
+    # one process, the same worker code (one torch thread, as each actor has)
+    local = VideoWorker(translator_payload(translator), None, "cpu", threads=1)
+    for job in jobs[:3]:
+        mine = VideoJob(job.path, job.styles, tuple(o.replace("/ray/", "/local/") for o in job.outputs))
+        local.run(mine)
+        for theirs, ours in zip(job.outputs, mine.outputs):
+            a, b = list(video.open_video(theirs)[1]), list(video.open_video(ours)[1])
+            assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
