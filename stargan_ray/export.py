@@ -185,9 +185,14 @@ def export_onnx(model: ExportedModel, inputs: dict, path: str | Path,
 
 def export(translator: Translator, fmt: str, path: str | Path, domains: list[str] | None = None,
            step: int = 0) -> list[Path]:
-    """Write the model in fmt ("onnx" or "torchscript") to path; returns the files written."""
+    """Write the model in fmt ("onnx" or "torchscript") to path; returns the files written.
+
+    domains: the names to record, default the translator's (Translator.domains; none recorded
+    when it only knows the indices)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if domains is None and translator.domains_named:
+        domains = list(translator.domains)
     model = ExportedModel(translator)
     inputs = example_inputs(model, translator.cfg)
     meta = description(model, translator.cfg, domains, step)

@@ -21,6 +21,7 @@ Plain torch: no Ray here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -86,6 +87,8 @@ def domain_names(cfg: ExperimentConfig,
                  recorded: Sequence[str] | None = None) -> list[str] | None:
     """The domain names of a model's training data, in id order; None when they are unknown.
 
+    The rule behind Translator.domains, where callers get the names (translate, export, serve).
+
     recorded: the names its checkpoint holds (checkpoint.read_domains), used when there is one per
     domain. Official files and older checkpoints hold none: ids are then the sorted folder names
     of data.train_dir (the synthetic set has its own names), read from there when it is readable.
@@ -114,7 +117,7 @@ class Translator:
     cfg: ExperimentConfig
     device: torch.device
     batch_size: int = BATCH_SIZE
-    domains: tuple[str, ...] | None = None  # as the checkpoint records them (domain_names)
+    recorded_domains: tuple[str, ...] | None = None  # as its checkpoint records them
     _mean_styles: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -127,6 +130,24 @@ class Translator:
 
         cfg, nets = load_ema_networks(path, cfg, device)
         return cls(nets, cfg, torch.device(device), batch_size, read_domains(path))
+
+    @cached_property
+    def _names(self) -> tuple[str, ...] | None:
+        names = domain_names(self.cfg, self.recorded_domains)
+        return None if names is None else tuple(names)
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """The model's domain names in id order, the one place callers get them: those its
+        checkpoint records, else the folder names of data.train_dir when readable here (the
+        synthetic set's own names), else the indices "0", "1", ... (domains_named is then False).
+        """
+        return self._names or tuple(str(i) for i in range(self.num_domains))
+
+    @property
+    def domains_named(self) -> bool:
+        """False when the names are unknown and Translator.domains holds the indices."""
+        return self._names is not None
 
     @property
     def img_size(self) -> int:
@@ -208,10 +229,14 @@ class Translator:
         return self.generate(x, s)[:x.size(0) - pad]
 
     @torch.no_grad()
-    def translate(self, x: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
-        """Every source in every style: (N, 3, S, S), (K, style_dim) -> (N, K, 3, S, S)."""
+    def translate(self, x: torch.Tensor, styles: torch.Tensor,
+                  masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Every source in every style: (N, 3, S, S), (K, style_dim) -> (N, K, 3, S, S).
+
+        masks: those of x when already computed (a source's styles come in several chunks)."""
         n, k = x.size(0), styles.size(0)
-        masks = self.masks(x)
+        if masks is None:
+            masks = self.masks(x)
         if masks is not None:
             masks = (masks[0].repeat_interleave(k, 0), masks[1].repeat_interleave(k, 0))
         out = self.generate(x.repeat_interleave(k, 0), styles.repeat(n, 1), masks)

@@ -9,6 +9,7 @@ Plain torch: no Ray here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -77,18 +78,30 @@ def load_folder(root: str | Path, img_size: int, limit: int,
     return torch.stack(images), torch.tensor(labels), list(folder.domains)
 
 
+@dataclass(frozen=True)
+class SampleOptions:
+    """How many sources and references `sample` takes, its latent seed, the animation format
+    (gif, webp, or mp4: the official video_ref.mp4 and video_latent.mp4) and the styles each domain's interpolation passes through."""
+
+    num_src: int = 8
+    num_ref: int = 8
+    seed: int = 0
+    animation: str = "gif"
+    interp_styles: int = 3
+
+
 @torch.no_grad()
 def sample(nets_ema: Networks, cfg: ExperimentConfig, src_dir: str | Path, ref_dir: str | Path,
-           out_dir: str | Path, device: torch.device | str = "cpu", num_src: int = 8,
-           num_ref: int = 8, seed: int = 0, animation: str = "gif",
-           interp_styles: int = 3) -> list[Path]:
+           out_dir: str | Path, device: torch.device | str = "cpu",
+           opts: SampleOptions = SampleOptions()) -> list[Path]:
     """reference.jpg, latent_psi_{psi}.jpg and the animations of output_names into out_dir."""
     out_dir = Path(out_dir)
     size, latent_dim = cfg.model.img_size, cfg.model.latent_dim
-    x_src, _, _ = load_folder(src_dir, size, num_src, cfg.model.num_domains)
-    x_ref, y_ref, _ = load_folder(ref_dir, size, num_ref, cfg.model.num_domains)
+    interp_styles = opts.interp_styles
+    x_src, _, _ = load_folder(src_dir, size, opts.num_src, cfg.model.num_domains)
+    x_ref, y_ref, _ = load_folder(ref_dir, size, opts.num_ref, cfg.model.num_domains)
     x_src, x_ref, y_ref = x_src.to(device), x_ref.to(device), y_ref.to(device)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(opts.seed)
     domains = list(range(min(cfg.model.num_domains, MAX_GRID_DOMAINS)))
     s_avg = {y: mean_style(nets_ema, y, latent_dim, device, g) for y in domains}
     z_trg = torch.randn((cfg.eval.num_outs_per_domain, latent_dim), generator=g).to(device)
@@ -101,10 +114,10 @@ def sample(nets_ema: Networks, cfg: ExperimentConfig, src_dir: str | Path, ref_d
         z = torch.randn((interp_styles, latent_dim), generator=g).to(device)
         latent_styles.append(list(nets_ema.mapping_network(
             z, torch.full((interp_styles,), y, device=device)).split(1)))
-    if animation != "mp4":
+    if opts.animation != "mp4":
         frames = [f for styles in latent_styles
                   for f in interpolation_frames(nets_ema, x_src, styles, ease())]
-        return paths + [save_animation(frames, out_dir / f"interpolation.{animation}")]
+        return paths + [save_animation(frames, out_dir / f"interpolation.{opts.animation}")]
     from .video import OFFICIAL_FPS, write_video
 
     # The official video_ref walks through references of one domain at a time: group them.
@@ -180,5 +193,5 @@ def video_latent_frames(nets: Networks, x_src: torch.Tensor,
         yield from interpolation_frames(nets, x_src, styles, ease())
 
 
-__all__ = ["debug_images", "sample", "load_folder", "output_names", "video_ref_frames",
-           "video_latent_frames"]
+__all__ = ["debug_images", "sample", "SampleOptions", "load_folder", "output_names",
+           "video_ref_frames", "video_latent_frames"]

@@ -15,7 +15,7 @@ from stargan_ray.config import ConfigError
 from stargan_ray.data.synthetic import generate
 from stargan_ray.engine import TrainState
 from stargan_ray.metrics import by_step
-from stargan_ray.metrics.evaluator import evaluate
+from stargan_ray.metrics.evaluator import EvalOptions, evaluate
 from stargan_ray.train import worker
 
 from .conftest import tiny_config, tiny_eval_config
@@ -64,8 +64,9 @@ def test_eval_run_writes_evaluate_numbers_by_step(run, capsys, monkeypatch):
     for step, row in zip(STEPS, rows):
         path = run_dir / f"checkpoint_{step:08d}" / "checkpoint.pt"
         cfg, nets = load_ema_networks(path, read_config(path))
-        results = evaluate(nets, cfg, step=step, mode="both", progress=False,
-                           cache_dir=root / "cache" / "fid_stats")
+        results = evaluate(nets, cfg, step=step, mode="both",
+                           opts=EvalOptions(cache_dir=root / "cache" / "fid_stats",
+                                            progress=False))
         for key, value in row.items():
             if key != "step":
                 assert float(value) == pytest.approx(results[key], rel=1e-9, abs=1e-12), key

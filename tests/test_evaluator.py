@@ -12,6 +12,7 @@ from PIL import Image
 
 from stargan_ray.data.synthetic import generate
 from stargan_ray.metrics import eval_ray, evaluator, kid
+from stargan_ray.metrics.options import EvalOptions
 from stargan_ray.metrics.weights import FeatureWeights
 from stargan_ray.models import build_networks, ema_copy, he_init
 
@@ -50,7 +51,7 @@ def test_evaluate_writes_official_layout_json(setup, tmp_path):
     _, cfg, nets = setup
     out = tmp_path / "out"
     results = evaluator.evaluate(nets, cfg, step=42, mode="reference", out_dir=out,
-                                 cache_dir=tmp_path / "cache", progress=False)
+                                 opts=EvalOptions(cache_dir=tmp_path / "cache", progress=False))
     tasks = ["square2circle", "circle2square"]
     assert sorted(p.name for p in out.iterdir()) == ["FID_00042_reference.json",
                                                       "LPIPS_00042_reference.json"]
@@ -77,7 +78,8 @@ def test_evaluate_writes_official_layout_json(setup, tmp_path):
     # KID beside each FID, in the results and the FID file, from the same Inception features
     weights = FeatureWeights.from_config(cfg.eval)
     collected, _, _ = evaluator.collect(nets, cfg, modes=("reference",), weights=weights,
-                                        cache_dir=tmp_path / "cache", progress=False)
+                                        opts=EvalOptions(cache_dir=tmp_path / "cache",
+                                                         progress=False))
     assert collected.cache == {0: "hit", 1: "hit"}  # real rows come back from the cache
     for t, task in enumerate(evaluator.make_tasks(["circle", "square"])):
         real, fake = collected.real[task.trg], collected.fake[("reference", t)]
@@ -96,7 +98,7 @@ def test_real_statistics_are_cached_and_invalidated_when_a_file_changes(setup, t
 
     def real_only():
         collected, _, _ = evaluator.collect(nets, cfg, modes=(), weights=weights,
-                                            cache_dir=cache, progress=False)
+                                            opts=EvalOptions(cache_dir=cache, progress=False))
         return collected
 
     first = real_only()
@@ -114,8 +116,8 @@ def test_real_statistics_are_cached_and_invalidated_when_a_file_changes(setup, t
     assert not torch.allclose(third.real[1].sum, first.real[1].sum)
     # the quick variant: fewer sources and outputs, no LPIPS, real statistics from the cache
     quick, _, _ = evaluator.collect(nets, cfg, modes=("latent",), weights=weights,
-                                    max_sources=1, num_outs=1, lpips=False, cache_dir=cache,
-                                    progress=False)
+                                    max_sources=1, num_outs=1, lpips=False,
+                                    opts=EvalOptions(cache_dir=cache, progress=False))
     assert quick.cache == {0: "hit", 1: "hit"} and quick.lpips == {}
     assert [quick.fake[("latent", t)].n for t in (0, 1)] == [1, 1]
 
@@ -136,8 +138,9 @@ def test_results_do_not_depend_on_the_number_of_shards(setup, tmp_path, ray_sess
         torch.set_num_threads(1 if workers == 0 else threads)
         try:
             collected, _, _ = evaluator.collect(
-                nets, cfg, modes=evaluator.MODES, weights=weights, num_workers=workers,
-                cache_dir=tmp_path / str(workers), progress=False, cpus_per_worker=0.5)
+                nets, cfg, modes=evaluator.MODES, weights=weights,
+                opts=EvalOptions(workers, cache_dir=tmp_path / str(workers), progress=False,
+                                 cpus_per_worker=0.5))
         finally:
             torch.set_num_threads(threads)
         runs.append(collected)

@@ -16,6 +16,7 @@ import torch
 from stargan_ray.data.synthetic import generate
 from stargan_ray.metrics import evaluator
 from stargan_ray.metrics.fid import FeatureMoments, fid_from_moments
+from stargan_ray.metrics.options import EvalOptions
 from stargan_ray.metrics.sharding import Shard
 from stargan_ray.metrics.weights import FeatureWeights
 
@@ -102,7 +103,7 @@ def test_shard_needs_a_rank_in_its_world_and_a_reduce():
 def _quick(cfg) -> dict:
     weights = FeatureWeights.from_config(cfg.eval, need=("inception",))
     return dict(modes=("latent",), weights=weights, max_sources=cfg.eval.quick_sources,
-                num_outs=cfg.eval.quick_outs, lpips=False, progress=False)
+                num_outs=cfg.eval.quick_outs, lpips=False)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,8 @@ def reference(setup, tmp_path_factory):
     """One process: fid_quick's moments, its value, and the cache it filled."""
     cfg, nets = setup
     cache = tmp_path_factory.mktemp("one")
-    base, _, _ = evaluator.collect(nets, cfg, cache_dir=cache, **_quick(cfg))
+    base, _, _ = evaluator.collect(nets, cfg, opts=EvalOptions(cache_dir=cache, progress=False),
+                                   **_quick(cfg))
     assert base.real[0].n == base.real[1].n == 5  # circle's 6th file, unreadable, left out
     return base, evaluator.fid_quick(nets, cfg, cache_dir=cache), cache
 
@@ -128,8 +130,9 @@ def test_sharded_fid_quick_equals_one_process(setup, reference, tmp_path, world)
     quick = _quick(cfg)
 
     def shard_collect(rank, reduce):  # cold caches: the real statistics are sharded too
-        return evaluator.collect(nets, cfg, cache_dir=tmp_path / f"rank{rank}",
-                                 shard=Shard(rank, world, reduce), **quick)[0]
+        opts = EvalOptions(cache_dir=tmp_path / f"rank{rank}", progress=False,
+                           shard=Shard(rank, world, reduce))
+        return evaluator.collect(nets, cfg, opts=opts, **quick)[0]
 
     for rank, collected in enumerate(run_shards(world, shard_collect)):
         assert collected.cache == {0: "computed", 1: "computed"}
@@ -158,11 +161,12 @@ def test_ranks_missing_the_cache_compute_it_with_the_others(setup, reference, tm
 def test_sharded_full_evaluation_equals_one_process(setup, tmp_path):
     """FID, KID and LPIPS of both modes: LPIPS per source comes back from the rank that ran it."""
     cfg, nets = setup
-    args = dict(step=3, mode="reference", progress=False)
-    base = evaluator.evaluate(nets, cfg, cache_dir=tmp_path / "one", out_dir=tmp_path / "o", **args)
+    args = dict(step=3, mode="reference")
+    base = evaluator.evaluate(nets, cfg, out_dir=tmp_path / "o", **args,
+                              opts=EvalOptions(cache_dir=tmp_path / "one", progress=False))
     results = run_shards(2, lambda rank, reduce: evaluator.evaluate(
-        nets, cfg, cache_dir=tmp_path / f"rank{rank}", out_dir=tmp_path / f"out{rank}",
-        shard=Shard(rank, 2, reduce), **args))
+        nets, cfg, out_dir=tmp_path / f"out{rank}", **args, opts=EvalOptions(
+            cache_dir=tmp_path / f"rank{rank}", progress=False, shard=Shard(rank, 2, reduce))))
     for sharded in results:
         assert list(sharded) == list(base)
         assert sharded == pytest.approx(base, rel=1e-9, abs=1e-12)

@@ -79,8 +79,8 @@ def test_saved_grid_pixels_equal_the_official_save_image(tmp_path):
 def test_sample_writes_grids_and_an_animation_from_folders(model, tmp_path):
     cfg, nets = model
     _, val = generate(tmp_path / "data", img_size=S, num_domains=3, n_train=1, n_val=2)
-    paths = sample.sample(nets, cfg, val, val, tmp_path / "out", num_src=4, num_ref=3,
-                          interp_styles=2)
+    paths = sample.sample(nets, cfg, val, val, tmp_path / "out",
+                          opts=sample.SampleOptions(num_src=4, num_ref=3, interp_styles=2))
     names = [p.name for p in paths]
     assert names == ["reference.jpg", "latent_psi_0.5.jpg", "latent_psi_0.7.jpg",
                      "latent_psi_1.0.jpg", "interpolation.gif"]

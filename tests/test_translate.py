@@ -11,7 +11,9 @@ from PIL import Image
 from stargan_ray.checkpoint import save_checkpoint
 from stargan_ray.cli import main
 from stargan_ray.engine import TrainState
+from stargan_ray import translate as translate_lib
 from stargan_ray.inference import Translator, load_image_tensor, to_pixels
+from stargan_ray.translate import Request, Seeds, Source, TranslateFiles, source_loader
 
 from .conftest import save_synthetic_checkpoint, tiny_config
 from . import test_align
@@ -81,7 +83,7 @@ def test_all_domains_index_names_and_the_progress_bar(checkpoint, tmp_path, caps
         photo(tmp_path / "in" / f"p{k}.png", seed=k)
     assert translate(checkpoint, "--to", "all", "--out", tmp_path / "a", tmp_path / "in") == 0
     assert listed(tmp_path / "a") == {f"p{k}_{d}_seed0.png" for k in range(5) for d in DOMAINS}
-    assert "5/5" in capsys.readouterr().err  # more than a few inputs: a progress bar
+    assert "15/15" in capsys.readouterr().err  # more than a few outputs: a bar counting them
     assert translate(checkpoint, "--to", "2", "--out", tmp_path / "b", tmp_path / "in" / "p0.png") \
         == 0
     assert listed(tmp_path / "b") == {"p0_triangle_seed0.png"}
@@ -211,3 +213,53 @@ def test_align_first_with_a_fan(checkpoint, tmp_path, wing):
     assert translate(checkpoint, *common, "--min-confidence", "1e9", "--out", tmp_path / "b",
                      src) == 1
     assert not (tmp_path / "b").exists() or listed(tmp_path / "b") == set()
+
+
+def test_outputs_are_written_as_they_are_made_a_batch_at_a_time(checkpoint, tmp_path):
+    """Many seeds of one photo: G never holds more than a batch of outputs, and each chunk is on
+    disk before the next one is generated (memory flat in the number of outputs)."""
+    calls = []  # (images this call makes, PNGs on disk before it)
+    out = tmp_path / "o"
+
+    class Recording(Translator):
+        def translate(self, x, styles, masks=None):
+            calls.append((x.size(0) * styles.size(0), len(list(out.glob("*.png")))))
+            return super().translate(x, styles, masks)
+
+    base = Translator.from_checkpoint(checkpoint)
+    translator = Recording(base.nets, base.cfg, base.device, 4, base.recorded_domains)
+    request = Request((0, 2), seeds=Seeds.parse("0-9"))
+    done = TranslateFiles(translator, request, out, source_loader(translator)).run(
+        [Source(photo(tmp_path / "p.png"), "")])
+    assert done.count == 20 and len(list(out.glob("*.png"))) == 20
+    made = [n for n, _ in calls]
+    assert max(made) <= 4 and sum(made) == 20
+    assert [on_disk for _, on_disk in calls] == [sum(made[:i]) for i in range(len(made))]
+    assert (out / "p_triangle_seed9.png").is_file()
+
+
+def test_seeds_outside_the_generator_range_and_too_many_outputs_are_one_line(
+        checkpoint, tmp_path, capsys, monkeypatch):
+    src = photo(tmp_path / "p.png")
+
+    def error(*argv) -> str:
+        capsys.readouterr()
+        assert translate(checkpoint, "--to", "circle", "--out", tmp_path / "o", *argv, src) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1, lines
+        return lines[0]
+
+    assert "--seeds: 99999999999999999999 is above the largest seed 18446744073709551615" in \
+        error("--seeds", "99999999999999999999")
+    assert "--seeds: 18446744073709551616 is above" in error("--seeds", "0-18446744073709551616")
+    assert "= 100001 outputs, above the limit of 10000; pass --no-limit" in \
+        error("--seeds", "0-100000")
+    assert not (tmp_path / "o").exists()
+    monkeypatch.setattr(translate_lib, "MAX_OUTPUTS", 5)  # the same rule at a size a test runs
+    assert "1 input(s) x 1 domain(s) x 6 style(s) = 6 outputs" in error("--seeds", "0-5")
+    assert translate(checkpoint, "--to", "circle", "--seeds", "0-5", "--no-limit", "--out",
+                     tmp_path / "o", src) == 0
+    assert listed(tmp_path / "o") == {f"p_circle_seed{k}.png" for k in range(6)}
+    assert "6/6" in capsys.readouterr().err  # the bar counts outputs, one photo or many
+    assert translate(checkpoint, "--to", "circle", "--seeds", "18446744073709551615", "--out",
+                     tmp_path / "top", src) == 0  # the largest seed the generator takes

@@ -128,8 +128,8 @@ def test_video_ref_frames_slide_the_references_beside_the_outputs(model):
 def test_sample_writes_the_official_mp4_videos(model, tmp_path):
     cfg, nets = model
     _, val = generate(tmp_path / "data", img_size=S, num_domains=3, n_train=1, n_val=2)
-    paths = sample.sample(nets, cfg, val, val, tmp_path / "out", num_src=4, num_ref=6,
-                          interp_styles=2, animation="mp4")
+    paths = sample.sample(nets, cfg, val, val, tmp_path / "out", opts=sample.SampleOptions(
+        num_src=4, num_ref=6, interp_styles=2, animation="mp4"))
     assert [p.name for p in paths][-2:] == ["video_ref.mp4", "video_latent.mp4"]
     assert [p.name for p in paths] == sample.output_names("mp4")
     steps = len(grids.ease())

@@ -74,15 +74,20 @@ def model_config(args: argparse.Namespace, command: str,
 def load_model(args: argparse.Namespace, command: str, device: str,
                extra: list[tuple[str, Any]] | None = None):
     """(config, EMA networks on device, step) for the model named by add_model_source_args."""
-    from ..checkpoint import load_ema_networks, official_step, safe_load
+    from ..checkpoint import load_ema_networks
 
     cfg, path = model_config(args, command, extra)
     cfg, nets = load_ema_networks(path, cfg, device)
+    return cfg, nets, checkpoint_step(args, path)
+
+
+def checkpoint_step(args: argparse.Namespace, path: str) -> int:
+    """The training step of the model named by add_model_source_args (0 when unknown)."""
+    from ..checkpoint import official_step, safe_load
+
     if args.official_checkpoint:
-        step = official_step(path) or 0
-    else:
-        step = int(safe_load(path, mmap=True).get("step", 0))  # mapped: only the step is read
-    return cfg, nets, step
+        return official_step(path) or 0
+    return int(safe_load(path, mmap=True).get("step", 0))  # mapped: only the step is read
 
 
 WING_FILE = "expr/checkpoints/wing.ckpt"  # where the official download script puts them

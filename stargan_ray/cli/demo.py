@@ -59,11 +59,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate(checkpoint: str, step: int, out_dir: Path, num_workers: int) -> dict:
     from ..checkpoint import load_ema_networks
-    from ..metrics.evaluator import evaluate
+    from ..metrics.evaluator import EvalOptions, evaluate
 
     cfg, nets_ema = load_ema_networks(checkpoint)
     return evaluate(nets_ema, cfg, step=step, mode="both", out_dir=out_dir,
-                    num_workers=num_workers, progress=True)
+                    opts=EvalOptions(num_workers, progress=True))
 
 
 def _summary(run_dir: Path, checkpoint: str, metrics_dir: Path, metrics: dict,

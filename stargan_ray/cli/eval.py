@@ -69,14 +69,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"evaluation workers: {args.num_workers or 'none (in this process)'}")
     if args.run:
         return _run_dir(args, device)
-    from ..metrics.evaluator import evaluate
+    from ..metrics.evaluator import EvalOptions, evaluate
 
     cfg, nets, step = load_model(args, "eval", "cpu" if args.num_workers else device,
                                  extra=_extra(args))
     out = args.out or str(Path("outputs") / cfg.name / "eval")
     _check_out(out, cfg)
     results = evaluate(nets, cfg, step=step, mode=args.mode, out_dir=out,
-                       num_workers=args.num_workers, device=device)
+                       opts=EvalOptions(args.num_workers, device))
     for key, value in results.items():
         print(f"{key}: {'null' if value is None else f'{value:.6f}'}")
     print(f"wrote {out}/FID_{step:05d}_*.json and LPIPS_{step:05d}_*.json")
@@ -99,7 +99,7 @@ def _run_folder(text: str) -> str:
 def _run_dir(args: argparse.Namespace, device: str) -> int:
     """`eval --run`: every complete checkpoint of the run; RUN_DIR/metrics/by_step.csv and .png."""
     from ..metrics import by_step
-    from ..metrics.evaluator import evaluate
+    from ..metrics.evaluator import EvalOptions, evaluate
 
     if args.out:
         raise ConfigError("--out: eval --run writes RUN_DIR/metrics; leave out --out")
@@ -119,7 +119,7 @@ def _run_dir(args: argparse.Namespace, device: str) -> int:
             _check_out(out, cfg)
         print(f"[{i + 1}/{len(found)}] step {step}: {path}", flush=True)
         results = evaluate(nets, cfg, step=step, mode=args.mode, out_dir=out,
-                           num_workers=args.num_workers, device=device)
+                           opts=EvalOptions(args.num_workers, device))
         rows.append({"step": step, **results})
     by_step.write_csv(rows, out / by_step.CSV_FILE)
     by_step.plot(rows, out / by_step.PNG_FILE)

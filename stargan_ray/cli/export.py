@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import (add_device_arg, add_model_source_args, check_output, load_model,
+from .common import (add_device_arg, add_model_source_args, check_output, checkpoint_step,
                      model_config, resolve_device)
 
 
@@ -28,11 +28,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..checkpoint import read_domains
     from ..export import export, reference_path
-    from ..inference import Translator, domain_names
+    from ..inference import Translator
 
     device = resolve_device(args.device)
     if args.format == "onnx":
@@ -46,9 +43,7 @@ def run(args: argparse.Namespace) -> int:
     outs = [Path(args.out)] + ([reference_path(args.out)] if args.format == "onnx" else [])
     for out in outs:
         check_output(out, inputs, overwrite=args.overwrite)
-    cfg, nets, step = load_model(args, "export", device)
-    translator = Translator(nets, cfg, torch.device(device))
-    names = domain_names(cfg, read_domains(path))
-    for written in export(translator, args.format, args.out, names, step):
+    translator = Translator.from_checkpoint(path, cfg, device)
+    for written in export(translator, args.format, args.out, step=checkpoint_step(args, path)):
         print(f"wrote {written}")
     return 0

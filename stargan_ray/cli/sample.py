@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..sample import output_names, sample
+    from ..sample import SampleOptions, output_names, sample
 
     if args.animation == "mp4":
         from ..video import ffmpeg_module
@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     for name in output_names(args.animation):
         check_output(out / name, [], overwrite=args.overwrite)
     cfg, nets, _ = load_model(args, "sample", device)
-    paths = sample(nets, cfg, args.src, args.ref, out, device, args.num_src, args.num_ref,
-                   args.seed, args.animation)
+    opts = SampleOptions(args.num_src, args.num_ref, args.seed, args.animation)
+    paths = sample(nets, cfg, args.src, args.ref, out, device, opts)
     for path in paths:
         print(path)
     return 0

@@ -17,6 +17,7 @@ from . import fid as fidlib
 from . import lpips as lpipslib
 from .eval_plan import Item, Job
 from .eval_worker import EvalWorker, ItemResult
+from .options import EvalOptions
 
 
 def _payload(nets: Networks, inception: nn.Module, lpips_net: nn.Module | None) -> dict[str, Any]:
@@ -61,19 +62,21 @@ class RayEvalWorker(EvalWorker):
                          lpips_net, device)
 
 
-def run_ray(job: Job, items: list[Item], nets: Networks, inception: nn.Module,
-            lpips_net: nn.Module | None, device: str, num_workers: int,
-            on_result: Callable[[ItemResult], None], cpus_per_worker: float = 1.0
-            ) -> dict[tuple, fidlib.FeatureMoments]:
-    """Run the items on num_workers actors (one GPU each when device is cuda); on_result sees each
-    item's result as it arrives; returns the moment sums added up in worker order."""
+def run_ray(job: Job, items: list[Item],
+            networks: tuple[Networks, nn.Module, nn.Module | None], opts: EvalOptions,
+            on_result: Callable[[ItemResult], None]) -> dict[tuple, fidlib.FeatureMoments]:
+    """Run the items on opts.num_workers actors (opts.cpus_per_worker CPUs each, and one GPU
+    each when opts.device is cuda); networks: (nets, inception, lpips_net or None), sent once as CPU
+    state dicts; on_result sees each item's result as it arrives; returns the moment sums added
+    up in worker order."""
     import ray
 
+    num_workers = opts.num_workers
     started = not ray.is_initialized()
     if started:  # the CLI: a local instance, or the cluster at RAY_ADDRESS
         ray.init()
-    use_gpu = torch.device(device).type == "cuda"
-    actor = ray.remote(RayEvalWorker).options(num_cpus=cpus_per_worker,
+    use_gpu = torch.device(opts.device).type == "cuda"
+    actor = ray.remote(RayEvalWorker).options(num_cpus=opts.cpus_per_worker,
                                               num_gpus=1 if use_gpu else 0)
     shards = [list(items[k::num_workers]) for k in range(num_workers)]  # strided: balanced
     pending: dict[Any, int] = {}
@@ -84,7 +87,7 @@ def run_ray(job: Job, items: list[Item], nets: Networks, inception: nn.Module,
             pending[workers[k].run.remote(shards[k].pop(0))] = k
 
     try:
-        payload = ray.put(_payload(nets, inception, lpips_net))
+        payload = ray.put(_payload(*networks))
         workers += [actor.remote(job, payload, "cuda" if use_gpu else "cpu")
                     for _ in range(num_workers)]
         for k in range(num_workers):

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -54,6 +54,7 @@ from . import lpips as lpipslib
 from .eval_plan import (MODES, EvalData, Item, Job, Task, chunks, image_count,
                         make_tasks, plan_items, resolve_dirs, seeded_generator, source_indices)
 from .eval_worker import EvalWorker, ItemResult
+from .options import EvalOptions
 from .sharding import Shard, agree_on_misses, merge_lpips, merge_moments
 from .weights import FeatureWeights
 
@@ -106,16 +107,16 @@ def _run_shard(worker: EvalWorker, items: list[Item], shard: Shard,
 
 
 def _run_items(job: Job, items: list[Item], nets: Networks, inception: nn.Module,
-               lpips_net: nn.Module | None, device: str, num_workers: int, progress: bool,
-               cpus_per_worker: float, shard: Shard | None = None
+               lpips_net: nn.Module | None, opts: EvalOptions
                ) -> tuple[dict[tuple, fidlib.FeatureMoments], dict[tuple, dict[int, float]]]:
     """Moment sums and per-source LPIPS of the items: in this process, on Ray actors, or this
-    rank's share of them in this process, added up over the ranks of shard."""
+    rank's share of them in this process, added up over the ranks of opts.shard."""
     lpips: dict[tuple, dict[int, float]] = {}
+    shard = opts.shard
     total = image_count(items if shard is None else shard.take(items), job.num_outs)
     # images through Inception: real files once, each source num_outs times
     bar = tqdm(total=total, unit="img", desc="eval", file=sys.stderr, dynamic_ncols=True,
-               disable=not (progress and total))
+               disable=not (opts.progress and total))
 
     def on_result(result: ItemResult) -> None:
         if result.lpips:
@@ -126,63 +127,66 @@ def _run_items(job: Job, items: list[Item], nets: Networks, inception: nn.Module
 
     try:
         if shard is not None:
-            worker = EvalWorker(job, nets, inception, lpips_net, device)
+            worker = EvalWorker(job, nets, inception, lpips_net, opts.device)
             moments = _run_shard(worker, items, shard, on_result)
             return moments, (merge_lpips(shard, items, lpips) if lpips_net is not None else {})
-        if num_workers == 0:
-            worker = EvalWorker(job, nets, inception, lpips_net, device)
+        if opts.num_workers == 0:
+            worker = EvalWorker(job, nets, inception, lpips_net, opts.device)
             for item in items:
                 on_result(worker.run(item))
             return worker.results(), lpips
         from .eval_ray import run_ray
 
-        moments = run_ray(job, items, nets, inception, lpips_net, device, num_workers,
-                          on_result, cpus_per_worker)
-        return moments, lpips
+        return run_ray(job, items, (nets, inception, lpips_net), opts, on_result), lpips
     finally:
         bar.close()
 
 
-def collect(nets_ema: Networks, cfg: ExperimentConfig, *, modes: Sequence[str],
-            weights: FeatureWeights, num_workers: int = 0, device: torch.device | str = "cpu",
-            max_sources: int | None = None, num_outs: int | None = None, lpips: bool = True,
-            cache_dir: str | Path | None = None, progress: bool = True,
-            cpus_per_worker: float = 1.0, shard: Shard | None = None
-            ) -> tuple[Collected, EvalData, list[Task]]:
-    """Generate, extract and sum; real statistics come from the cache when it has them.
-
-    shard: this process is one rank of a group that calls collect together; it runs a strided
-    share of the items (real ones too, when a rank lacks them in its cache) and every rank gets
-    the whole result (metrics/sharding.py).
-    """
+def _check_modes(modes: Sequence[str]) -> None:
     for mode in modes:
         if mode not in MODES:
             raise ConfigError(f"eval mode: must be one of {', '.join(MODES)}, got {mode!r}")
-    if shard is not None and num_workers:
-        raise ValueError("collect: a shard runs in this process (num_workers=0)")
-    device = str(torch.device(device))
+
+
+def _real_status(cache: dict[int, str], missing: set[int], shard: Shard | None) -> dict[int, str]:
+    """The targets whose real statistics are computed: this process's misses, or with a shard
+    those of any rank (all ranks compute them together)."""
+    if shard is None:
+        return cache
+    agreed = agree_on_misses(shard, [t in missing for t in cache])
+    return {t: "computed" if miss else "hit" for t, miss in zip(cache, agreed)}
+
+
+def collect(nets_ema: Networks, cfg: ExperimentConfig, *, modes: Sequence[str],
+            weights: FeatureWeights, opts: EvalOptions = EvalOptions(),
+            max_sources: int | None = None, num_outs: int | None = None, lpips: bool = True
+            ) -> tuple[Collected, EvalData, list[Task]]:
+    """Generate, extract and sum; real statistics come from the cache when it has them.
+
+    opts.shard: this process is one rank of a group that calls collect together; it runs a
+    strided share of the items (real ones too, when a rank lacks them in its cache) and every
+    rank gets the whole result (metrics/sharding.py).
+    """
+    _check_modes(modes)
     data = EvalData.discover(*resolve_dirs(cfg), num_domains=cfg.model.num_domains,
                              img_size=cfg.model.img_size)
     tasks = make_tasks(data.domains)
     num_outs = num_outs or cfg.eval.num_outs_per_domain
-    lpips = lpips and num_outs >= 2
     job = Job(cfg, data, tuple(tasks), num_outs, cfg.train.seed)
 
-    nets_device = device if num_workers == 0 else "cpu"  # Ray workers get CPU state dicts
+    nets_device = opts.device if opts.num_workers == 0 else "cpu"  # Ray gets CPU state dicts
     folded = cfg.eval.inception_folded
     inception = fidlib.cached_inception(weights, nets_device, folded)
-    lpips_net = lpipslib.cached_lpips(weights, nets_device) if lpips else None
+    lpips_net = (lpipslib.cached_lpips(weights, nets_device) if lpips and num_outs >= 2
+                 else None)
 
-    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_root = Path(opts.cache_dir) if opts.cache_dir is not None else default_cache_dir()
     real, cache, cache_paths = _cached_real(data, tasks, cfg.model.img_size,
                                               fidlib.inception_id(weights, folded), cache_root)
     missing = {t for t, s in cache.items() if s == "computed"}  # from this process's cache
-    if shard is not None:  # computed by all ranks when any rank misses them
-        agreed = agree_on_misses(shard, [t in missing for t in cache])
-        cache = {t: "computed" if miss else "hit" for t, miss in zip(cache, agreed)}
+    cache = _real_status(cache, missing, opts.shard)
     items = plan_items(job, modes, [t for t, s in cache.items() if s == "computed"], max_sources)
-    moments, lpips_values = _run_items(job, items, nets_ema, inception, lpips_net, device,
-                                       num_workers, progress, cpus_per_worker, shard)
+    moments, lpips_values = _run_items(job, items, nets_ema, inception, lpips_net, opts)
     for trg, status in cache.items():
         if status == "computed":
             real[trg] = moments.pop(("real", trg))
@@ -199,77 +203,91 @@ def _mean(values: list[float | None]) -> float | None:
     return None if not values or any(v is None for v in values) else float(np.mean(values))
 
 
+@dataclass
+class ModeResults:
+    """One mode's values (official keys) and the notes its JSON files carry."""
+
+    fid: dict[str, Any] = field(default_factory=dict)
+    kid: dict[str, Any] = field(default_factory=dict)  # KID_{mode}/{task}, KID_std_{mode}/{task}
+    lpips: dict[str, Any] = field(default_factory=dict)
+    fid_notes: list[str] = field(default_factory=list)
+    lpips_notes: list[str] = field(default_factory=list)
+
+
+def _mode_results(m: str, tasks: Sequence[Task], collected: Collected, cfg: ExperimentConfig,
+                  quick: bool) -> ModeResults:
+    """FID (and KID, LPIPS unless quick) of every task of mode m, with their means."""
+    r = ModeResults()
+    lpips_note = lpipslib.size_warning(cfg.model.img_size)
+    r.lpips_notes = [lpips_note] if lpips_note else []
+    for t, task in enumerate(tasks):
+        real, fake = collected.real[task.trg], collected.fake[(m, t)]
+        result = fidlib.fid_from_moments(real, fake, method=cfg.eval.frechet_method)
+        r.fid[f"FID_{m}/{task.name}"] = result.value
+        r.fid_notes += [f"{task.name}: {w}" for w in result.warnings]
+        if not quick:
+            r.kid.update(_kid(real, fake, cfg, f"KID_{m}/{task.name}", r.fid_notes))
+        per_source = collected.lpips.get((m, t))
+        r.lpips[f"LPIPS_{m}/{task.name}"] = (float(np.mean(list(per_source.values())))
+                                             if per_source else None)
+    r.fid[f"FID_{m}/mean"] = _mean(list(r.fid.values()))
+    r.lpips[f"LPIPS_{m}/mean"] = _mean(list(r.lpips.values()))
+    if quick:
+        r.lpips = {}
+    elif r.lpips[f"LPIPS_{m}/mean"] is None:
+        r.lpips_notes.append("LPIPS needs at least 2 outputs per source "
+                             "(eval.num_outs_per_domain)")
+    if r.kid:
+        r.kid[f"KID_{m}/mean"] = _mean([v for k, v in r.kid.items()
+                                        if k.startswith("KID_") and "_std_" not in k])
+    return r
+
+
+def _json_files(r: ModeResults, m: str, step: int, out_dir: Path, weights: FeatureWeights,
+                cfg: ExperimentConfig, real_stats: dict[str, str]
+                ) -> list[tuple[Path, dict[str, Any]]]:
+    """FID_{step:05d}_{m}.json and LPIPS_{step:05d}_{m}.json: the official names and keys, plus
+    feature_weights, the real-statistics cache status and any warnings."""
+    common = {"feature_weights": weights.kind, "step": step, "mode": m}
+    return [(out_dir / f"FID_{step:05d}_{m}.json",
+             {**r.fid, **r.kid, **common, "weights_id": weights.id("inception"),
+              "frechet_method": cfg.eval.frechet_method, "real_stats": real_stats,
+              "warnings": r.fid_notes}),
+            (out_dir / f"LPIPS_{step:05d}_{m}.json",
+             {**r.lpips, **common, "weights_id": weights.id("alexnet"),
+              "warnings": r.lpips_notes})]
+
+
 def evaluate(nets_ema: Networks, cfg: ExperimentConfig, *, step: int, mode: str = "latent",
-             out_dir: str | Path | None = None, num_workers: int = 0,
-             device: torch.device | str = "cpu", quick: bool = False,
-             cache_dir: str | Path | None = None, progress: bool = True,
-             cpus_per_worker: float = 1.0, shard: Shard | None = None) -> dict[str, float | None]:
+             out_dir: str | Path | None = None, quick: bool = False,
+             opts: EvalOptions = EvalOptions()) -> dict[str, float | None]:
     """FID and LPIPS per task and their means, with the official keys ('FID_latent/cat2dog').
 
     mode: "latent", "reference" or "both". With out_dir, writes FID_{step:05d}_{mode}.json and
     LPIPS_{step:05d}_{mode}.json (the official names and keys, plus feature_weights, the elapsed
-    seconds, the real-statistics cache status and any warnings). num_workers=0 runs in this
-    process on device; N > 0 uses N Ray actors (one GPU each when device is cuda). quick: the
-    fid_quick sizes (eval.quick_sources sources per task, eval.quick_outs outputs, no LPIPS).
-    shard: one rank of a group evaluating together (see collect); every rank returns the results,
-    rank 0 alone writes the files.
+    seconds, the real-statistics cache status and any warnings). opts: where and how it runs
+    (EvalOptions: in this process or on Ray actors, the device, the cache, a shard of a group).
+    quick: the fid_quick sizes (eval.quick_sources sources per task, eval.quick_outs outputs,
+    no LPIPS). With a shard every rank returns the results, rank 0 alone writes the files.
     """
     start = time.perf_counter()
     modes = MODES if mode == "both" else (mode,)
     weights = FeatureWeights.from_config(cfg.eval, need=("inception",) if quick else
                                          ("inception", "alexnet"))
     collected, data, tasks = collect(
-        nets_ema, cfg, modes=modes, weights=weights, num_workers=num_workers, device=device,
+        nets_ema, cfg, modes=modes, weights=weights, opts=opts,
         max_sources=cfg.eval.quick_sources if quick else None,
-        num_outs=cfg.eval.quick_outs if quick else None, lpips=not quick, cache_dir=cache_dir,
-        progress=progress, cpus_per_worker=cpus_per_worker, shard=shard)
-    if shard is not None and shard.rank != 0:
+        num_outs=cfg.eval.quick_outs if quick else None, lpips=not quick)
+    if opts.shard is not None and opts.shard.rank != 0:
         out_dir = None
     results: dict[str, float | None] = {}
     files: list[tuple[Path, dict[str, Any]]] = []
-    lpips_note = lpipslib.size_warning(cfg.model.img_size)
-    frechet_method = cfg.eval.frechet_method  # "auto" by default, for fid_quick too
+    real_stats = {data.domains[d]: s for d, s in collected.cache.items()}
     for m in modes:
-        fid_values: dict[str, Any] = {}
-        fid_notes: list[str] = []
-        lpips_values: dict[str, Any] = {}
-        kid_values: dict[str, Any] = {}  # KID_{mode}/{task} and KID_std_{mode}/{task}
-        lpips_notes = [lpips_note] if lpips_note else []
-        for t, task in enumerate(tasks):
-            result = fidlib.fid_from_moments(collected.real[task.trg], collected.fake[(m, t)],
-                                             method=frechet_method)
-            fid_values[f"FID_{m}/{task.name}"] = result.value
-            fid_notes += [f"{task.name}: {w}" for w in result.warnings]
-            if not quick:
-                kid_values.update(_kid(collected.real[task.trg], collected.fake[(m, t)], cfg,
-                                       f"KID_{m}/{task.name}", fid_notes))
-            per_source = collected.lpips.get((m, t))
-            lpips_values[f"LPIPS_{m}/{task.name}"] = (float(np.mean(list(per_source.values())))
-                                                      if per_source else None)
-        fid_values[f"FID_{m}/mean"] = _mean(list(fid_values.values()))
-        lpips_values[f"LPIPS_{m}/mean"] = _mean(list(lpips_values.values()))
-        if quick:
-            lpips_values = {}
-        elif lpips_values[f"LPIPS_{m}/mean"] is None:
-            lpips_notes.append("LPIPS needs at least 2 outputs per source "
-                               "(eval.num_outs_per_domain)")
-        if kid_values:
-            kid_values[f"KID_{m}/mean"] = _mean([v for k, v in kid_values.items()
-                                                 if k.startswith("KID_") and "_std_" not in k])
-        results.update(fid_values)
-        results.update(kid_values)
-        results.update(lpips_values)
+        r = _mode_results(m, tasks, collected, cfg, quick)
+        results.update({**r.fid, **r.kid, **r.lpips})
         if out_dir is not None and not quick:
-            common = {"feature_weights": weights.kind, "step": step, "mode": m}
-            files.append((Path(out_dir) / f"FID_{step:05d}_{m}.json",
-                          {**fid_values, **kid_values, **common,
-                           "weights_id": weights.id("inception"),
-                           "frechet_method": frechet_method,
-                           "real_stats": {data.domains[d]: s for d, s in collected.cache.items()},
-                           "warnings": fid_notes}))
-            files.append((Path(out_dir) / f"LPIPS_{step:05d}_{m}.json",
-                          {**lpips_values, **common, "weights_id": weights.id("alexnet"),
-                           "warnings": lpips_notes}))
+            files += _json_files(r, m, step, Path(out_dir), weights, cfg, real_stats)
     elapsed = time.perf_counter() - start
     for path, payload in files:
         payload["elapsed_seconds"] = round(elapsed, 3)  # the whole call (all modes together)
@@ -305,12 +323,11 @@ def fid_quick(nets_ema: Networks, cfg: ExperimentConfig, *, num_workers: int = 0
     sources (and of the real images not in its cache), and gets the value of one process, up to
     the order of float64 additions (metrics/sharding.py).
     """
-    results = evaluate(nets_ema, cfg, step=0, mode="latent", num_workers=num_workers,
-                       device=device, quick=True, cache_dir=cache_dir, progress=progress,
-                       shard=Shard.of(shard, reduce))
+    opts = EvalOptions(num_workers, str(device), cache_dir, progress, shard=Shard.of(shard, reduce))
+    results = evaluate(nets_ema, cfg, step=0, mode="latent", quick=True, opts=opts)
     return float(results["FID_latent/mean"])
 
 
-__all__ = ["evaluate", "fid_quick", "collect", "Collected", "Shard", "EvalData", "EvalWorker",
+__all__ = ["evaluate", "fid_quick", "collect", "Collected", "EvalOptions", "Shard", "EvalData", "EvalWorker",
            "Task", "Item", "Job", "make_tasks", "seeded_generator", "source_indices", "chunks",
            "MODES"]

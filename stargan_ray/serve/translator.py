@@ -17,7 +17,7 @@ import torch
 from ray import serve
 
 from ..config import ExperimentConfig
-from ..inference import Translator, domain_names
+from ..inference import Translator
 from .batching import Job, run_jobs
 
 DEFAULT_MAX_BATCH = 16
@@ -45,9 +45,7 @@ class TranslatorDeployment:
                  device: str = "cpu", max_batch: int = DEFAULT_MAX_BATCH,
                  batch_wait_s: float = BATCH_WAIT_S):
         self.translator = load_translator(checkpoint, cfg, device, max_batch)
-        cfg = self.translator.cfg
-        self.names = (domain_names(cfg, self.translator.domains)
-                      or [str(i) for i in range(cfg.model.num_domains)])
+        self.names = list(self.translator.domains)
         self.device = device
         self.run.set_max_batch_size(max_batch)
         self.run.set_batch_wait_timeout_s(batch_wait_s)
