@@ -114,6 +114,8 @@ def translate_videos(translator: Translator, jobs: Sequence[VideoJob], num_worke
     """Each job's frame count (or the reason it was skipped), in the order of jobs."""
     import ray
 
+    if not ray.is_initialized():
+        ray.init(configure_logging=False)  # RAY_ADDRESS's cluster, else a local one
     device = "cuda" if gpus_per_worker > 0 else "cpu"
     actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(VideoWorker)
     payload = ray.put(translator_payload(translator))
@@ -142,5 +144,26 @@ def translate_videos(translator: Translator, jobs: Sequence[VideoJob], num_worke
     return results
 
 
-__all__ = ["VideoJob", "AlignSpec", "VideoWorker", "translate_videos", "translator_payload",
+def translate_clips_on_ray(translator: Translator, request, out, sources,
+                           x_ref: torch.Tensor | None = None, aligner=None,
+                           num_workers: int = 1):
+    """video_translate.translate_clips with the passes spread over num_workers Ray actors."""
+    from .video_translate import ClipResult, clip_jobs
+
+    spec = None
+    if aligner is not None:  # the mean landmarks go back to the 256 px they were given at
+        spec = AlignSpec(_cpu_state(aligner.fan), aligner.ref * (256 / aligner.img_size),
+                         aligner.img_size, aligner.min_confidence)
+    jobs = [VideoJob(str(source.path), styles.cpu(), tuple(str(o) for o in outputs))
+            for source, styles, outputs in clip_jobs(translator, request, out, sources, x_ref)]
+    result = ClipResult()
+    for job, outcome in zip(jobs, translate_videos(translator, jobs, num_workers, align=spec)):
+        if isinstance(outcome, int):
+            result.count += len(job.outputs)
+        elif job.path not in [path for path, _ in result.skipped]:
+            result.skipped.append((job.path, outcome))
+    return result
+
+
+__all__ = ["translate_clips_on_ray", "VideoJob", "AlignSpec", "VideoWorker", "translate_videos", "translator_payload",
            "rebuild_translator"]

@@ -10,6 +10,7 @@ Plain torch: no Ray here.
 from __future__ import annotations
 
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 
 from .inference import Translator, image_to_tensor, to_pixels
-from .video import VideoWriter, open_video
+from .video import BadVideo, VideoWriter, open_video
 
 FramePrep = Callable[[np.ndarray], torch.Tensor]  # (H, W, 3) uint8 -> (3, S, S) in [-1, 1]
 LANDMARK_SMOOTHING = 0.6  # weight of the running landmarks against each new frame's own
@@ -113,4 +114,51 @@ class SmoothedAligner:
         return image_to_tensor(to_image(result.image.clamp(-1, 1)), self.img_size)
 
 
-__all__ = ["translate_video", "smooth_landmarks", "SmoothedAligner", "LANDMARK_SMOOTHING"]
+# ---------------------------------------------------------------- `translate` on clips
+
+OUTPUTS_PER_PASS = 8  # outputs (ffmpeg encoders) open at once; more styles decode the clip again
+
+
+@dataclass
+class ClipResult:
+    """What translating clips did: outputs written, and the clips skipped (with the reason)."""
+
+    count: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def clip_jobs(translator: Translator, request, out: Path, sources, x_ref: torch.Tensor | None):
+    """(source, styles, outputs) per pass over a clip: up to OUTPUTS_PER_PASS styles each."""
+    from .translate import output_path, style_chunks
+
+    for source in sources:
+        for labels, styles in style_chunks(translator, request, x_ref, OUTPUTS_PER_PASS):
+            yield source, styles, [output_path(out, source, label) for label in labels]
+
+
+def translate_clips(translator: Translator, request, out: Path, sources,
+                    x_ref: torch.Tensor | None = None, aligner=None) -> ClipResult:
+    """Every clip of `sources` (translate.Source) in every style of `request` (translate.Request),
+    here, with a progress bar per clip (translate_ray.translate_clips_on_ray spreads them).
+
+    aligner: an align.FaceAligner for per-frame alignment (landmarks smoothed over each clip).
+    A clip that cannot be read is skipped whole.
+    """
+    result = ClipResult()
+    failed: set[Path] = set()
+    for source, styles, outputs in clip_jobs(translator, request, out, sources, x_ref):
+        if source.path in failed:
+            continue
+        prepare = None if aligner is None else SmoothedAligner(aligner, translator.img_size)
+        try:
+            translate_video(translator, source.path, styles, outputs, progress=True,
+                            prepare=prepare)
+            result.count += len(outputs)
+        except BadVideo as err:
+            failed.add(source.path)
+            result.skipped.append((str(source.path), str(err)))
+    return result
+
+
+__all__ = ["translate_video", "smooth_landmarks", "SmoothedAligner", "LANDMARK_SMOOTHING",
+           "translate_clips", "clip_jobs", "ClipResult", "OUTPUTS_PER_PASS"]

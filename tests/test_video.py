@@ -205,3 +205,49 @@ def test_clips_spread_over_two_ray_workers_equal_one_process(model, tmp_path, ra
         for theirs, ours in zip(job.outputs, mine.outputs):
             a, b = list(video.open_video(theirs)[1]), list(video.open_video(ours)[1])
             assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_translate_turns_clips_into_clips_and_skips_a_bad_one(tmp_path, capsys):
+    from stargan_ray.cli import main
+
+    from .conftest import save_synthetic_checkpoint
+
+    checkpoint = save_synthetic_checkpoint(tmp_path / "model.pt")
+    inputs = tmp_path / "in"
+    video.write_video(inputs / "walk.mp4", _clip(9), fps=25.0)
+    video.write_video(inputs / "sub" / "wave.mov", _clip(4, 48, 48), fps=10.0)
+    (inputs / "broken.mkv").write_bytes(b"\x1aE\xdf\xa3 not really matroska")
+    Image.fromarray(_clip(1)[0]).save(inputs / "still.png")
+    code = main(["translate", "--checkpoint", str(checkpoint), "--device", "cpu", str(inputs),
+                 "--to", "square", "--seeds", "1,2", "--out", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert code == 1 and "broken.mkv" in err and "wrote 4 video(s)" in out
+    assert (tmp_path / "out" / "still_square_seed1.png").is_file()
+    for name, frames, fps in (("walk", 9, 25.0), ("sub/wave", 4, 10.0)):
+        for seed in (1, 2):
+            info, decoded = video.open_video(tmp_path / "out" / f"{name}_square_seed{seed}.mp4")
+            assert sum(1 for _ in decoded) == frames and info.fps == pytest.approx(fps)
+            assert info.size == (S, S)
+    assert not list((tmp_path / "out").glob("broken*"))
+    # a second run keeps the clips unless --overwrite
+    code = main(["translate", "--checkpoint", str(checkpoint), "--device", "cpu",
+                 str(inputs / "walk.mp4"), "--to", "square", "--seeds", "1",
+                 "--out", str(tmp_path / "out")])
+    assert code == 2 and "walk_square_seed1.mp4" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+def test_translate_spreads_clips_over_ray_workers(tmp_path, capsys, ray_session):
+    from stargan_ray.cli import main
+
+    from .conftest import save_synthetic_checkpoint
+
+    checkpoint = save_synthetic_checkpoint(tmp_path / "model.pt")
+    for i in range(2):
+        video.write_video(tmp_path / "in" / f"clip{i}.webm", _clip(3 + i), fps=6.0)
+    code = main(["translate", "--checkpoint", str(checkpoint), "--device", "cpu",
+                 str(tmp_path / "in"), "--to", "0", "--seeds", "4", "--num-workers", "2",
+                 "--out", str(tmp_path / "out")])
+    assert code == 0 and "wrote 2 video(s)" in capsys.readouterr().out
+    assert [video.count_frames(tmp_path / "out" / f"clip{i}_circle_seed4.mp4")[0]
+            for i in range(2)] == [3, 4]
