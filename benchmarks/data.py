@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,12 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import common  # noqa: F401  (the repository first on sys.path)
 
-from stargan_ray.config import load_experiment  # noqa: E402
-from stargan_ray.data import prepare as prep  # noqa: E402
-from stargan_ray.data.synthetic import domain_names, draw_image  # noqa: E402
+from stargan_ray.config import load_experiment
+from stargan_ray.data import prepare as prep
+from stargan_ray.data.synthetic import domain_names, draw_image
 
 GPU_IMAGES_PER_S = 350
 

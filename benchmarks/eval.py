@@ -49,19 +49,16 @@ import numpy as np
 import torch
 from torchvision.utils import save_image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from stargan_ray.checkpoint import load_ema_networks, save_checkpoint  # noqa: E402
-from stargan_ray.config import load_experiment  # noqa: E402
-from stargan_ray.data.synthetic import generate  # noqa: E402
-from stargan_ray.engine import TrainState  # noqa: E402
-from stargan_ray.metrics import evaluator  # noqa: E402
-from stargan_ray.metrics import fid as fidlib  # noqa: E402
-from stargan_ray.metrics import frechet  # noqa: E402
-from stargan_ray.metrics import lpips as lpipslib  # noqa: E402
-from stargan_ray.metrics.weights import FeatureWeights, file_name  # noqa: E402
+import common  # noqa: F401  (the repository first on sys.path)
+from stargan_ray.checkpoint import load_ema_networks, save_checkpoint
+from stargan_ray.config import load_experiment
+from stargan_ray.data.synthetic import generate
+from stargan_ray.engine import TrainState
+from stargan_ray.metrics import evaluator
+from stargan_ray.metrics import fid as fidlib
+from stargan_ray.metrics import frechet
+from stargan_ray.metrics import lpips as lpipslib
+from stargan_ray.metrics.weights import FeatureWeights, file_name
 
 NARROW = [("model.dim_in", 16), ("model.max_conv_dim", 64)]  # the toy widths
 TOLERANCE = 1e-5  # FID and LPIPS, relative, same draws
@@ -367,17 +364,16 @@ def celeba_counts() -> dict[str, dict[str, float]]:
 def network_gflops() -> dict[str, float]:
     """Forward GFLOP per image (fake tensors: exact, no arithmetic) of the celeba_hq networks at
     256 px, Inception at 299 and LPIPS' AlexNet at 256; ours' LPIPS per source adds 10 AlexNets."""
-    import flops as flopslib
-    from step import load_config
+    from common import count, fake_mode, load_config, network_flops
     from torchvision.models import alexnet
     from torchvision.models.inception import Inception3
 
-    nets = flopslib.network_flops(load_config("celeba_hq", [], 1))
-    with flopslib.fake_mode(), torch.no_grad():
+    nets = network_flops(load_config("celeba_hq", [], 1))
+    with fake_mode(), torch.no_grad():
         inc = fidlib.InceptionFeatures(Inception3(aux_logits=True, init_weights=False)).eval()
         alex = alexnet(weights=None).features.eval()
-        inception = flopslib.count(lambda: inc(torch.zeros(1, 3, 299, 299)))
-        alex_flops = flopslib.count(lambda: alex(torch.zeros(1, 3, 256, 256)))
+        inception = count(lambda: inc(torch.zeros(1, 3, 299, 299)))
+        alex_flops = count(lambda: alex(torch.zeros(1, 3, 256, 256)))
     g = {"generator": nets["generator"], "style_encoder": nets["style_encoder"],
          "fan": nets["fan"], "inception": inception, "inception_folded": inception,
          "alexnet": alex_flops,

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import common  # noqa: F401  (the repository first on sys.path)
 from stargan_ray.align import FaceAligner, similarity_matrix
 from stargan_ray.models.fan import FAN, face_masks, load_fan
 

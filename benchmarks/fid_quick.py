@@ -4,8 +4,8 @@
         [--rounds 2] [--train 40] [--threads 1] [--set data.val_batch_size=4 ...]
 
 Each process stands for one Ray Train worker (one intra-op thread, as threads_per_worker's
-default) and calls fid_quick exactly as RunLogger.evaluate does: shard=(rank, world) and
-run_logging.sum_over_ranks as the reduce. Per world size, one group of processes: the first
+default) and calls fid_quick exactly as train.quick_eval does: shard=(rank, world) and
+quick_eval.sum_over_ranks as the reduce. Per world size, one group of processes: the first
 evaluation is cold (empty real-statistics cache: the train images are sharded too), the next
 --evals are warm (the steady state of a training run). Rank 0 times each evaluation from a barrier
 before it to its return. The world sizes run one after the other, --rounds times, interleaved;
@@ -19,24 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from stargan_ray.config import load_experiment  # noqa: E402
-from stargan_ray.data.synthetic import generate  # noqa: E402
-from stargan_ray.metrics import evaluator  # noqa: E402
-from stargan_ray.metrics import fid as fidlib  # noqa: E402
-from stargan_ray.metrics.weights import FeatureWeights  # noqa: E402
-from stargan_ray.models import build_networks, ema_copy, he_init  # noqa: E402
+from common import free_port
+from stargan_ray.config import load_experiment
+from stargan_ray.data.synthetic import generate
+from stargan_ray.metrics import evaluator
+from stargan_ray.metrics import fid as fidlib
+from stargan_ray.metrics.weights import FeatureWeights
+from stargan_ray.models import build_networks, ema_copy, he_init
 
 
 def experiment(args: argparse.Namespace, data: Path):
@@ -57,7 +53,7 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace, data: 
     """One worker: cold evaluation, then --evals warm ones; rank 0 writes the times."""
     import torch.distributed as dist
 
-    from stargan_ray.run_logging import sum_over_ranks
+    from stargan_ray.train.quick_eval import sum_over_ranks
 
     torch.set_num_threads(args.threads)
     if world > 1:
@@ -83,17 +79,11 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace, data: 
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_world(world: int, args: argparse.Namespace, data: Path, work: Path) -> dict:
     import torch.multiprocessing as mp
 
     out = Path(tempfile.mkdtemp(prefix=f"w{world}_", dir=work))
-    mp.spawn(rank_main, args=(world, _free_port(), args, str(data), str(out)), nprocs=world,
+    mp.spawn(rank_main, args=(world, free_port(), args, str(data), str(out)), nprocs=world,
              join=True)
     return json.loads((out / "times.json").read_text())
 

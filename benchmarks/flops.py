@@ -25,41 +25,19 @@ official side; that count makes real parameters, which takes a while at 256 px o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import weakref
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
-from torch.utils.flop_counter import flop_registry
 from torch.utils.weak import WeakIdKeyDictionary
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from step import fan_for, load_config, make_batches  # noqa: E402
-
-from stargan_ray.config import ExperimentConfig  # noqa: E402
-from stargan_ray.engine import Batch, TrainState, build_optimizers, train_step  # noqa: E402
-from stargan_ray.models import EMA, Networks, build_networks  # noqa: E402
-
-
-class FlopCount(TorchDispatchMode):
-    """Adds up torch's FLOP formulas over every aten call made while it is active."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        count = flop_registry.get(func._overloadpacket)
-        if count is not None:
-            self.total += count(*args, **kwargs, out_val=out)
-        return out
+from common import (count, fake_mode, fake_state, fan_for, load_config, make_batches,
+                    network_flops, step_flops)
+from stargan_ray.config import ExperimentConfig
+from stargan_ray.engine import TrainState, train_step
 
 
 class LiveBytes(TorchDispatchMode):
@@ -90,56 +68,6 @@ class LiveBytes(TorchDispatchMode):
         return out
 
 
-@contextlib.contextmanager
-def fake_mode(allow_real_inputs: bool = False) -> Iterator[None]:
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    with FakeTensorMode(allow_non_fake_inputs=allow_real_inputs):
-        yield
-
-
-def fake_state(cfg: ExperimentConfig) -> TrainState:
-    """A TrainState whose every tensor is fake (call inside fake_mode()); values are meaningless.
-
-    Built on the default device directly: moving fake parameters (TrainState.create's .to) and
-    deep-copying them (ema_copy) are not supported, so the EMA copies are fresh networks.
-    """
-    fan = None
-    if cfg.model.w_hpf > 0:
-        from stargan_ray.models.fan import FAN
-
-        fan = FAN()
-    nets = build_networks(cfg.model, fan=fan)
-    fresh = build_networks(cfg.model)
-    nets_ema = Networks(**{name: getattr(fresh, name).requires_grad_(False) for name in EMA},
-                        fan=fan)
-    if cfg.train.channels_last:  # what module.to(memory_format=...) does, which fakes refuse
-        for _, module in (*nets.items(), *nets_ema.items()):
-            for param in module.parameters():
-                if param.dim() == 4:
-                    param.data = param.data.contiguous(memory_format=torch.channels_last)
-    return TrainState(cfg=cfg, nets=nets, nets_ema=nets_ema, optims=build_optimizers(cfg, nets),
-                      step=0, device=torch.device("cpu"))
-
-
-def count(fn: Callable[[], object]) -> int:
-    with FlopCount() as counter:
-        fn()
-    return counter.total
-
-
-def step_flops(cfg: ExperimentConfig, device: torch.device, fake: bool = True) -> int:
-    """FLOPs of one train_step at cfg's shapes and batch size."""
-    if fake:
-        with fake_mode():
-            state = fake_state(cfg)
-            batch = make_batches(cfg, cfg.data.batch_size, 1, torch.device("cpu"))[0]
-            return count(lambda: train_step(state, batch))
-    state = TrainState.create(cfg, device, fan=fan_for(cfg, device))
-    batch = make_batches(cfg, cfg.data.batch_size, 1, device)[0]
-    return count(lambda: train_step(state, batch))
-
-
 def peak_memory(cfg: ExperimentConfig) -> dict[str, int]:
     """Bytes of live tensors: the weights (nets, EMA, FAN), after one step (plus gradients and
     Adam's moments), and the peak during the second step."""
@@ -161,28 +89,10 @@ def peak_memory(cfg: ExperimentConfig) -> dict[str, int]:
     return {"weights": weights, "between_steps": between, "peak": live.peak}
 
 
-def network_flops(cfg: ExperimentConfig) -> dict[str, int]:
-    """FLOPs of one forward pass per image of each network (and of the FAN's masks)."""
-    with fake_mode(), torch.no_grad():
-        nets = fake_state(cfg).nets
-        b: Batch = make_batches(cfg, 1, 1, torch.device("cpu"))[0]
-        s_trg = torch.zeros(1, cfg.model.style_dim)
-        masks = nets.masks(b.x_src)
-        calls: dict[str, Callable[[], object]] = {
-            "generator": lambda: nets.generator(b.x_src, s_trg, masks=masks),
-            "mapping_network": lambda: nets.mapping_network(b.z_trg, b.y_ref),
-            "style_encoder": lambda: nets.style_encoder(b.x_src, b.y_src),
-            "discriminator": lambda: nets.discriminator(b.x_src, b.y_src),
-        }
-        if nets.fan is not None:
-            calls["fan"] = lambda: nets.fan.get_heatmap(b.x_src)
-        return {name: count(call) for name, call in calls.items()}
-
-
 def official_step_flops(cfg: ExperimentConfig, device: torch.device, official_path: Path,
                         deps: Path | None, fake: bool = True) -> int:
     """FLOPs of one iteration of the official loop (real parameters; fake activations if fake)."""
-    from step import OfficialLoop, ema_networks, import_official, official_networks
+    from official import OfficialLoop, ema_networks, import_official, official_networks
 
     official = import_official(official_path, deps)
     state = TrainState.create(cfg, device, fan=fan_for(cfg, device))

@@ -36,19 +36,9 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import flops as flopslib  # noqa: E402
-from step import fan_for, load_config, synchronize, time_train_step  # noqa: E402
-
-from stargan_ray.config import ExperimentConfig  # noqa: E402
-
-EXPERIMENTS = ("celeba_hq", "afhq")
-SCHEDULE_ITERS = 100_000  # the paper's schedule, at batch 8
-SMOKE_MODEL = ["model.img_size=32", "model.dim_in=8", "model.max_conv_dim=16",
-               "model.hidden_dim=16", "model.style_dim=8", "model.latent_dim=4",
-               "model.w_hpf=0.0"]  # the FAN sees 256 px whatever the model size: too slow here
-
+from common import (EXPERIMENTS, SCHEDULE_ITERS, SMOKE_MODEL, fan_for, load_config, step_flops,
+                    synchronize, time_train_step)
+from stargan_ray.config import ExperimentConfig
 
 ALL_COMBOS = tuple((p, cl, c) for p in ("bf16", "tf32", "fp32") for cl in (True, False)
                    for c in (False, True))  # (precision, channels_last, compile)
@@ -153,7 +143,7 @@ def matmul_peak(device: torch.device, size: int, iters: int = 10) -> dict[str, f
 def step_flops_per_image(plan: Plan, experiment: str) -> float:
     """FLOPs of one train_step per image (convolutions and matmuls are linear in the batch)."""
     cfg = load_config(experiment, plan.overrides, 1)
-    return float(flopslib.step_flops(cfg, plan.device, fake=True))
+    return float(step_flops(cfg, plan.device, fake=True))
 
 
 def run_train_case(plan: Plan, case: Case) -> dict[str, Any]:

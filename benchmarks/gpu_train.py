@@ -48,15 +48,10 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import flops as flopslib  # noqa: E402
-from gpu_suite import EXPERIMENTS, SCHEDULE_ITERS, SMOKE_MODEL  # noqa: E402
-from scaling import _collector  # noqa: E402
-from step import load_config  # noqa: E402
-
-from stargan_ray.config import ExperimentConfig  # noqa: E402
-from stargan_ray.train import RunOptions, init_ray, run_training  # noqa: E402
+from common import (EXPERIMENTS, SCHEDULE_ITERS, SMOKE_MODEL, load_config, report_collector,
+                    step_flops)
+from stargan_ray.config import ExperimentConfig
+from stargan_ray.train import RunOptions, init_ray, run_training
 
 GPU_STEPS, GPU_PRINT_EVERY = 200, 20
 SMOKE_STEPS, SMOKE_PRINT_EVERY = 4, 1
@@ -99,7 +94,7 @@ def experiment_config(experiment: str, smoke: bool, wing_dir: Path) -> Experimen
 
 def flops_per_image(cfg: ExperimentConfig) -> float:
     """flops.py's count of one train_step at the run's batch, per image."""
-    return flopslib.step_flops(cfg, torch.device("cpu"), fake=True) / cfg.data.batch_size
+    return step_flops(cfg, torch.device("cpu"), fake=True) / cfg.data.batch_size
 
 
 class Deadline:
@@ -152,7 +147,7 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions, storage: Path,
     status = "done"
     try:
         with deadline:
-            run_training(cfg, opts, callbacks=[_collector(str(reports))], note=None)
+            run_training(cfg, opts, callbacks=[report_collector(str(reports))], note=None)
     except KeyboardInterrupt:  # the deadline (run_training aborts the workers first)
         status = "interrupted at the budget"
     except Exception as err:  # one failed run must not cost the other its figures

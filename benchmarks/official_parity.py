@@ -29,13 +29,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import common  # noqa: F401  (the repository first on sys.path)
 
-from stargan_ray.data.synthetic import generate  # noqa: E402
-from stargan_ray.metrics import fid as fidlib  # noqa: E402
-from stargan_ray.metrics import lpips as lpipslib  # noqa: E402
-from stargan_ray.metrics.weights import FeatureWeights, file_name  # noqa: E402
+from stargan_ray.data.synthetic import generate
+from stargan_ray.metrics import fid as fidlib
+from stargan_ray.metrics import lpips as lpipslib
+from stargan_ray.metrics.weights import FeatureWeights, file_name
 
 OFFICIAL_LPIPS_MIN_SIZE = 64
 OFFICIAL_SCRIPT = r"""

@@ -26,15 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import common  # noqa: F401  (the repository first on sys.path)
 
-from stargan_ray.checkpoint import save_checkpoint  # noqa: E402
-from stargan_ray.config import load_experiment  # noqa: E402
-from stargan_ray.data.stream import local_raw_batches  # noqa: E402
-from stargan_ray.data.synthetic import domain_names, draw_image  # noqa: E402
-from stargan_ray.engine import TrainState  # noqa: E402
-from stargan_ray.train import RunOptions, init_ray, run_training  # noqa: E402
+from stargan_ray.checkpoint import save_checkpoint
+from stargan_ray.config import load_experiment
+from stargan_ray.data.stream import local_raw_batches
+from stargan_ray.data.synthetic import domain_names, draw_image
+from stargan_ray.engine import TrainState
+from stargan_ray.train import RunOptions, init_ray, run_training
 
 
 def make_tree(root: Path, per_domain: int, src_size: int) -> Path:

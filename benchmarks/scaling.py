@@ -28,23 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from stargan_ray.config import load_experiment  # noqa: E402
-from stargan_ray.train import RunOptions, init_ray, run_training  # noqa: E402
-
-
-def _collector(path: str):
-    """A Train callback (it runs in the controller actor) appending rank 0's reports to a file."""
-    from ray.train import UserCallback
-
-    class CollectReports(UserCallback):
-        def after_report(self, run_context, metrics, checkpoint) -> None:
-            with open(path, "a") as f:
-                f.write(json.dumps(metrics[0]) + "\n")
-
-    return CollectReports()
+from common import report_collector
+from stargan_ray.config import load_experiment
+from stargan_ray.train import RunOptions, init_ray, run_training
 
 
 def run(workers: int, iters: int, print_every: int, storage: Path, tag: str) -> dict:
@@ -57,7 +43,7 @@ def run(workers: int, iters: int, print_every: int, storage: Path, tag: str) -> 
                       name=f"scaling-{workers}w-{tag}", wandb="disabled", max_failures=0)
     reports = storage / f"reports-{workers}w-{tag}.jsonl"
     start = time.perf_counter()
-    run_training(cfg, opts, callbacks=[_collector(str(reports))])
+    run_training(cfg, opts, callbacks=[report_collector(str(reports))])
     wall = time.perf_counter() - start
     rows = [json.loads(line) for line in reports.read_text().splitlines()]
     windows = [r["images_per_s"] for r in rows if "images_per_s" in r]

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import socket
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,11 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from stargan_ray.inference import Translator, image_to_tensor  # noqa: E402
-from stargan_ray.serve.batching import Job, run_jobs  # noqa: E402
+from common import free_port
+from stargan_ray.inference import Translator, image_to_tensor
+from stargan_ray.serve.batching import Job, run_jobs
 
 
 def photo(seed: int) -> bytes:
@@ -51,12 +47,6 @@ def random_checkpoint(folder: Path, experiment: str, overrides: list[str]) -> Pa
     torch.manual_seed(0)
     return save_checkpoint(TrainState.create(load_experiment(experiment, overrides), "cpu"),
                            folder / "model.pt")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load(url: str, images: list[bytes], concurrency: int, n: int) -> dict:

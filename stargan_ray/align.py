@@ -207,6 +207,22 @@ def _write_image(x: torch.Tensor, path: Path) -> None:
     Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy()).save(path)
 
 
+def input_files(inp: str | Path) -> list[tuple[Path, str]]:
+    """(path, relative name) of every image file under inp (recursive, sorted, listed as
+    training lists images); the outputs of align_folder take the same relative names."""
+    from .data import folders
+
+    inp = Path(inp)
+    if not inp.is_dir():
+        raise ConfigError(f"--inp: {inp} is not a directory")
+    base = inp.expanduser().resolve()
+    files = [Path(p) for p in folders.list_image_files(inp)]
+    if not files:
+        raise ConfigError(f"--inp: {inp} holds no image files "
+                          f"({', '.join(folders.IMAGE_EXTENSIONS)}, any case)")
+    return [(path, path.relative_to(base).as_posix()) for path in files]
+
+
 def align_folder(inp: str | Path, out: str | Path, aligner: FaceAligner,
                  device: torch.device | str = "cpu", log=print) -> tuple[list[str], list[str]]:
     """Align every image file under inp (recursive, sorted, listed as training lists images)
@@ -216,18 +232,10 @@ def align_folder(inp: str | Path, out: str | Path, aligner: FaceAligner,
     """
     from .data import folders
 
-    inp, out = Path(inp), Path(out)
-    if not inp.is_dir():
-        raise ConfigError(f"--inp: {inp} is not a directory")
-    base = inp.expanduser().resolve()
-    files = [Path(p) for p in folders.list_image_files(inp)]
-    if not files:
-        raise ConfigError(f"--inp: {inp} holds no image files "
-                          f"({', '.join(folders.IMAGE_EXTENSIONS)}, any case)")
+    files, out = input_files(inp), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     aligned, skipped = [], []
-    for path in files:
-        name = path.relative_to(base).as_posix()
+    for path, name in files:
         try:
             x = load_image_tensor(path, aligner.img_size).to(device)
         except folders.BadImage as err:
@@ -246,5 +254,5 @@ def align_folder(inp: str | Path, out: str | Path, aligner: FaceAligner,
     return aligned, skipped
 
 
-__all__ = ["FaceAligner", "AlignResult", "align_folder", "similarity_matrix", "pad_mirror", "warp",
-           "load_mean_landmarks"]
+__all__ = ["FaceAligner", "AlignResult", "align_folder", "input_files", "similarity_matrix",
+           "pad_mirror", "warp", "load_mean_landmarks"]

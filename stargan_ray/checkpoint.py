@@ -72,19 +72,23 @@ _TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
 _OTHER_KINDS = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"))
 
 
-def _not_torch(path: Path, head: bytes) -> str:
+OUR_FILES = "a file written by stargan-ray train or import-official"
+
+
+def _not_torch(path: Path, head: bytes, expected: str = OUR_FILES) -> str:
     kind = next((name for magic, name in _OTHER_KINDS if head.startswith(magic)), None)
     if kind is None:
         kind = "nothing, it is empty" if not head else (
             "text" if all(32 <= b < 127 or b in b"\t\r\n" for b in head) else "another format")
-    return f"checkpoint {path}: not a torch checkpoint file (it holds {kind}); give a file " \
-           "written by stargan-ray train or import-official"
+    return f"checkpoint {path}: not a torch checkpoint file (it holds {kind}); give {expected}"
 
 
-def safe_load(path: str | Path, device: torch.device | str = "cpu", *, mmap: bool = False) -> Any:
+def safe_load(path: str | Path, device: torch.device | str = "cpu", *, mmap: bool = False,
+              expected: str = OUR_FILES) -> Any:
     """torch.load with weights_only=True and errors that say what is wrong with the file.
 
     mmap maps a zip-format file instead of reading it: checking a large checkpoint is then cheap.
+    expected: what the file should have been, for the error about a file that is no torch file.
     """
     path = Path(path)
     if path.is_dir():
@@ -96,7 +100,7 @@ def safe_load(path: str | Path, device: torch.device | str = "cpu", *, mmap: boo
     # Sniff first: the unpickler reads text or images as opcodes and fails with KeyError: 101
     # or "objects other than tensors", which says nothing about the real problem.
     if not head.startswith(_TORCH_MAGIC):
-        raise CheckpointError(_not_torch(path, head))
+        raise CheckpointError(_not_torch(path, head, expected))
     zipped = head.startswith(_TORCH_MAGIC[0])
     try:
         return torch.load(path, map_location=device, weights_only=True, mmap=mmap and zipped)
@@ -199,19 +203,6 @@ def load_state_into(state, data: Mapping[str, Any]) -> None:
     # rng["loop"], in checkpoints written before the pipeline drew the latent codes, is unused.
     if "cuda" in rng and state.device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"].cpu(), state.device)
-
-
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu",
-                    cfg: ExperimentConfig | None = None):
-    """Rebuild the TrainState saved at path (cfg defaults to the stored, resolved config)."""
-    from .engine import TrainState  # engine imports nothing from here; avoid a cycle at import
-
-    data = safe_load(path)
-    _check_format(data, path)
-    cfg = cfg or from_dict(data["config"])
-    state = TrainState.create(cfg, device)
-    load_state_into(state, data)
-    return state
 
 
 # ---------------------------------------------------------------- official checkpoints
@@ -323,6 +314,8 @@ def load_ema_networks(path: str | Path, cfg: ExperimentConfig | None = None,
     """
     data = safe_load(path)
     if isinstance(data, Mapping) and data.get("format") == FORMAT:
+        if cfg is not None:  # --experiment / --set: shapes other than the file's are one line
+            check_fits(data, cfg, path)
         cfg = cfg or from_dict(data["config"])
         nets = ema_copy(build_networks(cfg.model))
         for name in EMA:

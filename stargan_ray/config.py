@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .config_bounds import BOUNDS, Bound  # noqa: F401  (re-exported: config.BOUNDS)
 from .errors import ConfigError, UserError  # noqa: F401  (re-exported: config.ConfigError)
 
 if sys.version_info >= (3, 11):
@@ -25,6 +26,7 @@ else:  # pragma: no cover
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 SYNTHETIC = "synthetic"  # data.train_dir value: the embedded dataset, generated into a cache
+FITS = ("stretch", "crop", "pad")  # data.fit: how a photo that is not square becomes square
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,15 @@ class DataConfig:
     batch_per_worker: int = 0
     val_batch_size: int = 32
     randcrop_prob: float = 0.5
+    # Domains from a labels CSV (columns path,domain; paths relative to the split's dir) instead
+    # of <dir>/<domain>/ folders; "" = folders.
+    train_labels: str = ""
+    val_labels: str = ""
+    # A photo that is not square: stretch (official) | crop (centred square) | pad (whole photo
+    # on a square, mid-grey border); see data/shapes.py.
+    fit: str = "stretch"
+    # Train on shards prepared for a smaller img_size (upsampled images) with a warning.
+    allow_upscale: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,6 +154,7 @@ SECTIONS: dict[str, type] = {
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "loss.ds_decay": ("linear", "cosine", "step", "none"),
+    "data.fit": FITS,
     "train.nan_policy": ("stop", "rollback"),
     "train.precision": ("fp32", "tf32", "bf16"),
     "eval.feature_weights": ("pretrained", "random"),
@@ -232,53 +244,27 @@ def _require(ok: bool, key: str, allowed: str, value: Any) -> None:
         raise ConfigError(f"{key}: {allowed}, got {value!r}")
 
 
+def check_bounds(cfg: ExperimentConfig) -> None:
+    """Raise ConfigError naming the key, the value and the rule for a number out of BOUNDS."""
+    for key, bound in BOUNDS.items():
+        value = get_key(cfg, key)
+        if value is not None and not bound.allows(value):
+            raise ConfigError(f"{key}: must be {bound.rule(isinstance(value, float))}, "
+                              f"got {value!r}")
+
+
 def validate(cfg: ExperimentConfig) -> None:
     """Raise ConfigError for the first value outside what is allowed."""
-    m, loss, o, d, t, e = cfg.model, cfg.loss, cfg.optim, cfg.data, cfg.train, cfg.eval
-    size = m.img_size
-    _require(size >= 32 and size & (size - 1) == 0, "model.img_size",
-             "must be a power of two >= 32", size)
-    _require(m.num_domains >= 2, "model.num_domains", "must be >= 2", m.num_domains)
-    for key in ("latent_dim", "style_dim", "hidden_dim", "dim_in", "max_conv_dim"):
-        value = getattr(m, key)
-        _require(value >= 1, f"model.{key}", "must be >= 1", value)
-    _require(m.w_hpf >= 0, "model.w_hpf", "must be >= 0 (0 disables the high-pass path)", m.w_hpf)
+    check_bounds(cfg)
+    m, t = cfg.model, cfg.train
     if m.w_hpf > 0:
         _require(bool(m.wing_path), "model.wing_path",
                  "must name the FAN checkpoint (wing.ckpt) when model.w_hpf > 0", m.wing_path)
-    for key in ("lambda_reg", "lambda_sty", "lambda_ds", "lambda_cyc"):
-        value = getattr(loss, key)
-        _require(value >= 0 and math.isfinite(value), f"loss.{key}", "must be >= 0", value)
-    _require(loss.ds_iter >= 1, "loss.ds_iter", "must be >= 1", loss.ds_iter)
-    _require(loss.ds_step_every >= 1, "loss.ds_step_every", "must be >= 1", loss.ds_step_every)
-    _require(loss.r1_interval >= 1, "loss.r1_interval", "must be >= 1", loss.r1_interval)
-    for key in ("lr", "f_lr", "weight_decay"):
-        _require(getattr(o, key) >= 0, f"optim.{key}", "must be >= 0", getattr(o, key))
-    for key in ("beta1", "beta2", "ema_beta"):
-        value = getattr(o, key)
-        _require(0 <= value < 1, f"optim.{key}", "must be in [0, 1)", value)
-    _require(d.batch_size >= 1, "data.batch_size", "must be >= 1", d.batch_size)
-    _require(d.batch_per_worker >= 0, "data.batch_per_worker",
-             "must be >= 0 (0: a worker's whole share of data.batch_size at once)",
-             d.batch_per_worker)
-    _require(d.val_batch_size >= 1, "data.val_batch_size", "must be >= 1", d.val_batch_size)
-    _require(0 <= d.randcrop_prob <= 1, "data.randcrop_prob", "must be in [0, 1]", d.randcrop_prob)
-    for key in ("total_iters", "print_every", "sample_every", "save_every", "eval_every",
-                "keep_checkpoints"):
-        _require(getattr(t, key) >= 1, f"train.{key}", "must be >= 1", getattr(t, key))
     if t.keep_best and t.eval_every > t.total_iters:
         raise ConfigError(f"train.keep_best: needs fid_quick, which train.eval_every="
                           f"{t.eval_every} > train.total_iters={t.total_iters} disables")
-    _require(e.num_outs_per_domain >= 1, "eval.num_outs_per_domain", "must be >= 1",
-             e.num_outs_per_domain)
-    _require(e.batch_size >= 1, "eval.batch_size", "must be >= 1", e.batch_size)
-    _require(e.quick_sources >= 1, "eval.quick_sources", "must be >= 1", e.quick_sources)
-    _require(e.quick_outs >= 1, "eval.quick_outs", "must be >= 1", e.quick_outs)
-    _require(e.kid_subsets >= 1, "eval.kid_subsets", "must be >= 1", e.kid_subsets)
-    _require(e.kid_subset_size >= 2, "eval.kid_subset_size", "must be >= 2", e.kid_subset_size)
     for key, choices in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+        value = get_key(cfg, key)
         _require(value in choices, key, f"must be one of {', '.join(choices)}", value)
 
 
@@ -310,6 +296,10 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    except UnicodeDecodeError as err:  # an image, a checkpoint, a file in another encoding
+        byte = err.object[err.start]
+        raise ConfigError(f"{path}: not a TOML file (not UTF-8 text: byte {byte:#04x} at offset "
+                          f"{err.start})") from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -394,5 +384,5 @@ __all__ = [
     "ConfigError", "ModelConfig", "LossConfig", "OptimConfig", "DataConfig", "TrainConfig",
     "EvalConfig", "ExperimentConfig", "load_experiment", "with_overrides", "from_dict",
     "apply_overrides", "parse_override", "to_toml", "config_keys", "get_key", "replace",
-    "SYNTHETIC",
+    "SYNTHETIC", "FITS",
 ]

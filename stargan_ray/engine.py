@@ -351,17 +351,3 @@ def _accumulate(state: TrainState, parts: list[Batch],
     for name in names:
         state.optims[name].step()
     return stats
-
-
-def stats_to_floats(stats: Stats) -> dict[str, float]:
-    """Convert a step's stats to Python floats with one device synchronisation."""
-    keys = list(stats)
-    values = torch.stack([stats[k].detach().float() for k in keys]).cpu().tolist()
-    return dict(zip(keys, values))
-
-
-def non_finite(stats: Stats) -> list[str]:
-    """Names of stats that are NaN or infinite (one synchronisation)."""
-    keys = list(stats)
-    finite = torch.isfinite(torch.stack([stats[k].detach().float() for k in keys])).cpu()
-    return [k for k, ok in zip(keys, finite.tolist()) if not ok]

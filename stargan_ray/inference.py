@@ -58,14 +58,15 @@ def pixels_to_input(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.float().div(255).mul(2).sub(1)
 
 
-def load_image_tensor(path: str | Path, img_size: int) -> torch.Tensor:
-    """An image file through the test transform; decoded as training decodes (16-bit scaled).
+def load_image_tensor(path: str | Path, img_size: int, fit: str = "stretch") -> torch.Tensor:
+    """An image file through the test transform; decoded as training decodes (16-bit scaled,
+    EXIF orientation applied, made square by `fit` as data.fit does: data/shapes.py).
 
     Raises data.folders.BadImage for a file that cannot be read or decoded.
     """
     from .data.folders import load_image
 
-    return image_to_tensor(load_image(path), img_size)
+    return image_to_tensor(load_image(path, fit=fit), img_size)
 
 
 def to_pixels(images: torch.Tensor) -> np.ndarray:

@@ -25,7 +25,8 @@ from .storage import atomic_write_bytes, basename, join, write_bytes
 
 log = logging.getLogger(__name__)
 
-# The official stats (DESIGN.md), drawn in this order; D/ref_* and G/ref_* as logged.
+# The official stats (the names engine.train_step logs, as the official solver does), drawn in
+# this order; D/ref_* and G/ref_* as logged.
 D_LATENT = ("D/latent_real", "D/latent_fake", "D/latent_reg")
 G_LATENT = ("G/latent_adv", "G/latent_sty", "G/latent_ds", "G/latent_cyc")
 LAMBDA_DS = "G/lambda_ds"

@@ -1,7 +1,8 @@
 """Translating image files: inputs (files, folders, globs), the outputs' names, the face aligner
 and batched generation written to disk as it is made.
 
-Shared by `stargan-ray translate`, the Serve app and the video path. Outputs are
+Used by `stargan-ray translate`; free of Ray and argparse so that the Serve app and the video
+path can share it. Outputs are
 <input stem>_<domain>_seed<k>.png (latent-guided) or <input stem>_<domain>_ref-<ref stem>.png
 (reference-guided); images found in an input folder keep their subfolder. Generation runs over
 (sources x styles) in chunks of about batch_size pairs and each chunk is written before the next
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -27,6 +29,7 @@ from .video import VIDEO_EXTENSIONS, is_video
 GRID_MAX_ROWS = 64  # a grid shows the first this many inputs (a row each)
 GRID_MAX_OUTPUTS = 64  # ... and the first this many outputs of each
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes up to this (and negatives, unused here)
+_DIGITS = re.compile("[0-9]+")
 MAX_OUTPUTS = 10_000  # outputs of one `translate` command unless --no-limit
 
 
@@ -107,8 +110,8 @@ class Seeds:
         """ValueError (naming the expected form) for text that is not seeds."""
         ranges = []
         for part in text.split(","):
-            first, dash, last = part.strip().partition("-")
-            if not first.isdigit() or (dash and not last.isdigit()):
+            first, dash, last = (p.strip() for p in part.partition("-"))
+            if not _DIGITS.fullmatch(first) or (dash and not _DIGITS.fullmatch(last)):
                 raise ValueError(f"expected seeds such as 0,1,2 or 0-9, got {text!r}")
             ranges.append(range(int(first), int(last if dash else first) + 1))
         if not any(ranges):

@@ -15,6 +15,8 @@ from stargan_ray.cli.align import add_parser
 from stargan_ray.config import ConfigError
 from stargan_ray.models.fan import FAN, load_fan
 
+from .helpers import face_points
+
 
 def face_photo(width: int, height: int, seed: int = 0) -> Image.Image:
     """A drawn face (skin ellipse, eyes, nose, mouth) on a noisy background."""
@@ -34,23 +36,6 @@ def face_photo(width: int, height: int, seed: int = 0) -> Image.Image:
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1
-
-
-@pytest.fixture(scope="module")
-def wing(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("wing") / "wing.ckpt"
-    torch.save({"state_dict": FAN().state_dict()}, path)
-    return path
-
-
-def face_points(rng: np.random.Generator) -> np.ndarray:
-    """98 landmarks with eyes (60-75, 96, 97) left/right above the mouth corners (76, 82)."""
-    pts = rng.normal(128, 30, (98, 2))
-    pts[60:68], pts[96] = rng.normal((100, 110), 3, (8, 2)), (100, 110)
-    pts[68:76], pts[97] = rng.normal((156, 110), 3, (8, 2)), (156, 110)
-    pts[76], pts[82] = (110, 170), (146, 170)
-    return pts
 
 
 def test_similarity_matrix_recovers_a_known_similarity():
@@ -120,6 +105,16 @@ def test_align_cli_writes_aligned_photos_and_skips_others(wing, tmp_path, capsys
     assert not (out / "notes.txt").exists() and not (out / "fake.png").exists()
     assert "skipped 1: fake.png" in capsys.readouterr().out
     assert f"skipping unreadable image {inp / 'fake.png'}: not an image" in caplog.text
+
+    # a second run into the same --out keeps what is there unless --overwrite
+    (out / "face.png").write_bytes(b"touched up by hand")
+    with pytest.raises(ConfigError, match="face.png: already exists and is kept; pass --overwrite"):
+        run_cli([*common, "--out", str(out), "--min-confidence", "0"])
+    assert (out / "face.png").read_bytes() == b"touched up by hand"
+    assert run_cli([*common, "--out", str(out), "--min-confidence", "0", "--overwrite"]) == 0
+    with Image.open(out / "face.png") as aligned:
+        assert aligned.size == (128, 128)
+    capsys.readouterr()
 
     # no face: the landmark heatmaps of this FAN never come near the required peak
     assert run_cli([*common, "--out", str(tmp_path / "none"), "--min-confidence", "1e9"]) == 1

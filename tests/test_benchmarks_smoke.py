@@ -17,20 +17,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import flops as flopslib  # noqa: E402
+import common  # noqa: E402
 import gpu_suite  # noqa: E402
 import gpu_train  # noqa: E402
 import step as steplib  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: see tests/test_precision.py (two threads on a shared 2-core machine
-    wait for each other most of the time)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread (conftest.one_thread): two wait for each other on a shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +48,7 @@ def test_gpu_suite_smoke_measures_every_planned_case(smoke_run):
     assert not any(c["compile"] for c in cases)
     assert "model.w_hpf=0.0" in results["plan"]["overrides"]
     train = [c for c in cases if c["kind"] == "train"]
-    expected = {(exp, p, cl) for exp in gpu_suite.EXPERIMENTS
+    expected = {(exp, p, cl) for exp in common.EXPERIMENTS
                 for p, cl, _ in gpu_suite.SMOKE_COMBOS}
     assert {(c["experiment"], c["precision"], c["channels_last"]) for c in train} == expected
     for c in train:
@@ -81,15 +75,15 @@ def test_gpu_suite_smoke_measures_every_planned_case(smoke_run):
 def test_suite_flops_match_an_independent_count_at_the_case_batch(smoke_run):
     out, _ = smoke_run
     per_image = json.loads((out / "results.json").read_text())["step_flops_per_image"]
-    cfg = steplib.load_config("afhq", gpu_suite.SMOKE_MODEL, 2)
-    counted = flopslib.step_flops(cfg, torch.device("cpu"), fake=True)
+    cfg = common.load_config("afhq", common.SMOKE_MODEL, 2)
+    counted = common.step_flops(cfg, torch.device("cpu"), fake=True)
     assert counted == pytest.approx(2 * per_image["afhq"], rel=1e-9)
     # and the fake-tensor count equals a count on real tensors
-    assert flopslib.step_flops(cfg, torch.device("cpu"), fake=False) == counted
+    assert common.step_flops(cfg, torch.device("cpu"), fake=False) == counted
 
 
 def test_step_benchmark_times_train_step_and_writes_its_figures(tmp_path):
-    code = steplib.main(["--experiment", "toy", *(f"--set={o}" for o in gpu_suite.SMOKE_MODEL),
+    code = steplib.main(["--experiment", "toy", *(f"--set={o}" for o in common.SMOKE_MODEL),
                          "--batch-size", "2", "--steps", "1", "--repeats", "2", "--warmup", "1",
                          "--json", str(tmp_path / "step.json")])
     assert code == 0
@@ -128,13 +122,13 @@ def test_gpu_train_smoke_runs_ray_train_and_prints_its_figures(ray_session, tmp_
     assert len(windows) == gpu_train.SMOKE_STEPS  # one report per step
     assert run["images_per_s"] == pytest.approx(statistics.median(windows[1:]))  # first dropped
     assert run["images_per_s"] > 0 and run["peak_memory_gib"] is None  # no CUDA peak on CPU
-    cfg = steplib.load_config("afhq", gpu_train.run_overrides(smoke=True), None)
+    cfg = common.load_config("afhq", gpu_train.run_overrides(smoke=True), None)
     assert (cfg.model.img_size, cfg.model.w_hpf, cfg.train.precision) == (32, 0.0, "fp32")
-    counted = flopslib.step_flops(cfg, torch.device("cpu"), fake=True)
+    counted = common.step_flops(cfg, torch.device("cpu"), fake=True)
     assert run["flops_per_image"] * cfg.data.batch_size == pytest.approx(counted, rel=1e-12)
     assert run["tflops"] == pytest.approx(run["flops_per_image"] * run["images_per_s"] / 1e12)
     assert run["schedule_hours"] == pytest.approx(
-        gpu_suite.SCHEDULE_ITERS * cfg.data.batch_size / run["images_per_s"] / 3600)
+        common.SCHEDULE_ITERS * cfg.data.batch_size / run["images_per_s"] / 3600)
     # the table comes last: title, column names, the row, whose figures parse back
     title, columns, row = stdout.strip().splitlines()[-3:]
     assert title.startswith("Ray Train |") and columns.split()[:2] == ["experiment", "img/s"]

@@ -16,9 +16,9 @@ from stargan_ray.data.synthetic import generate
 from stargan_ray.engine import TrainState
 from stargan_ray.metrics import by_step
 from stargan_ray.metrics.evaluator import EvalOptions, evaluate
-from stargan_ray.train import worker
+from stargan_ray.train import WorkerSpec, worker
 
-from .conftest import tiny_config, tiny_eval_config
+from .helpers import tiny_config, tiny_eval_config
 
 STEPS = (2, 4, 6)
 
@@ -77,9 +77,16 @@ def test_eval_run_writes_evaluate_numbers_by_step(run, capsys, monkeypatch):
     assert f"best step: {best} (FID_latent/mean" in out
     assert len(set(expected.values())) == len(STEPS)  # the checkpoints really differ
 
+    # Again: the results of the first eval are kept unless --overwrite.
+    csv_before = (run_dir / "metrics" / "by_step.csv").read_bytes()
+    again = ["eval", "--run", str(run_dir), "--every", "2", "--mode", "latent",
+             "--num-workers", "0", "--device", "cpu"]
+    assert cli.main(again) == 2
+    err = capsys.readouterr().err
+    assert "FID_00002_latent.json: already exists and is kept; pass --overwrite" in err, err
+    assert (run_dir / "metrics" / "by_step.csv").read_bytes() == csv_before
     # --every 2: the 1st and 3rd complete checkpoints, latent only.
-    rc = cli.main(["eval", "--run", str(run_dir), "--every", "2", "--mode", "latent",
-                   "--num-workers", "0", "--device", "cpu"])
+    rc = cli.main([*again, "--overwrite"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     rows = _rows(run_dir / "metrics" / "by_step.csv")
@@ -148,7 +155,7 @@ def test_eval_run_includes_a_best_copy_whose_folder_was_rotated(run, tmp_path):
         (run_dir / "checkpoint_00000006" / "checkpoint.pt").read_bytes())
     assert train.keep_best(str(copy), 4, {"fid_quick": 1.0}, lambda f: f.write(src.read_bytes()),
                            source="checkpoint_00000004")
-    found, broken = by_step.run_checkpoints(str(copy))
+    found, broken = train.run_checkpoints(str(copy))
     assert [s for s, _ in found] == [4, 6] and broken == []
     assert found[0][1].endswith("best/checkpoint_00000004/checkpoint.pt")
 
@@ -167,22 +174,25 @@ def test_keep_best_config():
 
 
 class _Logger:
-    """RunLogger's surface for train.worker._train, with crafted fid_quick values."""
-
-    def __init__(self, fids):
-        self.fids = fids
+    """RunLogger's surface for train.worker._train."""
 
     def log(self, step, metrics, line):
         pass
 
-    def samples(self, state, step):
+    def images(self, step, images):
+        pass
+
+    def evaluation(self, step, metrics):
         pass
 
     def event(self, kind, **fields):
         pass
 
-    def evaluate(self, state, step):
-        return {"fid_quick": self.fids[step]}
+
+def _outputs(fids):
+    """The loop's outputs with crafted fid_quick values (no grids)."""
+    return worker.Outputs(_Logger(), samples=lambda state: {},
+                          evaluate=lambda state: {"fid_quick": fids[state.step]})
 
 
 @pytest.mark.parametrize("fids, best, source", [({3: 5.0, 6: 7.0}, 3, None),
@@ -204,7 +214,7 @@ def test_the_train_loop_keeps_its_best_fid_quick_step(tmp_path, monkeypatch, fid
     state = TrainState.create(cfg, "cpu", seed=0)
     batches = iter([random_batch(cfg, seed=i) for i in range(6)])
     run_dir = str(tmp_path / "run")
-    worker._train(state, batches, _Logger(fids), 0, 1, {"run_dir": run_dir})
+    worker._train(state, batches, _outputs(fids), WorkerSpec(cfg, run_dir, "t", data=None), 0, 1)
     assert reports == [(2, True), (3, False), (4, True), (6, True)]
     record = train.read_best(run_dir)
     assert record == {"step": best, "fid_quick": fids[best], "source": source,

@@ -9,15 +9,14 @@ import time
 import pytest
 import torch
 
-from stargan_ray.checkpoint import (CheckpointError, import_official, load_checkpoint,
-                                    load_ema_networks, load_official_networks, read_config,
-                                    read_domains, save_checkpoint)
+from stargan_ray.checkpoint import (CheckpointError, import_official, load_ema_networks,
+                                    load_official_networks, read_config, read_domains, safe_load,
+                                    save_checkpoint)
 from stargan_ray.config import load_experiment
 from stargan_ray.engine import TrainState, train_step
 from stargan_ray.models import EMA, TRAINED, build_networks, ema_copy
 
-from .conftest import tiny_config
-from .helpers import random_batch
+from .helpers import load_train_state, official_files, random_batch, tiny_config
 
 
 def _assert_same_state(a, b):
@@ -44,7 +43,7 @@ def test_save_load_continue_equals_an_uninterrupted_run(tmp_path):
     _run(first, 2)
     path = save_checkpoint(first, tmp_path / "ckpt" / "checkpoint.pt")
     torch.manual_seed(1234)  # a resumed process starts with other RNG states
-    resumed = load_checkpoint(path, "cpu")
+    resumed = load_train_state(path, "cpu")
     assert resumed.step == 2 and resumed.cfg == cfg
     # optimiser moments came back too
     for name in TRAINED:
@@ -62,12 +61,12 @@ def test_checkpoints_record_the_domain_names_and_older_ones_give_none(tmp_path):
     state.domains = ("female", "male")
     path = save_checkpoint(state, tmp_path / "named.pt")
     assert read_domains(path) == ("female", "male")
-    assert load_checkpoint(path).domains == ("female", "male")
+    assert load_train_state(path).domains == ("female", "male")
     older = torch.load(path, weights_only=True)
     del older["domains"]  # files written before the names were kept
     torch.save(older, tmp_path / "older.pt")
     assert read_domains(tmp_path / "older.pt") is None
-    assert load_checkpoint(tmp_path / "older.pt").domains == ()
+    assert load_train_state(tmp_path / "older.pt").domains == ()
 
 
 class _RunsCode:
@@ -80,9 +79,9 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     with open(path, "wb") as f:
         pickle.dump({"generator": _RunsCode()}, f)
     with pytest.raises(CheckpointError, match="refused to load"):
-        load_checkpoint(path)
+        safe_load(path)
     with pytest.raises(CheckpointError, match="no such file"):
-        load_checkpoint(tmp_path / "missing.pt")
+        safe_load(tmp_path / "missing.pt")
 
 
 def test_a_run_killed_during_a_save_leaves_the_previous_checkpoint(tmp_path):
@@ -112,31 +111,11 @@ def test_a_run_killed_during_a_save_leaves_the_previous_checkpoint(tmp_path):
     assert data["format"] == "old" and torch.equal(data["w"], torch.ones(3))
 
 
-def _official_files(tmp_path, cfg, prefix=True, drop_filter=True):
-    nets = build_networks(cfg.model)
-    ema = ema_copy(nets)
-    for p in ema.generator.parameters():
-        p.data.normal_()
-
-    def dump(networks):
-        out = {}
-        for name, module in networks.items():
-            sd = module.state_dict()
-            if drop_filter:
-                sd.pop("hpf.filter", None)
-            out[name] = {("module." + k if prefix else k): v for k, v in sd.items()}
-        return out
-
-    torch.save(dump(ema), tmp_path / "000020_nets_ema.ckpt")
-    torch.save(dump(nets), tmp_path / "000020_nets.ckpt")
-    return nets, ema
-
-
 def test_official_checkpoints_load_strictly_with_the_known_fixes(tmp_path):
     cfg = load_experiment("celeba_hq", ["model.img_size=64", "model.dim_in=4",
                                         "model.max_conv_dim=8", "model.style_dim=8",
                                         "model.hidden_dim=16"])
-    _, ema = _official_files(tmp_path, cfg)
+    _, ema = official_files(tmp_path, cfg)
     target = ema_copy(build_networks(cfg.model))
     loaded = load_official_networks(tmp_path / "000020_nets_ema.ckpt", target)
     assert loaded == ["generator", "mapping_network", "style_encoder"]
@@ -146,10 +125,10 @@ def test_official_checkpoints_load_strictly_with_the_known_fixes(tmp_path):
 
 def test_official_import_writes_a_checkpoint_our_tools_read(tmp_path):
     cfg = tiny_config()
-    _, ema = _official_files(tmp_path, cfg, prefix=False, drop_filter=False)
+    _, ema = official_files(tmp_path, cfg, prefix=False, drop_filter=False)
     out = import_official(cfg, tmp_path / "000020_nets_ema.ckpt", tmp_path / "imported.pt",
                           nets_path=tmp_path / "000020_nets.ckpt")
-    state = load_checkpoint(out)
+    state = load_train_state(out)
     assert state.step == 20
     assert torch.equal(state.nets_ema.generator.from_rgb.weight, ema.generator.from_rgb.weight)
     cfg2, nets = load_ema_networks(out)
@@ -157,7 +136,7 @@ def test_official_import_writes_a_checkpoint_our_tools_read(tmp_path):
 
 
 def test_mismatched_shapes_name_expected_and_found(tmp_path):
-    _official_files(tmp_path, tiny_config(**{"model.num_domains": 3}))
+    official_files(tmp_path, tiny_config(**{"model.num_domains": 3}))
     target = ema_copy(build_networks(tiny_config().model))
     with pytest.raises(CheckpointError) as err:
         load_official_networks(tmp_path / "000020_nets_ema.ckpt", target)

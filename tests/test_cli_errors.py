@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from stargan_ray import cli
-from stargan_ray.checkpoint import load_checkpoint
 from stargan_ray.config import to_toml
 from stargan_ray.data import folders
 from stargan_ray.data import prepare as prep
@@ -18,9 +17,8 @@ from stargan_ray.data import shards
 from stargan_ray.engine import TrainState, train_step
 from stargan_ray.tune.space import EVAL_METRIC, reported_metrics
 
-from .conftest import tiny_config
-from .helpers import random_batch
-from .test_checkpoint import _official_files
+from .helpers import (image_tree, load_train_state, official_files, random_batch,
+                      save_synthetic_checkpoint, tiny_config)
 
 
 def _rc(argv: list[str]) -> int:
@@ -54,7 +52,7 @@ def _usage_error(argv: list[str], capsys, needle: str) -> None:
 def official(tmp_path):
     """Official files of the tiny config and an experiment file for it."""
     cfg = tiny_config()
-    _official_files(tmp_path, cfg, prefix=False, drop_filter=False)
+    official_files(tmp_path, cfg, prefix=False, drop_filter=False)
     (tmp_path / "000020_optims.ckpt").write_bytes(b"not read: the check comes first")
     experiment = tmp_path / "tiny.toml"
     experiment.write_text(to_toml(cfg))
@@ -82,7 +80,7 @@ def test_import_official_keeps_an_existing_out_unless_overwrite(official, capsys
     _one_line([*argv, "--out", str(out)], capsys, "already exists", "--overwrite")
     assert out.read_bytes() == b"an earlier import"
     assert cli.main([*argv, "--out", str(out), "--overwrite", "--step", "0"]) == 0
-    assert load_checkpoint(out).step == 0  # 0 is a step, not "from the file name" (20)
+    assert load_train_state(out).step == 0  # 0 is a step, not "from the file name" (20)
 
 
 def test_import_official_out_folder_and_negative_step(official, capsys):
@@ -103,12 +101,7 @@ def test_import_official_out_folder_and_negative_step(official, capsys):
 @pytest.fixture
 def src(tmp_path):
     """Two domains of two images each."""
-    root = tmp_path / "src"
-    for domain in ("a", "b"):
-        (root / domain).mkdir(parents=True)
-        for i in range(2):
-            Image.new("RGB", (40, 40), (i * 90, 20, 200)).save(root / domain / f"{i}.png")
-    return root
+    return image_tree(tmp_path / "src", size=(40, 40), colour=lambda i: (i * 90, 20, 200))
 
 
 def _tree(root):
@@ -243,3 +236,102 @@ def test_a_total_batch_the_workers_cannot_share_is_one_line(capsys, argv, words)
     assert cli.main(["train", "--dry-run", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and all(w in err for w in words), err
+
+
+# ---------------------------------------------------------------- integer arguments
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--dry-run", "--num-workers", "-1"], "argument --num-workers: must be >= 1, got -1"),
+    (["train", "--dry-run", "--num-workers", "x"],
+     "argument --num-workers: expected an integer >= 1, got 'x'"),
+    (["train", "--dry-run", "--num-workers", "2-x"],
+     "argument --num-workers: MIN-MAX must be two integers >= 1, got '2-x'"),
+    (["demo", "--num-workers", "0"], "argument --num-workers: must be >= 1, got 0"),
+    (["sample", "--checkpoint", "c.pt", "--src", "s", "--ref", "r", "--out", "o", "--seed", "-5"],
+     "argument --seed: must be >= 0 and <= 4294967295 (numpy's seed range), got -5"),
+    (["align", "--inp", "i", "--out", "o", "--lm-mean", "missing.npz", "--img-size", "100"],
+     "argument --img-size: must be >= 64 and <= 1024 and a multiple of 64 (the FAN's 64 px "
+     "heatmaps), got 100"),
+    (["align", "--inp", "i", "--out", "o", "--img-size", "4096"], "<= 1024"),
+])
+def test_integer_arguments_name_the_flag_the_value_and_the_rule(tmp_path, capsys, argv, message,
+                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _usage_error(argv, capsys, message)
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_more_workers_than_images_per_step_says_so(capsys):
+    err = _one_line(["train", "--dry-run", "--num-workers", "1000000"], capsys,
+                    "--num-workers: up to 1000000 workers, but data.batch_size is 8")
+    assert "multiple of 1000000" not in err
+    _one_line(["train", "--dry-run", "--num-workers", "3"], capsys, "(1, 2, 4, 8)")
+
+
+# ---------------------------------------------------------------- outputs kept unless --overwrite
+
+
+def test_eval_keeps_the_results_of_an_earlier_eval_unless_overwrite(tmp_path, capsys):
+    checkpoint = save_synthetic_checkpoint(tmp_path / "c.pt")
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "LPIPS_00000_reference.json").write_text('{"from": "an earlier eval"}')
+    _one_line(["eval", "--checkpoint", str(checkpoint), "--out", str(out), "--num-workers", "0",
+               "--device", "cpu", "--feature-weights", "random"], capsys,
+              "LPIPS_00000_reference.json: already exists and is kept; pass --overwrite")
+    assert [p.name for p in out.iterdir()] == ["LPIPS_00000_reference.json"]
+    assert (out / "LPIPS_00000_reference.json").read_text() == '{"from": "an earlier eval"}'
+
+
+@pytest.mark.parametrize("name", ["../escaped", "a/b", ".hidden", "/abs"])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_tune_name_is_a_plain_folder_name_like_a_run_name(tmp_path, capsys, monkeypatch, name,
+                                                          dry_run):
+    monkeypatch.chdir(tmp_path)
+    storage = tmp_path / "runs"
+    _one_line(["tune", "--space", str(_space(tmp_path, "G/latent_cyc")), "--storage",
+               str(storage), "--name", name, *(["--dry-run"] if dry_run else [])], capsys,
+              f"--name {name!r}: must be a plain folder name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.toml"]  # nothing written
+
+
+# ---------------------------------------------------------------- files that are not what they should be
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", ["not a TOML file", "byte 0x89 at offset 0"]),
+    ('name = "caf\u00e9"\n'.encode("latin-1"), ["not a TOML file", "byte 0xe9 at offset 11"]),
+])
+def test_an_experiment_file_that_is_not_utf8_text_is_one_line(tmp_path, capsys, content, words):
+    path = tmp_path / "exp.toml"
+    path.write_bytes(content)
+    _one_line(["train", "--dry-run", "--experiment", str(path)], capsys, str(path), *words)
+
+
+def test_an_official_checkpoint_flag_on_our_file_of_other_widths_is_one_line(tmp_path, capsys):
+    checkpoint = save_synthetic_checkpoint(tmp_path / "c.pt")  # dim_in 8; toy has 16
+    err = _one_line(["eval", "--official-checkpoint", str(checkpoint), "--experiment", "toy",
+                     "--num-workers", "0", "--device", "cpu", "--out", str(tmp_path / "o")],
+                    capsys, f"checkpoint {checkpoint}: nets.", "in the file but the configured "
+                    "model expects", "in the checkpoint but 16 in the config")
+    assert "size mismatch" not in err
+
+
+@pytest.mark.parametrize("kind", ["truncated", "png"])
+def test_fid_inception_path_that_is_no_weights_file_is_one_line(tmp_path, capsys, kind):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.new("RGB", (8, 8), (10, 20, 30 + i)).save(tmp_path / name / f"{i}.png")
+    weights = tmp_path / "inception.pth"
+    if kind == "truncated":
+        torch.save({"fc.weight": torch.zeros(64, 64)}, weights)
+        weights.write_bytes(weights.read_bytes()[:200])
+    else:
+        Image.new("RGB", (8, 8)).save(weights, format="PNG")
+    needle = ("truncated or corrupt" if kind == "truncated" else
+              "it holds a PNG image); give torchvision's inception_v3_google-0cc3c7bd.pth "
+              "(eval.inception_path)")
+    _one_line(["fid", str(tmp_path / "a"), str(tmp_path / "b"), "--inception-path", str(weights),
+               "--device", "cpu"], capsys, str(weights), needle)

@@ -7,30 +7,14 @@ do. Nothing relies on a ~/.ray/auth_token that an earlier `ray.init` may have le
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _auth_env(token_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_ADDRESS")}
-    return {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+from .helpers import BIN, end_processes, free_port, ray_auth_env, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -44,34 +28,47 @@ def local_head():
     token_path = Path(temp_dir) / "auth_token"
     token_path.write_text(secrets.token_hex(32))
     token_path.chmod(0o600)
-    dashboard = _free_port()
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={_free_port()}",
+    dashboard = free_port()
+    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}",
            f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
            "--node-ip-address=127.0.0.1", "--num-cpus=4", "--disable-usage-stats",
            "--include-dashboard=true", f"--temp-dir={temp_dir}",
-           f"--dashboard-agent-listen-port={_free_port()}",
-           f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-           f"--runtime-env-agent-port={_free_port()}", f"--ray-client-server-port={_free_port()}"]
-    head = subprocess.Popen(cmd, env=_auth_env(token_path), start_new_session=True,
+           f"--dashboard-agent-listen-port={free_port()}",
+           f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
+           f"--runtime-env-agent-port={free_port()}", f"--ray-client-server-port={free_port()}"]
+    head = subprocess.Popen(cmd, env=ray_auth_env(token_path), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield f"http://127.0.0.1:{dashboard}", token_path
     finally:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait(30)
-        subprocess.run(["pkill", "-9", "-f", temp_dir], check=False)
+        end_processes(head, env_entry=f"RAY_AUTH_TOKEN_PATH={token_path}")
 
 
 def _ray_job(args: list[str], address: str, token_path: Path, timeout: float = 120
              ) -> subprocess.CompletedProcess:
     command, *rest = args  # options before the entrypoint's "--"
     return subprocess.run([str(BIN / "ray"), "job", command, "--address", address, *rest],
-                          env=_auth_env(token_path), capture_output=True, text=True,
+                          env=ray_auth_env(token_path), capture_output=True, text=True,
                           timeout=timeout)
 
 
 def _output(done: subprocess.CompletedProcess) -> str:
     return done.stdout + done.stderr  # the job CLI logs its status lines to stderr
+
+
+def _ray_job_once_up(args: list[str], address: str, token_path: Path
+                     ) -> subprocess.CompletedProcess:
+    """`ray job ...` tried again until it succeeds: the head's dashboard and job agent refuse
+    connections until they are up."""
+    tries = []
+
+    def succeeded() -> bool:
+        tries.append(_ray_job(args, address, token_path))
+        return tries[-1].returncode == 0
+
+    wait_until(succeeded, lambda: f"the head to answer `ray job {args[0]}`: "
+               + _output(tries[-1])[-4000:], timeout_s=180, every_s=3)
+    return tries[-1]
 
 
 @pytest.mark.ray
@@ -82,22 +79,15 @@ def test_a_job_submitted_to_a_local_head_trains_and_checkpoints(local_head, tmp_
                   "--set model.dim_in=8 --set model.max_conv_dim=16 --set data.batch_size=2 "
                   "--set train.total_iters=4 --set train.save_every=2 --set train.print_every=2 "
                   f"--storage {tmp_path} --name job --wandb disabled")
-    # The head's dashboard and job agent refuse connections until they are up.
-    deadline = time.time() + 180
-    while True:
-        submitted = _ray_job(["submit", "--no-wait", "--submission-id", job_id, "--",
-                              *entrypoint.split()], address, token_path)
-        if submitted.returncode == 0:
-            break
-        assert time.time() < deadline, submitted.stdout[-2000:] + submitted.stderr[-2000:]
-        time.sleep(3)
-    deadline = time.time() + 600
-    while True:
+    _ray_job_once_up(["submit", "--no-wait", "--submission-id", job_id, "--",
+                      *entrypoint.split()], address, token_path)
+
+    def finished() -> str:
         status = _output(_ray_job(["status", job_id], address, token_path)).lower()
-        if any(f"' {word}" in status for word in ("succeeded", "failed", "was stopped")):
-            break
-        assert time.time() < deadline, "job did not finish"
-        time.sleep(3)
+        done = any(f"' {word}" in status for word in ("succeeded", "failed", "was stopped"))
+        return status if done else ""
+
+    status = wait_until(finished, f"job {job_id} to finish", timeout_s=600, every_s=3)
     logs = _output(_ray_job(["logs", job_id], address, token_path))
     assert f"job '{job_id}' succeeded" in status, logs[-3000:]
     assert (tmp_path / "job" / "checkpoint_00000004" / "checkpoint.pt").is_file()
@@ -109,13 +99,7 @@ def test_a_client_without_the_heads_token_is_refused(local_head, tmp_path):
     address, token_path = local_head
     wrong = tmp_path / "other_token"
     wrong.write_text(secrets.token_hex(32))
-    deadline = time.time() + 180
-    while True:  # wait until the head answers the right token, then try the wrong one
-        listed = _ray_job(["list"], address, token_path)
-        if listed.returncode == 0:
-            break
-        assert time.time() < deadline, listed.stderr[-2000:]
-        time.sleep(3)
+    _ray_job_once_up(["list"], address, token_path)  # the head answers the right token
     refused = _ray_job(["list"], address, wrong)
     assert refused.returncode != 0
     assert "auth" in (refused.stdout + refused.stderr).lower()

@@ -13,7 +13,10 @@ from PIL import Image
 from stargan_ray.data import folders
 from stargan_ray.data.folders import (BadImage, DomainCountError, DomainMismatchError,
                                       EmptyDomainError, MissingRootError, TooFewDomainsError)
+from stargan_ray.data.table import open_train_table
 from stargan_ray.errors import UserError
+
+from .helpers import image_tree, tiny_config
 
 
 def _png(path, colour=(200, 30, 30), size=(8, 8)):
@@ -22,10 +25,7 @@ def _png(path, colour=(200, 30, 30), size=(8, 8)):
 
 
 def _tree(root, domains=("cat", "dog"), n=2):
-    for d in domains:
-        for i in range(n):
-            _png(root / d / f"{i}.png")
-    return root
+    return image_tree(root, domains, n)
 
 
 def _one_line_naming(err: pytest.ExceptionInfo, path) -> None:
@@ -78,7 +78,7 @@ def test_val_domains_differ_from_train(tmp_path):
     train = _tree(tmp_path / "train", domains=("cat", "dog"))
     val = _tree(tmp_path / "val", domains=("cat", "wolf"))
     with pytest.raises(DomainMismatchError) as err:
-        folders.scan_train_val(str(train), str(val), 2)
+        open_train_table(tiny_config(**{"data.train_dir": str(train), "data.val_dir": str(val)}))
     _one_line_naming(err, val)
 
 
@@ -179,3 +179,28 @@ def test_probe_finds_header_problems_only(tmp_path):
     assert reasons["good.jpg"] is None
     assert reasons["cut.jpg"] is None  # only a full decode finds truncation (the pipeline does)
     assert folders.probe(fs, str(tmp_path / "gone.png")) is not None
+
+
+# ---------------------------------------------------------------- links (issue 23)
+
+
+def test_a_symlink_loop_counts_each_real_file_once_and_is_named_once(tmp_path, caplog):
+    root = _tree(tmp_path / "train", n=5)
+    (root / "dog" / "loop").symlink_to(root / "dog")  # before: dog counted 205 (40 levels deep)
+    (root / "cat" / "twin.png").symlink_to(root / "cat" / "0.png")  # one real file, two names
+    (root / "cat" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    shared = tmp_path / "shared"
+    _png(shared / "s.png")
+    (root / "cat" / "more").symlink_to(shared)  # a link to a folder outside: followed
+    folder = folders.scan(str(root))
+    assert folder.counts == [6, 5]
+    assert str(root / "cat" / "more" / "s.png") in folder.paths
+    reasons = dict(folder.skipped)
+    assert len(folder.skipped) == 2
+    assert "broken symlink" in reasons[str(root / "cat" / "gone.png")]
+    assert "symlink loop" in reasons[str(root / "dog" / "loop")]
+    with caplog.at_level("WARNING", logger="stargan_ray.data"):
+        files = folders.list_image_files(root / "dog")
+    assert len(files) == 5
+    named = [r.getMessage() for r in caplog.records if "loop" in r.getMessage()]
+    assert len(named) == 1 and str(root / "dog" / "loop") in named[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+from functools import partial
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -15,13 +16,14 @@ from PIL import Image
 from stargan_ray.cli import prepare as prepare_cli
 from stargan_ray.data import prepare as prep
 from stargan_ray.data import shards, synthetic
-from stargan_ray.data.folders import DomainCountError, DomainMismatchError, MissingRootError
+from stargan_ray.data.folders import (DataError, DomainCountError, DomainMismatchError,
+                                      MissingRootError)
 from stargan_ray.data.layout import GROUP_SIZE
 from stargan_ray.data.sampling import load_size
 from stargan_ray.data.stream import local_raw_batches
 from stargan_ray.data.table import open_table, open_train_table
 
-from .conftest import tiny_config
+from .helpers import image_tree, tiny_config, tiny_data_config
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +33,7 @@ def tree(tmp_path_factory):
     return synthetic.generate(root, img_size=32, num_domains=3, n_train=70, n_val=4, seed=3)
 
 
-def _cfg(train, val):
-    return tiny_config(**{"model.num_domains": 3, "data.train_dir": str(train),
-                          "data.val_dir": str(val), "data.batch_size": 8})
+_cfg = partial(tiny_data_config, **{"model.num_domains": 3, "data.batch_size": 8})
 
 
 def test_round_trip_shards_give_the_folder_batches_pixel_for_pixel(tree, tmp_path):
@@ -71,11 +71,8 @@ def test_shard_layout_and_manifest(tree, tmp_path):
 
 
 def test_img_size_resizes_keeping_aspect(tmp_path):
-    src = tmp_path / "src"
-    for d in ("a", "b"):
-        (src / d).mkdir(parents=True)
-        for i in range(3):
-            Image.new("RGB", (300, 200), (i * 40, 10, 200)).save(src / d / f"{i}.jpg")
+    src = image_tree(tmp_path / "src", n=3, size=(300, 200), suffix=".jpg",
+                     colour=lambda i: (i * 40, 10, 200))
     manifest = prep.prepare(str(src), str(tmp_path / "out"), img_size=64, workers=1)
     table, _ = open_table(str(tmp_path / "out"), 2)
     assert manifest["img_size"] == 64 and table.kind == "shards"
@@ -111,7 +108,7 @@ def test_bad_files_are_skipped_and_reported(tmp_path, capsys):
     prepare_cli.add_parser(parser.add_subparsers())
     args = parser.parse_args(["prepare", str(src), str(tmp_path / "out"), "--img-size", "32",
                               "--shard-mb", "1"])
-    assert args.func(args) == 0
+    assert args.func(args) == 1  # shards written, but files were skipped
     out = capsys.readouterr().out
     assert "circle  6" in out and "square  6" in out and "skipped 3 file(s):" in out
     for name, reason in (("cut.jpg", "truncated"), ("zero.png", "empty file"),
@@ -138,9 +135,44 @@ def test_val_shards_are_checked_against_train(tree, tmp_path):
     prep.prepare(str(val), str(tmp_path / "val_shards"), workers=1)
     table, _ = open_train_table(_cfg(train, tmp_path / "val_shards"))  # same domains: fine
     assert table.kind == "folders"
-    wrong = tmp_path / "wrong"
-    for name in ("circle", "square", "star"):
-        (wrong / name).mkdir(parents=True)
-        Image.new("RGB", (8, 8)).save(wrong / name / "0.png")
+    wrong = image_tree(tmp_path / "wrong", ("circle", "square", "star"), n=1)
     with pytest.raises(DomainMismatchError, match="differ from train domains"):
         open_train_table(_cfg(tmp_path / "val_shards", wrong))
+
+
+def test_prepare_names_a_loop_and_a_broken_link_and_exits_1(tmp_path, capsys):
+    src = tmp_path / "src"
+    synthetic.generate(tmp_path / "gen", 32, 2, n_train=5, n_val=1)
+    (tmp_path / "gen" / "train").rename(src)
+    (src / "circle" / "loop").symlink_to(src / "circle")
+    (src / "square" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    code = _run_prepare([str(src), str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "circle  5" in out and "square  5" in out and "skipped 2 file(s):" in out
+    assert f"{src}/square/gone.png: broken symlink" in out
+    assert f"{src}/circle/loop: symlink loop" in out
+
+
+def _run_prepare(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    prepare_cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["prepare", *argv])
+    return args.func(args)
+
+
+def test_shards_for_a_smaller_img_size_are_refused_unless_allowed(tree, tmp_path, caplog):
+    train, val = tree
+    prep.prepare(str(train), str(tmp_path / "s32"), img_size=32, workers=1)
+    at_64 = {"model.img_size": 64, "model.num_domains": 3, "data.train_dir": str(tmp_path / "s32"),
+             "data.val_dir": str(val)}
+    with pytest.raises(DataError) as err:
+        open_train_table(tiny_config(**at_64))
+    assert "--img-size 32" in str(err.value) and "model.img_size = 64" in str(err.value)
+    assert "\n" not in str(err.value) and "data.allow_upscale" in str(err.value)
+    with caplog.at_level("WARNING", logger="stargan_ray.data"):
+        table, _ = open_train_table(tiny_config(**at_64, **{"data.allow_upscale": True}))
+    assert table.kind == "shards"
+    assert any("upsampled" in r.getMessage() for r in caplog.records)
+    table, _ = open_train_table(_cfg(tmp_path / "s32", val))  # the size they are for: fine
+    assert table.counts == [70, 70, 70]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +13,7 @@ from stargan_ray.data.pipeline import prepare_train_data, worker_raw_batches
 from stargan_ray.data.stream import local_raw_batches
 from stargan_ray.data.table import open_train_table
 
-from .conftest import tiny_config
-from .test_data_sampling import colour_domain, write_colour_tree
+from .helpers import colour_domain, tiny_data_config, write_colour_tree
 
 pytestmark = pytest.mark.ray
 
@@ -26,9 +27,7 @@ def data(tmp_path_factory):
     return root
 
 
-def _cfg(train, val, **overrides):
-    return tiny_config(**{"data.train_dir": str(train), "data.val_dir": str(val),
-                          "data.batch_size": 8, "train.total_iters": 60, **overrides})
+_cfg = partial(tiny_data_config, **{"data.batch_size": 8, "train.total_iters": 60})
 
 
 def _take(it, n):

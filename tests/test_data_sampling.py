@@ -20,22 +20,7 @@ from stargan_ray.data.sampling import BadImageLog, crop_box
 from stargan_ray.data.stream import local_batches, local_raw_batches
 from stargan_ray.data.table import open_train_table
 
-from .conftest import tiny_config
-
-COLOURS = ((220, 40, 40), (40, 40, 220))
-
-
-def write_colour_tree(root, counts, size=32, seed=0):
-    """root/d<k>/<i>.png with counts[k] images of colour family k, each a little different."""
-    rng = np.random.default_rng(seed)
-    for label, count in enumerate(counts):
-        folder = root / f"d{label}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            base = np.asarray(COLOURS[label], np.int16)
-            pixels = base + rng.integers(-30, 30, (size, size, 3))
-            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{i:04d}.png")
-    return root
+from .helpers import colour_domain, tiny_config, write_colour_tree
 
 
 def cfg_for(train, val=None, **overrides):
@@ -47,12 +32,6 @@ def draw(cfg, n_batches, **kwargs):
     it = local_raw_batches(cfg, **kwargs)
     rows = [next(it) for _ in range(n_batches)]
     return {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
-
-
-def colour_domain(images: torch.Tensor) -> np.ndarray:
-    """Domain told by the pixels: red-dominant images are 0, blue-dominant 1."""
-    means = images.float().mean((2, 3))
-    return (means[:, 2] > means[:, 0]).long().numpy()
 
 
 @pytest.fixture(scope="module")

@@ -9,18 +9,16 @@ checkpoint on the one worker left and finish at total_iters with the same total 
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-from .test_cluster_job import BIN, _auth_env, _free_port
+from .helpers import (BIN, end_processes, free_port, ray_auth_env, read_events, registered_steps,
+                      wait_until)
 
 pytestmark = pytest.mark.ray
 
@@ -36,11 +34,18 @@ def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
 
 
 def _node_ports() -> list[str]:
-    return [f"--dashboard-agent-listen-port={_free_port()}",
-            f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-            f"--runtime-env-agent-port={_free_port()}",
-            f"--min-worker-port={(low := _free_port() // 2 + 10000)}",
+    return [f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--min-worker-port={(low := free_port() // 2 + 10000)}",
             f"--max-worker-port={low + 200}"]
+
+
+def _alive_nodes(address: str, env: dict[str, str]) -> str:
+    """How many nodes the cluster at address counts alive ("" while it does not answer)."""
+    check = subprocess.run([sys.executable, "-c", CHECK, address], env=env, capture_output=True,
+                           text=True)
+    return check.stdout.strip() if check.returncode == 0 else ""
 
 
 @pytest.fixture
@@ -50,44 +55,22 @@ def two_nodes():
     temp_dir = tempfile.mkdtemp(prefix="srel", dir="/tmp")  # short: Ray's socket paths
     token_path = Path(temp_dir) / "auth_token"
     token_path.write_text(secrets.token_hex(32))
-    env = _auth_env(token_path)
-    port = _free_port()
+    env = ray_auth_env(token_path)
+    port = free_port()
     head = _start(["--head", f"--port={port}", "--num-cpus=3", f"--temp-dir={temp_dir}",
-                   "--include-dashboard=false", f"--ray-client-server-port={_free_port()}",
+                   "--include-dashboard=false", f"--ray-client-server-port={free_port()}",
                    *_node_ports()], env)
     address = f"127.0.0.1:{port}"
     node = None
     try:
-        deadline = time.time() + 120
-        while subprocess.run([sys.executable, "-c", CHECK, address], env=env, capture_output=True,
-                             text=True).returncode != 0:
-            assert time.time() < deadline, "the head did not come up"
-            time.sleep(2)
+        wait_until(lambda: _alive_nodes(address, env), "the head to come up", timeout_s=120,
+                   every_s=2)
         node = _start([f"--address={address}", "--num-cpus=2", *_node_ports()], env)
-        while subprocess.run([sys.executable, "-c", CHECK, address], env=env, capture_output=True,
-                             text=True).stdout.strip() != "2":
-            assert time.time() < deadline, "the second node did not join"
-            time.sleep(2)
+        wait_until(lambda: _alive_nodes(address, env) == "2", "the second node to join",
+                   timeout_s=120, every_s=2)
         yield address, env, node
-    finally:
-        for proc in (node, head):
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(30)
-        subprocess.run(["pkill", "-9", "-f", temp_dir], check=False)
-
-
-def _registered_steps(run_dir: Path) -> list[int]:
-    try:
-        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return []
-    return [r["metrics"]["step"] for r in snapshot["checkpoint_results"]]
-
-
-def _events(run_dir: Path) -> list[dict]:
-    path = run_dir / "events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    finally:  # the processes of both nodes, and any worker or job they started
+        end_processes(node, head, env_entry=f"RAY_AUTH_TOKEN_PATH={token_path}")
 
 
 def test_an_elastic_run_loses_a_node_and_finishes_on_the_worker_left(two_nodes, tmp_path):
@@ -107,22 +90,23 @@ def test_an_elastic_run_loses_a_node_and_finishes_on_the_worker_left(two_nodes, 
     train = subprocess.Popen(cmd, env={**env, "RAY_ADDRESS": address}, stdout=log,
                              stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 400
-        while not any(s >= 2 * save_every for s in _registered_steps(run_dir)):
-            assert train.poll() is None, (tmp_path / "train.log").read_text()[-3000:]
-            assert time.time() < deadline, "no checkpoint registered in 400 s"
-            time.sleep(0.2)
-        lost_at = max(_registered_steps(run_dir))
-        assert [e["workers"] for e in _events(run_dir) if e["event"] == "start"] == [2]
-        os.killpg(node.pid, signal.SIGKILL)  # the second node and its worker are gone
+        wait_until(lambda: any(s >= 2 * save_every for s in registered_steps(run_dir))
+                   or train.poll() is not None,
+                   f"a checkpoint at step {2 * save_every} or later to be registered",
+                   timeout_s=400)
+        assert train.poll() is None, (tmp_path / "train.log").read_text()[-3000:]
+        lost_at = max(registered_steps(run_dir))
+        assert [e["workers"] for e in read_events(run_dir, missing_ok=True)
+                if e["event"] == "start"] == [2]
+        end_processes(node)  # the second node and its worker are gone
         assert train.wait(600) == 0, (tmp_path / "train.log").read_text()[-3000:]
     finally:
         if train.poll() is None:
             train.kill()
         log.close()
-    assert max(_registered_steps(run_dir)) == total
+    assert max(registered_steps(run_dir)) == total
     assert (run_dir / f"checkpoint_{total:08d}" / "checkpoint.pt").is_file()
-    starts = [(e["step"], e["workers"]) for e in _events(run_dir) if e["event"] == "start"]
+    starts = [(e["step"], e["workers"]) for e in read_events(run_dir) if e["event"] == "start"]
     # started on both nodes, restarted once on the one left, from the last registered checkpoint
     assert starts[0] == (0, 2) and len(starts) == 2, starts
     restart_step, workers = starts[1]

@@ -3,12 +3,10 @@ import copy
 import pytest
 import torch
 
-from stargan_ray.engine import (TrainState, build_optimizers, non_finite, stats_to_floats,
-                                train_step)
+from stargan_ray.engine import TrainState, build_optimizers, train_step
 from stargan_ray.models import EMA, TRAINED
 
-from .conftest import tiny_config
-from .helpers import random_batch
+from .helpers import random_batch, randomized_fan, sparsify_heads, tiny_config
 from .reference_loop import reference_iteration
 
 OFFICIAL_STATS = {f"D/{m}_{k}" for m in ("latent", "ref") for k in ("real", "fake", "reg")} | {
@@ -65,11 +63,7 @@ def test_stats_use_the_official_names_and_stay_on_the_device():
     assert set(stats) == OFFICIAL_STATS
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad
                for v in stats.values())
-    floats = stats_to_floats(stats)
-    assert all(isinstance(v, float) for v in floats.values())
     assert state.step == 1
-    assert non_finite(stats) == []
-    assert non_finite({**stats, "G/latent_cyc": torch.tensor(float("nan"))}) == ["G/latent_cyc"]
 
 
 def test_train_step_restores_requires_grad_and_leaves_ema_frozen():
@@ -109,7 +103,6 @@ def test_create_does_not_disturb_the_global_rng():
 
 def test_masked_iteration_with_fan_matches_the_official_loop(tmp_path):
     """w_hpf=1 (CelebA-HQ): masks from x_src, recomputed from x_fake for the cycle term."""
-    from .test_fan import randomized_fan, sparsify_heads
 
     fan = randomized_fan(0)
     sparsify_heads(fan, torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1)

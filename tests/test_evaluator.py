@@ -10,13 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
+from stargan_ray.config import ConfigError
 from stargan_ray.data.synthetic import generate
 from stargan_ray.metrics import eval_ray, evaluator, kid
 from stargan_ray.metrics.options import EvalOptions
 from stargan_ray.metrics.weights import FeatureWeights
 from stargan_ray.models import build_networks, ema_copy, he_init
 
-from .conftest import tiny_eval_config
+from .helpers import relative_error, tiny_eval_config
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +123,6 @@ def test_real_statistics_are_cached_and_invalidated_when_a_file_changes(setup, t
     assert [quick.fake[("latent", t)].n for t in (0, 1)] == [1, 1]
 
 
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
 @pytest.mark.ray
 def test_results_do_not_depend_on_the_number_of_shards(setup, tmp_path, ray_session):
     _, cfg, nets = setup
@@ -153,8 +150,8 @@ def test_results_do_not_depend_on_the_number_of_shards(setup, tmp_path, ray_sess
             assert mine.keys() == theirs.keys()
             for key in mine:
                 assert mine[key].n == theirs[key].n
-                assert _relative(theirs[key].sum, mine[key].sum) < 1e-6
-                assert _relative(theirs[key].outer, mine[key].outer) < 1e-6
+                assert relative_error(theirs[key].sum, mine[key].sum) < 1e-6
+                assert relative_error(theirs[key].outer, mine[key].outer) < 1e-6
         assert base.lpips.keys() == other.lpips.keys()
         for key in base.lpips:
             assert base.lpips[key].keys() == other.lpips[key].keys()
@@ -176,3 +173,20 @@ def test_eval_num_workers_auto_is_the_default_and_runs_in_process_without_gpus(c
     assert [eval_ray.auto_workers(g) for g in (0, 1, 2, 8)] == [0, 0, 2, 8]
     if not torch.cuda.is_available() and not os.environ.get("RAY_ADDRESS"):
         assert eval_ray.auto_workers(eval_ray.cluster_gpus()) == 0
+
+
+def test_an_evaluation_batch_larger_than_free_memory_is_refused_before_it_runs(setup, tmp_path):
+    from dataclasses import replace
+
+    from stargan_ray.metrics import memory
+
+    _, cfg, nets = setup
+    have = memory.available_bytes("cpu")
+    assert memory.generator_bytes(cfg, 2) + memory.inception_bytes(cfg.eval.batch_size) < have
+    huge = replace(cfg, eval=replace(cfg.eval, batch_size=have // memory.inception_bytes(1) + 1))
+    with pytest.raises(ConfigError, match=r"evaluation at model.img_size 32 with eval.batch_size "
+                                          r"\d+ and data.val_batch_size \d+ needs about .* "
+                                          r"available on cpu; lower eval.batch_size"):
+        evaluator.evaluate(nets, huge, step=1, out_dir=tmp_path / "o",
+                           opts=EvalOptions(cache_dir=tmp_path / "cache", progress=False))
+    assert not (tmp_path / "o").exists() and not (tmp_path / "cache").exists()

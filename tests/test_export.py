@@ -19,8 +19,7 @@ from stargan_ray.cli import main
 from stargan_ray.engine import TrainState
 from stargan_ray.export import ExportedModel, example_inputs, export, reference_path
 
-from .conftest import tiny_config
-from .test_inference import tiny_translator
+from .helpers import tiny_config, tiny_translator
 
 onnx = pytest.importorskip("onnx")  # the [export] extra, part of [test]
 ort = pytest.importorskip("onnxruntime")

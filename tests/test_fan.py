@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -12,33 +10,7 @@ from stargan_ray.models import Generator
 from stargan_ray.models.fan import (CHIN, EYES, FAN, NOSE, WingCheckpointError, face_masks,
                                     heatmap_peaks, load_fan)
 
-
-def randomized_fan(seed: int) -> FAN:
-    """A FAN whose every parameter and batch-norm statistic is random (not the defaults)."""
-    g = torch.Generator().manual_seed(seed)
-    fan = FAN()
-    with torch.no_grad():
-        for name, t in fan.state_dict().items():
-            if name.endswith("num_batches_tracked"):
-                t.fill_(7)
-            elif name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            else:
-                t.copy_(torch.randn(t.shape, generator=g) / math.sqrt(t[0].numel()))
-    return fan
-
-
-def sparsify_heads(fan: FAN, x: torch.Tensor) -> None:
-    """Rescale the landmark head so ~5% of each heatmap passes the 0.1 truncation.
-
-    Random weights otherwise give heatmaps above 0.1 nearly everywhere and masks that are all 1.
-    """
-    heat = fan.get_heatmap(x, b_preprocess=False).transpose(0, 1).flatten(1)
-    q, peak = heat.quantile(0.95, dim=1), heat.amax(dim=1)
-    a = 1.0 / (peak - q).clamp_min(1e-6)
-    with torch.no_grad():
-        fan.l0.weight[:-1] *= a.view(-1, 1, 1, 1)
-        fan.l0.bias[:-1] = a * (fan.l0.bias[:-1] - q) + 0.1
+from .helpers import randomized_fan, sparsify_heads
 
 
 @pytest.fixture(scope="module")

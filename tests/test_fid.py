@@ -244,3 +244,28 @@ def test_the_real_statistics_cache_tells_folded_from_plain_features():
     weights = FeatureWeights("random")
     assert fid.inception_id(weights, True) != fid.inception_id(weights, False)
     assert fid.inception_id(weights, False) == weights.id("inception")
+
+
+def test_sizes_are_bounded_where_parsed_and_batches_checked_against_free_memory(tmp_path,
+                                                                                capsys):
+    from stargan_ray.cli import main
+    from stargan_ray.data.synthetic import generate
+    from stargan_ray.metrics import memory
+
+    train, _ = generate(tmp_path, img_size=32, num_domains=2, n_train=3, n_val=1)
+    folder = str(train / "circle")
+    with pytest.raises(SystemExit) as exit_info:  # an argparse type: usage and one error line
+        main(["fid", folder, folder, "--img-size", "100000", "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert "--img-size: must be <= 2048, got 100000" in capsys.readouterr().err
+    have = memory.available_bytes("cpu")
+    assert 0 < have <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    batch = have // memory.inception_bytes(1) + 1  # one image more than the RAM holds
+    assert main(["fid", folder, folder, "--batch-size", str(batch), "--feature-weights",
+                 "random", "--device", "cpu"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"fid at --img-size 256 with --batch-size {batch} needs about" in lines[0]
+    assert "available on cpu; lower --batch-size" in lines[0]
+    assert main(["fid", folder, folder, "--img-size", "2048", "--batch-size", "2",
+                 "--feature-weights", "random", "--device", "cpu"]) == 0  # within both bounds

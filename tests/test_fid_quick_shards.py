@@ -1,14 +1,13 @@
 """fid_quick split over ranks equals the single-process value: shards as threads of this
-process (world 2 and 3, a reduce that adds their tensors) and as two gloo processes (RunLogger)."""
+process (world 2 and 3, a reduce that adds their tensors) and as two gloo processes
+(train.quick_eval, as the training loop calls it)."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import socket
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,7 +19,8 @@ from stargan_ray.metrics.options import EvalOptions
 from stargan_ray.metrics.sharding import Shard
 from stargan_ray.metrics.weights import FeatureWeights
 
-from .conftest import seeded_ema_networks, tiny_eval_config
+from .helpers import (free_port, intra_op_threads, relative_error, seeded_ema_networks,
+                      tiny_eval_config)
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +38,8 @@ def setup(tmp_path_factory):
 def one_thread():
     """Float32 CPU convolutions round differently with another intra-op thread count; every side
     of a comparison (threads, spawned processes, the reference) runs with one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with intra_op_threads(1):
+        yield
 
 
 def run_shards(world: int, fn):
@@ -79,17 +77,13 @@ def run_shards(world: int, fn):
     return results
 
 
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
 def _assert_same_moments(mine, theirs) -> None:
     assert mine.keys() == theirs.keys()
     for key in mine:
         assert theirs[key].n == mine[key].n == len(theirs[key].rows)
         assert torch.equal(theirs[key].rows, mine[key].rows)  # placed, not added: bit for bit
-        assert _relative(theirs[key].sum, mine[key].sum) < 1e-12
-        assert _relative(theirs[key].outer, mine[key].outer) < 1e-12
+        assert relative_error(theirs[key].sum, mine[key].sum) < 1e-12
+        assert relative_error(theirs[key].outer, mine[key].outer) < 1e-12
 
 
 def test_shard_needs_a_rank_in_its_world_and_a_reduce():
@@ -175,26 +169,17 @@ def test_sharded_full_evaluation_equals_one_process(setup, tmp_path):
     assert not (tmp_path / "out1").exists()  # rank 0 writes the files
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _gloo_rank(rank: int, world: int, port: int, cfg, nets, out: str) -> None:
-    """One Train-like worker: a gloo group on loopback, RunLogger.evaluate as training calls it."""
+    """One Train-like worker: a gloo group on loopback, quick_eval as training calls it."""
     import torch.distributed as dist
 
-    from stargan_ray.run_logging import RunLogger
+    from stargan_ray.train.quick_eval import quick_eval
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     try:
-        logger = RunLogger(cfg, {"run_dir": f"{out}/run", "run_name": "gloo", "wandb": "disabled"},
-                           rank=rank, world=world, device=torch.device("cpu"))
-        values = logger.evaluate(SimpleNamespace(nets_ema=nets), step=1)
-        logger.finish()
+        values = quick_eval(nets, cfg, torch.device("cpu"), rank=rank, world=world)
         Path(out, f"rank{rank}.json").write_text(json.dumps(values))
     finally:
         dist.destroy_process_group()
@@ -211,7 +196,7 @@ def test_fid_quick_on_two_gloo_processes_equals_one_process(setup, tmp_path, mon
         out = tmp_path / f"world{world}"
         out.mkdir()
         monkeypatch.setenv("STARGAN_RAY_CACHE", str(out / "sr"))  # the ranks' (cold) cache
-        mp.spawn(_gloo_rank, args=(world, _free_port(), cfg, nets, str(out)), nprocs=world,
+        mp.spawn(_gloo_rank, args=(world, free_port(), cfg, nets, str(out)), nprocs=world,
                  join=True)
         values[world] = [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
         assert len(list((out / "sr" / "fid_stats").iterdir())) == 2  # shared cache, written

@@ -30,7 +30,7 @@ from stargan_ray.inference import load_image_tensor
 from stargan_ray.metrics import evaluator, fid
 from stargan_ray.metrics.weights import FeatureWeights
 
-from .conftest import tiny_config
+from .helpers import tiny_config
 
 S = 32  # tiny_config image size
 BAD_REASONS = {"empty.png": "empty file", "text.jpg": "not an image", "cut.png": "truncated",
@@ -158,7 +158,7 @@ def test_a_16_bit_png_gives_its_8_bit_twin_in_every_loader(tmp_path):
 
 
 def test_training_grids_skip_an_unreadable_val_image(tmp_path, caplog):
-    from stargan_ray.run_logging import load_val_samples
+    from stargan_ray.train.samples import load_val_samples
 
     write_good(tmp_path / "val" / "cat")
     bad = write_bad(tmp_path / "val" / "dog")
@@ -272,7 +272,7 @@ def test_align_aligns_every_good_file_and_names_each_bad_one(tmp_path):
     (["fid", "{d}", "{d}", "--device", "foo"], "--device: expected cpu, cuda or cuda:N"),
     (["fid", "{d}", "{d}", "--device", "cuda"], "no usable CUDA device"),
     (["fid", "{d}", "{d}/nope", "--device", "cpu"], "nope: no such folder"),
-    (["align", "--inp", "{d}", "--out", "{d}/x", "--img-size", "0"], "must be >= 1"),
+    (["align", "--inp", "{d}", "--out", "{d}/x", "--img-size", "0"], "must be >= 64"),
     (["align", "--inp", "{d}", "--out", "{d}", "--device", "cpu"], "lies inside the input"),
     (["align", "--inp", "{d}", "--out", "{d}/aligned", "--device", "cpu"], "lies inside"),
     (["eval", "--checkpoint", "{d}/c.pt", "--device", "foo"], "--device: expected cpu"),

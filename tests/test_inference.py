@@ -12,26 +12,11 @@ from stargan_ray import grids, inference
 from stargan_ray.checkpoint import save_checkpoint
 from stargan_ray.engine import TrainState
 from stargan_ray.inference import Translator
-from stargan_ray.models import build_networks, ema_copy, he_init
-from stargan_ray.models.fan import FAN
+from stargan_ray.models import build_networks, ema_copy
 
-from .conftest import tiny_config
+from .helpers import tiny_config, tiny_translator
 
 S = 32
-
-
-def tiny_translator(w_hpf: float = 0.0, batch_size: int = 16) -> Translator:
-    cfg = tiny_config(**{"model.num_domains": 3, "model.w_hpf": w_hpf,
-                         "model.wing_path": "wing.ckpt" if w_hpf > 0 else ""})
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        nets = build_networks(cfg.model, fan=FAN() if w_hpf > 0 else None)
-        for _, module in nets.items():
-            module.apply(he_init)
-    nets = ema_copy(nets)
-    for _, module in nets.items(include_fan=True):
-        module.eval()
-    return Translator(nets, cfg, torch.device("cpu"), batch_size)
 
 
 @pytest.fixture(scope="module")

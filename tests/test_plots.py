@@ -1,4 +1,4 @@
-"""plots.py and the RunLogger records behind it: no Ray, a few seconds."""
+"""plots.py and the RunLogger (train.logger) records behind it: no Ray, a few seconds."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from stargan_ray import plots
-from stargan_ray.run_logging import RunLogger
-from tests.conftest import tiny_config
+from stargan_ray.train.logger import RunLogger
+from tests.helpers import tiny_config
 
 STATS = ("D/latent_real", "D/latent_fake", "D/latent_reg", "D/ref_real", "D/ref_fake",
          "D/ref_reg", "G/latent_adv", "G/latent_sty", "G/latent_ds", "G/latent_cyc", "G/ref_adv",
@@ -67,8 +66,7 @@ def _read_events(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 def _logger(run_dir: Path) -> RunLogger:
     cfg = tiny_config()
-    return RunLogger(cfg, {"run_dir": str(run_dir), "run_name": "t", "wandb": "disabled"},
-                     rank=0, world=1, device=torch.device("cpu"))
+    return RunLogger(cfg, str(run_dir), run_name="t", wandb="disabled", rank=0)
 
 
 def test_run_logger_writes_metrics_plot_and_tensorboard(tmp_path):
@@ -98,9 +96,8 @@ def test_run_logger_writes_metrics_plot_and_tensorboard(tmp_path):
 
 
 def test_non_zero_rank_writes_nothing(tmp_path):
-    logger = RunLogger(tiny_config(), {"run_dir": str(tmp_path / "r"), "run_name": "t",
-                                       "wandb": "disabled"}, rank=1, world=2,
-                       device=torch.device("cpu"))
+    logger = RunLogger(tiny_config(), str(tmp_path / "r"), run_name="t", wandb="disabled",
+                       rank=1)
     logger.log(5, _metrics(5), "[5]")
     logger.finish()
     assert not (tmp_path / "r").exists()

@@ -4,12 +4,11 @@ import pytest
 import torch
 
 from stargan_ray.config import with_overrides
-from stargan_ray.engine import TrainState, stats_to_floats, train_step
+from stargan_ray.engine import TrainState, train_step
 from stargan_ray.precision import float32_mode
 from stargan_ray.models import TRAINED
 
-from .conftest import tiny_config
-from .helpers import random_batch
+from .helpers import random_batch, stat_floats, tiny_config
 
 STEPS = 4
 # Tolerances chosen from a measurement (tiny config, 8 initialisation seeds, 4 steps, CPU bf16
@@ -27,14 +26,8 @@ PARAM_REL_DISTANCE = 0.6
 CHANNELS_LAST_FIRST_STEP_RTOL, CHANNELS_LAST_REL_DISTANCE = 1e-6, 0.1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two intra-op threads on a 2-core machine shared with other jobs spend most of their time
-    waiting for each other (measured: 4 tiny steps 1.2 s with one thread, up to 260 s with two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread (conftest.one_thread): two wait for each other on a shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _flat(state: TrainState) -> torch.Tensor:
@@ -47,7 +40,7 @@ def _run(cfg, batch_seeds, seed=3, hook=None):
     start = _flat(state)
     if hook is not None:
         state.nets.generator.from_rgb.register_forward_hook(hook)
-    stats = [stats_to_floats(train_step(state, random_batch(cfg, seed=s))) for s in batch_seeds]
+    stats = [stat_floats(train_step(state, random_batch(cfg, seed=s))) for s in batch_seeds]
     return state, start, stats
 
 
@@ -130,7 +123,7 @@ def test_compile_traces_the_g_steps_and_keeps_the_eager_d_step_for_r1():
     state = TrainState.create(cfg, "cpu", seed=3)
     state.compile_backend = "aot_eager"
     eager, _, s_eager = _run(tiny_config(), range(2))
-    s_compiled = [stats_to_floats(train_step(state, random_batch(cfg, seed=s))) for s in range(2)]
+    s_compiled = [stat_floats(train_step(state, random_batch(cfg, seed=s))) for s in range(2)]
     run = state.step_networks()
     assert all(isinstance(getattr(run.for_g, name), OptimizedModule) for name in TRAINED)
     assert not isinstance(run.for_d.discriminator, OptimizedModule)  # R1: double backward

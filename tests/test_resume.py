@@ -9,7 +9,7 @@ import re
 import signal
 import subprocess
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -21,20 +21,17 @@ from stargan_ray.cli import main
 from stargan_ray.config import ConfigError
 from stargan_ray.engine import TrainState
 from stargan_ray.models import EMA, build_networks, ema_copy
-from stargan_ray.train import (SNAPSHOT_FILE, RunOptions, StartPoint, plan_run, reconcile_snapshot,
+from stargan_ray.train import (SNAPSHOT_FILE, StartPoint, plan_run, reconcile_snapshot,
                                run_training, weights_finite)
 from stargan_ray.train.worker import _restore_newest
 
-from .conftest import tiny_config
+from .helpers import read_events, run_options, tiny_config, wait_until
 
-# the tiny model of conftest.tiny_config, as --set arguments of the command line
+# the tiny model of helpers.tiny_config, as --set arguments of the command line
 TINY = {"model.img_size": 32, "model.num_domains": 2, "model.dim_in": 8, "model.max_conv_dim": 16,
         "model.style_dim": 8, "model.latent_dim": 4, "model.hidden_dim": 16, "data.batch_size": 4,
         "train.print_every": 2, "train.sample_every": 1000, "train.eval_every": 1000}
-
-
-def _cfg(**overrides):
-    return tiny_config(**{**TINY, **overrides})
+_cfg = partial(tiny_config, **TINY)
 
 
 def _set_args(**overrides) -> list[str]:
@@ -63,9 +60,7 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-def _opts(storage: Path, name: str, **kw) -> RunOptions:
-    return RunOptions(num_workers=1, cpus_per_worker=0.5, storage=str(storage), name=name,
-                      max_failures=0, wandb="disabled", **kw)
+_opts = partial(run_options, cpus_per_worker=0.5)  # one worker, no retry, no W&B
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str]:
@@ -213,10 +208,6 @@ def test_a_file_that_is_not_a_torch_checkpoint_is_named_plainly(tmp_path, conten
 # ---------------------------------------------------------------- Ray runs
 
 
-def _events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-
-
 def _complete(run_dir: Path, step: int) -> bool:
     try:
         return verify_checkpoint(run_dir / f"checkpoint_{step:08d}", _cfg(), step) == step
@@ -241,14 +232,19 @@ def test_ctrl_c_names_the_checkpoint_and_resume_skips_a_broken_newest(ray_sessio
          "sig", "--cpus-per-worker", "0.5", "--wandb", "disabled",
          *_set_args(**{"train.total_iters": 1000, "train.save_every": 2})],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 300
-    while _listed(run_dir) < 2 and proc.poll() is None:
-        assert time.time() < deadline, "no checkpoint registered in 300 s"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    sent = time.time()
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and time.time() - sent < 30, err
+    try:
+        wait_until(lambda: _listed(run_dir) >= 2 or proc.poll() is not None,
+                   "two checkpoints to be registered", every_s=0.05)
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=120)  # a hang guard: Ctrl+C ends the run
+        except subprocess.TimeoutExpired:
+            raise AssertionError("hang guard: waited 120 s for the run to exit after Ctrl+C") from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
     on_disk = next(s for s in range(998, 0, -2) if _complete(run_dir, s))  # newest complete
@@ -264,6 +260,6 @@ def test_ctrl_c_names_the_checkpoint_and_resume_skips_a_broken_newest(ray_sessio
     out = capsys.readouterr().out
     assert f"skipping broken checkpoint {broken}: not a readable torch checkpoint" in out
     assert f"resuming run 'sig' from checkpoint_{on_disk - 2:08d} (step {on_disk - 2})" in out
-    starts = [e["step"] for e in _events(run_dir) if e["event"] == "start"]
+    starts = [e["step"] for e in read_events(run_dir) if e["event"] == "start"]
     assert starts == [0, on_disk - 2]
     assert _complete(run_dir, on_disk)

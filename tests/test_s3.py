@@ -13,27 +13,22 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
-import torch
 
 from stargan_ray import cli, storage
-from stargan_ray.checkpoint import load_checkpoint
 from stargan_ray.config import to_toml
 from stargan_ray.data import prepare as prep
 from stargan_ray.data import shards, synthetic
 from stargan_ray.data.table import open_table
-from stargan_ray.models import EMA, TRAINED
-from stargan_ray.train import RunOptions, latest_checkpoint, run_training
+from stargan_ray.train import latest_checkpoint, run_training
 from stargan_ray.train.plan import local_file, ray_storage
 from stargan_ray.tune import SweepOptions, read_space, run_sweep
 
-from .conftest import tiny_config
-from .test_train import _assert_equal_states
+from .helpers import (assert_equal_states, free_port, load_train_state, run_options,
+                      tiny_data_config, wait_until)
 
 # Dummy credentials for moto, set at import: before any test starts the session's Ray instance,
 # whose workers inherit this environment (a cluster's nodes have their own credentials). No
@@ -71,29 +66,25 @@ class S3Server:
                 if i.type == pafs.FileType.File}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _listens(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """moto's S3 server in its own process on loopback, with one bucket; stopped at the end."""
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path_factory.mktemp("moto") / "server.log", "wb")
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                                str(port)], stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 60
-        while True:
-            assert server.poll() is None, "moto server exited; see its server.log"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.time() < deadline, "moto server did not listen within 60 s"
-                time.sleep(0.2)
+        wait_until(lambda: _listens(port) or server.poll() is not None,
+                   f"moto's server to listen on port {port}", timeout_s=60)
+        assert server.poll() is None, "moto server exited; see its server.log"
         s3 = S3Server(f"127.0.0.1:{port}")
         s3.fs().create_dir(BUCKET)
         yield s3
@@ -201,21 +192,16 @@ def test_the_endpoint_may_come_from_aws_endpoint_url(s3, tree, data, monkeypatch
 
 def _cfg(s3: S3Server, data: dict[str, str], uri_form: bool = True, **overrides):
     where = s3.uri if uri_form else s3.plain
-    return tiny_config(**{"data.train_dir": where(data["train"]), "data.val_dir": where(data["val"]),
-                          "data.batch_size": 2, "train.total_iters": 4, "train.save_every": 2,
-                          "train.print_every": 2, "train.sample_every": 1000,
-                          "train.eval_every": 1000, "train.keep_checkpoints": 5, **overrides})
-
-
-def _opts(s3: S3Server, name: str, **kw) -> RunOptions:
-    return RunOptions(num_workers=1, cpus_per_worker=1.0, storage=s3.uri("runs"), name=name,
-                      max_failures=0, wandb="disabled", **kw)
+    return tiny_data_config(where(data["train"]), where(data["val"]), **{
+        "data.batch_size": 2, "train.total_iters": 4, "train.save_every": 2,
+        "train.print_every": 2, "train.sample_every": 1000, "train.eval_every": 1000,
+        "train.keep_checkpoints": 5, **overrides})
 
 
 def _final(s3: S3Server, name: str):
     step, folder = latest_checkpoint(s3.uri(f"runs/{name}"))
     with local_file(folder) as path:
-        return step, load_checkpoint(path)
+        return step, load_train_state(path)
 
 
 @pytest.fixture(scope="module")
@@ -243,16 +229,16 @@ def test_a_run_on_s3_stops_resumes_and_ends_like_an_uninterrupted_one(s3, data, 
     assert step == 4 and reference.step == 4
     assert {"checkpoint_00000002/checkpoint.pt", "checkpoint_00000004/checkpoint.pt"} <= (
         s3.keys("runs/straight"))
-    run_training(_cfg(s3, data, **{"train.total_iters": 2}), _opts(s3, "resumed"))
+    run_training(_cfg(s3, data, **{"train.total_iters": 2}), run_options(s3.uri("runs"), "resumed"))
     assert s3.keys("runs/resumed") >= {"checkpoint_00000002/checkpoint.pt"}
     first = s3.fs().get_file_info(f"{BUCKET}/runs/resumed/checkpoint_00000002/checkpoint.pt")
-    run_training(_cfg(s3, data), _opts(s3, "resumed", resume=True))
+    run_training(_cfg(s3, data), run_options(s3.uri("runs"), "resumed", resume=True))
     step, state = _final(s3, "resumed")
     assert step == 4 and state.step == 4
     # It continued from step 2: the checkpoint of step 2 was not written again.
     again = s3.fs().get_file_info(f"{BUCKET}/runs/resumed/checkpoint_00000002/checkpoint.pt")
     assert again.mtime == first.mtime and again.size == first.size
-    _assert_equal_states(state, reference)
+    assert_equal_states(state, reference)
 
 
 # ---------------------------------------------------------------- a sweep

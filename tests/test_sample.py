@@ -11,7 +11,7 @@ from torchvision.utils import save_image
 from stargan_ray import grids, sample
 from stargan_ray.data.synthetic import generate
 
-from .conftest import seeded_ema_networks, tiny_config
+from .helpers import seeded_ema_networks, tiny_config
 
 S = 32  # tiny_config image size
 

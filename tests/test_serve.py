@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -17,17 +16,12 @@ from stargan_ray.inference import Translator, image_to_tensor
 from stargan_ray.serve.batching import Job, run_jobs
 from stargan_ray.serve.inputs import BadRequest, Limits, parse_seeds
 
-from .conftest import save_synthetic_checkpoint
+from .helpers import free_port
 
 S = 32
 DOMAINS = ["circle", "square", "triangle"]  # the synthetic set's names for 3 domains
 MAX_BATCH = 8
 LIMITS = {"max_bytes": 300_000, "max_pixels": 1_000_000, "max_outputs": 6}
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return save_synthetic_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 def photo_bytes(size=(160, 120), seed=0, fmt="JPEG") -> bytes:
@@ -82,12 +76,6 @@ def test_batched_jobs_equal_each_job_alone(checkpoint):
 
 
 # ---------------------------------------------------------------- a real Serve app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import pytest
 from stargan_ray.data.synthetic import draw_image
 
 from . import test_serve
+from .helpers import save_synthetic_checkpoint
 
 server = test_serve.server  # the app fixture, on this module's checkpoint
 
@@ -28,10 +29,11 @@ INSTALL = ("install them with `sudo apt-get install -y chromium chromium-driver`
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """The tiny random model of test_serve, or STARGAN_SERVE_CHECKPOINT (for the screenshot)."""
+    """The tiny random model (conftest.checkpoint), or STARGAN_SERVE_CHECKPOINT (for the
+    screenshot)."""
     if os.environ.get("STARGAN_SERVE_CHECKPOINT"):
         return os.environ["STARGAN_SERVE_CHECKPOINT"]
-    return test_serve.checkpoint.__wrapped__(tmp_path_factory)
+    return save_synthetic_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 @pytest.fixture(scope="module")

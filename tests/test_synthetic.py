@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 import pytest
-from .conftest import tiny_config
+from .helpers import tiny_config
 from PIL import Image
 
 from stargan_ray.config import ConfigError

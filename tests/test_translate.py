@@ -15,19 +15,10 @@ from stargan_ray import translate as translate_lib
 from stargan_ray.inference import Translator, load_image_tensor, to_pixels
 from stargan_ray.translate import Request, Seeds, Source, TranslateFiles, source_loader
 
-from .conftest import save_synthetic_checkpoint, tiny_config
-from . import test_align
-from .test_align import face_points
-
-wing = test_align.wing  # the fixture FAN checkpoint (random weights)
+from .helpers import face_points, tiny_config
 
 S = 32
 DOMAINS = ("circle", "square", "triangle")  # the synthetic set's names for 3 domains
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return save_synthetic_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 def photo(path, size=(S, S), seed=0):

@@ -16,7 +16,6 @@ import math
 import os
 import signal
 import struct
-import time
 from pathlib import Path
 
 import pyarrow.csv as pacsv
@@ -30,8 +29,7 @@ from stargan_ray.engine import TrainState, train_step
 from stargan_ray.tune import (Dist, SweepOptions, check_space, read_space, run_sweep,
                               trial_run_name)
 from stargan_ray.tune.schedulers import ClipToSpace
-from tests.conftest import tiny_config
-from tests.helpers import random_batch
+from tests.helpers import random_batch, read_events, tiny_config
 
 SHIPPED = [("quick", "toy"), ("lambdas_asha", "afhq"), ("lambdas_asha", "celeba_hq"),
            ("schedules_pbt", "afhq"), ("schedules_pbt", "celeba_hq")]
@@ -47,12 +45,8 @@ def _experiment_file(tmp: Path, **overrides) -> Path:
     return _write(tmp / "tiny.toml", to_toml(cfg))
 
 
-def _events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-
-
 def _starts(run_dir: Path) -> list[int]:
-    return [e["step"] for e in _events(run_dir) if e["event"] == "start"]
+    return [e["step"] for e in read_events(run_dir) if e["event"] == "start"]
 
 
 def _table(path: Path) -> list[dict]:
@@ -234,20 +228,22 @@ def test_stopped_trials_give_their_cpus_back(asha_sweep):
     # ASHA killed trials mid-run; their Train runs' placement groups must not outlive them, or
     # a long sweep ends up waiting forever for CPUs.
     import ray
-    from ray.util import placement_group_table
+    from ray.util import placement_group, placement_group_table, remove_placement_group
+    from ray.util.state import list_tasks
 
-    deadline = time.time() + 60
-    while live := [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"]:
-        assert time.time() < deadline, f"placement groups left after the sweep: {live}"
-        time.sleep(1)
-    # A Ray Data task a stopped trial's worker had started may still be finishing its chunk.
-    while ray.available_resources().get("CPU", 0) != ray.cluster_resources()["CPU"]:
-        if time.time() > deadline:
-            from ray.util.state import list_tasks
-
+    # Reserve every CPU of the cluster: Ray schedules the reservation once the stopped trials'
+    # placement groups are removed and any Ray Data task of theirs has finished its chunk.
+    cpus = ray.cluster_resources()["CPU"]
+    everything = placement_group([{"CPU": cpus}])
+    try:
+        if not everything.wait(timeout_seconds=120):  # a hang guard, not a speed check
+            live = [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
             running = [(t.name, t.state) for t in list_tasks(filters=[("state", "=", "RUNNING")])]
-            raise AssertionError(f"CPUs still held after the sweep; running tasks: {running}")
-        time.sleep(1)
+            raise AssertionError(f"hang guard: waited 120 s for the cluster's {cpus:g} CPUs to be "
+                                 f"free after the sweep; placement groups: {live}; running "
+                                 f"tasks: {running}")
+    finally:
+        remove_placement_group(everything)
 
 
 @pytest.mark.ray

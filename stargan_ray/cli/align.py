@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from .common import add_alignment_args, add_device_arg, check_output, positive_int, resolve_device
+from .common import add_alignment_args, add_device_arg, check_output, int_arg, resolve_device
 
 
 def add_parser(sub) -> None:
@@ -17,8 +18,11 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True,
                    help="output folder (same relative file names); not inside --inp")
     add_alignment_args(p)
-    p.add_argument("--img-size", type=positive_int, default=256,
-                   help="output size, a multiple of 64 (default: %(default)s)")
+    p.add_argument("--img-size", type=int_arg(64, 1024, multiple_of=64,
+                                              why="the FAN's 64 px heatmaps"), default=256,
+                   help="output size, a multiple of 64 up to 1024 (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace aligned photos an earlier run wrote into --out (default: refuse)")
     add_device_arg(p)
     p.set_defaults(func=run)
 
@@ -26,12 +30,14 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..align import FaceAligner, align_folder, load_mean_landmarks
+    from ..align import FaceAligner, align_folder, input_files, load_mean_landmarks
     from ..models.fan import load_fan
 
     device = torch.device(resolve_device(args.device))
     # the outputs keep the input names: an --out that overlaps --inp would overwrite the photos
     check_output(args.out, [args.inp], kind="dir")
+    for _, name in input_files(args.inp):  # existing outputs are kept unless --overwrite
+        check_output(Path(args.out) / name, [], overwrite=args.overwrite)
     mean = load_mean_landmarks(args.lm_mean)
     aligner = FaceAligner(load_fan(args.wing, device), mean, args.img_size, args.min_confidence)
     aligned, skipped = align_folder(args.inp, args.out, aligner, device)

@@ -4,7 +4,7 @@
 - add_model_source_args / load_model: --checkpoint | --official-checkpoint, with --experiment and
   --set, resolved to (config, EMA networks, step) the same way for eval, sample and translate.
 - add_resource_args / run_resources: --storage, --gpus-per-worker, --cpus-per-worker, --wandb.
-- argparse types (positive_int, ...), --device and its check, and the output-overlap check.
+- argparse types (int_arg and its positive_int, ...), --device and its check, and the output-overlap check.
 
 argparse types fail with one usage line and exit code 2; the check_* and resolve_* functions raise
 ConfigError, which main() prints as one line with exit code 2.
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ExperimentConfig, load_experiment, with_overrides
+from ..config_bounds import SEED_MAX
 from ..errors import ConfigError
 
 def add_experiment_args(parser: argparse.ArgumentParser, default: str | None = "toy") -> None:
@@ -126,17 +127,25 @@ def add_resource_args(parser: argparse.ArgumentParser, *, what: str = "run",
 # ConfigError, which main() prints as one line with exit code 2.
 
 
-def _bounded_int(minimum: int):
+def int_arg(minimum: int, maximum: int | None = None, *, multiple_of: int = 1,
+            why: str = ""):
+    """An argparse type for an integer in [minimum, maximum], a multiple of multiple_of; its
+    errors name the value and the rule (argparse puts the flag in front)."""
+    rule = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+    if multiple_of > 1:
+        rule += f" and a multiple of {multiple_of}"
+    rule += f" ({why})" if why else ""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected an integer {rule}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum) or value % multiple_of:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
         return value
 
-    parse.__name__ = f"integer >= {minimum}"
+    parse.__name__ = f"integer {rule}"
     return parse
 
 
@@ -155,18 +164,25 @@ def _bounded_float(minimum: float, inclusive: bool):
     return parse
 
 
-positive_int = _bounded_int(1)
-nonnegative_int = _bounded_int(0)
+positive_int = int_arg(1)
+nonnegative_int = int_arg(0)
+seed_int = int_arg(0, SEED_MAX, why="numpy's seed range")
+MAX_IMG_SIZE = 2048  # --img-size: the paper's models are 256 px; 2048 px is 64 times that
+img_size_arg = int_arg(1, MAX_IMG_SIZE)
 positive_float = _bounded_float(0.0, inclusive=False)
 nonnegative_float = _bounded_float(0.0, inclusive=True)
 
 
 def worker_count(text: str) -> int | tuple[int, int]:
     """N (a fixed size) or MIN-MAX (elastic), each >= 1, MIN <= MAX."""
-    if "-" not in text:
+    low, sep, high = text.partition("-")
+    if not sep or not low:  # N, or a negative N such as -1 (not a range with MIN missing)
         return positive_int(text)
-    low, _, high = text.partition("-")
-    low_n, high_n = positive_int(low), positive_int(high)
+    try:
+        low_n, high_n = positive_int(low), positive_int(high)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"MIN-MAX must be two integers >= 1, got {text!r}") \
+            from None
     if low_n > high_n:
         raise argparse.ArgumentTypeError(f"MIN-MAX needs MIN <= MAX, got {text}")
     return low_n if low_n == high_n else (low_n, high_n)

@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from .common import add_experiment_args, experiment_from_args
+from .common import add_experiment_args, experiment_from_args, positive_int
 
 
 def add_parser(sub) -> None:
@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     add_experiment_args(p)
     p.add_argument("--out", default="outputs/demo", help="folder for runs (default outputs/demo)")
     p.add_argument("--name", help="run name (default: demo-<date>-<time>)")
-    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--num-workers", type=positive_int, default=2)
     p.add_argument("--wandb", choices=("online", "offline", "disabled"), default=None)
     p.set_defaults(func=run)
 

@@ -43,6 +43,8 @@ def add_parser(sub) -> None:
                    help="random: seeded random Inception/AlexNet, for smoke tests only")
     add_device_arg(p)
     p.add_argument("--out", help="output folder (default: outputs/<experiment>/eval)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace results files an earlier eval wrote (default: refuse)")
     p.set_defaults(func=run)
 
 
@@ -53,9 +55,18 @@ def _extra(args: argparse.Namespace) -> list[tuple[str, Any]]:
     return [(key, value) for key, value in flags if value]
 
 
-def _check_out(out: str | Path, cfg) -> None:
+def _check_out(out: str | Path, cfg, args: argparse.Namespace, steps: list[int],
+               extra: tuple[str, ...] = ()) -> None:
+    """OUT is no input; the files this eval would write there are kept unless --overwrite."""
+    from ..metrics.eval_plan import MODES, result_file
+
     check_output(out, [d for d in (cfg.data.train_dir, cfg.data.val_dir) if d != SYNTHETIC],
                  kind="dir")
+    modes = MODES if args.mode == "both" else (args.mode,)
+    names = [result_file(kind, step, m) for step in steps for m in modes
+             for kind in ("FID", "LPIPS")]
+    for name in [*names, *extra]:
+        check_output(Path(out) / name, [], overwrite=args.overwrite)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, nets, step = load_model(args, "eval", "cpu" if args.num_workers else device,
                                  extra=_extra(args))
     out = args.out or str(Path("outputs") / cfg.name / "eval")
-    _check_out(out, cfg)
+    _check_out(out, cfg, args, [step])
     results = evaluate(nets, cfg, step=step, mode=args.mode, out_dir=out,
                        opts=EvalOptions(args.num_workers, device))
     for key, value in results.items():
@@ -100,11 +111,12 @@ def _run_dir(args: argparse.Namespace, device: str) -> int:
     """`eval --run`: every complete checkpoint of the run; RUN_DIR/metrics/by_step.csv and .png."""
     from ..metrics import by_step
     from ..metrics.evaluator import EvalOptions, evaluate
+    from ..train.checkpoints import run_checkpoints
 
     if args.out:
         raise ConfigError("--out: eval --run writes RUN_DIR/metrics; leave out --out")
     run_dir = _run_folder(args.run)
-    found, broken = by_step.run_checkpoints(run_dir, args.every or 1)
+    found, broken = run_checkpoints(run_dir, args.every or 1)
     for reason in broken:
         print(f"skipping broken {reason}", file=sys.stderr)
     if not found:
@@ -116,7 +128,8 @@ def _run_dir(args: argparse.Namespace, device: str) -> int:
         cfg, nets, _ = load_model(one, "eval", "cpu" if args.num_workers else device,
                                   extra=_extra(args))
         if i == 0:
-            _check_out(out, cfg)
+            _check_out(out, cfg, args, [s for s, _ in found],
+                       (by_step.CSV_FILE, by_step.PNG_FILE))
         print(f"[{i + 1}/{len(found)}] step {step}: {path}", flush=True)
         results = evaluate(nets, cfg, step=step, mode=args.mode, out_dir=out,
                            opts=EvalOptions(args.num_workers, device))

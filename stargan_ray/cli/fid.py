@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .common import add_device_arg, positive_int, resolve_device
+from .common import MAX_IMG_SIZE, add_device_arg, img_size_arg, positive_int, resolve_device
 
 
 def add_parser(sub) -> None:
@@ -17,10 +17,12 @@ def add_parser(sub) -> None:
                     "Files that cannot be decoded are named on stderr and left out.")
     p.add_argument("dir_a", help="first image folder (searched recursively)")
     p.add_argument("dir_b", help="second image folder")
-    p.add_argument("--img-size", type=positive_int, default=256,
-                   help="images are resized to this, then to 299 (default: %(default)s)")
+    p.add_argument("--img-size", type=img_size_arg, default=256,
+                   help=f"images are resized to this (1 to {MAX_IMG_SIZE}), then to 299 "
+                        "(default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=50,
-                   help="Inception batch (default: %(default)s)")
+                   help="Inception batch, checked against the device's free memory "
+                        "(default: %(default)s)")
     p.add_argument("--feature-weights", choices=("pretrained", "random"), default="pretrained",
                    help="random: seeded random Inception, for smoke tests only")
     p.add_argument("--inception-path", default="",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .common import (add_device_arg, add_model_source_args, check_output, load_model,
-                     positive_int, resolve_device)
+                     positive_int, resolve_device, seed_int)
 
 
 def add_parser(sub) -> None:
@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
                    help="sources (default: %(default)s)")
     p.add_argument("--num-ref", type=positive_int, default=8,
                    help="references (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="latent codes (default: %(default)s)")
+    p.add_argument("--seed", type=seed_int, default=0, help="latent codes (default: %(default)s)")
     p.add_argument("--animation", choices=("gif", "webp", "mp4"), default="gif",
                    help="interpolation.gif / interpolation.webp, or mp4: the official "
                         "video_ref.mp4 and video_latent.mp4 (needs the [video] extra) "

@@ -28,6 +28,9 @@ def add_parser(sub) -> None:
                         "e.g. one written by import-official")
     p.add_argument("--max-failures", type=nonnegative_int, default=3,
                    help="worker failures to recover from (restoring the last checkpoint)")
+    p.add_argument("--force", action="store_true",
+                   help="take over the run folder even when its lock names a run that may still "
+                        "be alive (another host); a lock whose process is gone is taken anyway")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config and the Ray resources, then exit")
     p.set_defaults(func=run)
@@ -39,7 +42,7 @@ def options_from_args(args: argparse.Namespace):
     return RunOptions(num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker,
                       cpus_per_worker=args.cpus_per_worker, storage=args.storage, name=args.name,
                       resume=args.resume, max_failures=args.max_failures, wandb=args.wandb,
-                      resume_from=args.resume_from)
+                      resume_from=args.resume_from, force=args.force)
 
 
 def batch_line(cfg, num_workers: int) -> str:
@@ -56,6 +59,7 @@ def batch_line(cfg, num_workers: int) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..config import to_toml
     from ..train import TrainingInterrupted, init_ray, plan_run, run_training
+    from ..train.run_lock import hold_run_folder
 
     cfg = experiment_from_args(args)
     opts = options_from_args(args)
@@ -74,8 +78,10 @@ def run(args: argparse.Namespace) -> int:
     for line in plan.notes:
         print(line, flush=True)
     try:
-        init_ray(opts)
-        result = run_training(cfg, opts, plan=plan, note=None)
+        # Held before Ray starts, so a second run on the name is refused at once.
+        with hold_run_folder(plan.run_dir, force=opts.force, note=print):
+            init_ray(opts)
+            result = run_training(cfg, opts, plan=plan, note=None)
     except TrainingInterrupted as err:
         print(f"stargan-ray: {err}", file=sys.stderr, flush=True)
         return 130

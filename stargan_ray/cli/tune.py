@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
                         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
                         max_concurrent=args.max_concurrent, resume=args.resume, wandb=args.wandb)
     if args.dry_run:
+        opts.sweep_name(cfg, space)  # the name is checked as a real sweep checks it
         base = check_space(space, cfg)
         print(to_toml(base))
         print(f"# searched: {', '.join(f'{d.key}={d.kind}{list(d.args)}' for d in space.searched)}")

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from stargan_ray.data import shapes
 from stargan_ray.errors import UserError
 from stargan_ray.storage import filesystem  # noqa: F401  (folders.filesystem, used by data)
 
@@ -103,6 +105,9 @@ class DomainFolder:
     domains: tuple[str, ...]
     paths: tuple[str, ...]
     labels: np.ndarray  # (N,) int64
+    # (path, reason) of what was named and left out while listing: broken links, symlink loops,
+    # label rows naming no readable file; callers report them with their unreadable files.
+    skipped: tuple[tuple[str, str], ...] = ()
 
     @property
     def counts(self) -> list[int]:
@@ -116,12 +121,69 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.rsplit("/", 1)[-1].startswith(".")
 
 
-def _image_files(fs, base: str) -> list[str]:
-    """Image files under base inside fs: recursive, sorted, hidden files left out."""
+def image_files(fs, base: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """(image files under base inside fs, [(path, reason)] of links not followed).
+
+    Recursive and sorted, hidden files left out. Local trees are walked by ``_local_files``
+    (links followed, each real folder and file once); object stores have no links.
+    """
     import pyarrow.fs as pafs
 
+    if isinstance(fs, pafs.LocalFileSystem):
+        return _local_files(base)
     return sorted(i.path for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
-                  if i.type == pafs.FileType.File and _is_image(i.path))
+                  if i.type == pafs.FileType.File and _is_image(i.path)), []
+
+
+def _local_files(base: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """Walk a local folder following symlinks, entering each real folder once.
+
+    A link back into a folder already listed (``dog/loop -> dog``) is named once and not entered
+    again, and a file reached twice (two links to one file) is listed once, so every real image
+    counts once. A broken link is named, as an unreadable file is.
+    """
+    found: list[tuple[str, tuple[int, int]]] = []
+    problems: list[tuple[str, str]] = []
+    visited: set[tuple[int, int]] = set()
+
+    def walk(folder: str) -> None:
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in visited:
+            problems.append((folder, "symlink loop: links to a folder already listed "
+                             f"({os.path.realpath(folder)}), not followed again"))
+            return
+        visited.add((st.st_dev, st.st_ino))
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as err:
+            problems.append((folder, f"cannot list: {_reason(err)}"))
+            return
+        for entry in entries:
+            try:
+                if entry.is_dir():  # follows links
+                    walk(entry.path)
+                elif entry.is_file():
+                    if _is_image(entry.name):
+                        target = entry.stat()
+                        found.append((entry.path, (target.st_dev, target.st_ino)))
+                elif entry.is_symlink() and not entry.name.startswith("."):
+                    problems.append((entry.path, f"broken symlink to {os.readlink(entry.path)}"))
+            except OSError as err:  # a link chain too long, a permission error
+                problems.append((entry.path, f"cannot read: {_reason(err)}"))
+
+    walk(base)
+    files, seen = [], set()
+    for path, key in sorted(found):
+        if key not in seen:
+            seen.add(key)
+            files.append(path)
+    return files, problems
+
+
+def report_links(problems: list[tuple[str, str]]) -> None:
+    """Name each link that was not followed (loops, broken links) in one warning line."""
+    for path, reason in problems:
+        _log.warning("not listed: %s: %s", path, reason)
 
 
 def list_image_files(folder: str | Path) -> list[str]:
@@ -134,7 +196,8 @@ def list_image_files(folder: str | Path) -> list[str]:
     fs, base = filesystem(str(folder))
     if fs.get_file_info(base).type != pafs.FileType.Directory:
         raise MissingRootError(f"{folder}: no such folder")
-    files = _image_files(fs, base)
+    files, problems = image_files(fs, base)
+    report_links(problems)
     if "://" in str(folder):  # keep the scheme so that load_image can open them again
         prefix = str(folder).split("://", 1)[0] + "://"
         files = [prefix + f for f in files]
@@ -161,26 +224,17 @@ def scan(root: str, num_domains: int | None = None) -> DomainFolder:
                                f" {num_domains}")
     paths: list[str] = []
     labels: list[int] = []
+    skipped: list[tuple[str, str]] = []
     for label, sub in enumerate(subdirs):
-        files = _image_files(fs, sub.path)
+        files, problems = image_files(fs, sub.path)
+        skipped += problems
         if not files:
             raise EmptyDomainError(f"{root}/{sub.base_name}: domain folder has no images"
                                    f" ({', '.join(IMAGE_EXTENSIONS)})")
         paths += files
         labels += [label] * len(files)
     return DomainFolder(str(root), tuple(d.base_name for d in subdirs), tuple(paths),
-                        np.asarray(labels, np.int64))
-
-
-def scan_train_val(train_dir: str, val_dir: str,
-                   num_domains: int) -> tuple[DomainFolder, DomainFolder]:
-    """Both splits, checked against each other and against model.num_domains."""
-    train = scan(train_dir, num_domains)
-    val = scan(val_dir, num_domains)
-    if train.domains != val.domains:
-        raise DomainMismatchError(f"{val_dir}: val domains ({', '.join(val.domains)}) differ from"
-                                  f" train domains in {train_dir} ({', '.join(train.domains)})")
-    return train, val
+                        np.asarray(labels, np.int64), tuple(skipped))
 
 
 # ---------------------------------------------------------------- decoding
@@ -212,29 +266,39 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def decode(data: bytes, min_side: int | None = None) -> Image.Image:
-    """Fully decode image bytes to RGB; an image whose shorter side exceeds min_side is reduced
-    to that shorter side (aspect kept).
+def decode(data: bytes, min_side: int | None = None, fit: str = "stretch") -> Image.Image:
+    """Fully decode image bytes to upright RGB, made square by `fit` (``shapes``); an image
+    larger than min_side is reduced first (``shapes.reduced_size``: aspect kept).
 
-    Raises BadImage for empty, truncated or non-image data.
+    EXIF orientation is applied (a phone photo is read upright, as viewers show it; the
+    official loader ignores it, which the official data sets never need). Raises BadImage for
+    empty, truncated or non-image data.
     """
     if not data:
         raise BadImage("empty file")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            target = _reduced_size(image.size, min_side)
+            target = shapes.reduced_size(image.size, min_side, fit)
             if target is not None:
                 image.draft(None, target)  # JPEG: decode at 1/2, 1/4, 1/8 scale when enough
             image.load()
+            orientation = image.getexif().get(_ORIENTATION, 1)
+            if orientation != 1:
+                if orientation in (5, 6, 7, 8) and target is not None:
+                    target = target[::-1]  # the image turns a quarter
+                image = ImageOps.exif_transpose(image)
             image = to_rgb(image)
             if target is not None and image.size != target:
                 image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
-            return image
+            return shapes.fit_square(image, fit)
     except _DECODE_ERRORS as err:
         raise BadImage(_reason(err)) from None
 
 
-def load_image(path: str | Path, min_side: int | None = None) -> Image.Image:
+_ORIENTATION = 0x0112  # the EXIF tag
+
+
+def load_image(path: str | Path, min_side: int | None = None, fit: str = "stretch") -> Image.Image:
     """Read and fully decode one image file (local path or URI) to 8-bit RGB, as ``decode``.
 
     Raises BadImage for a file that cannot be read or decoded.
@@ -246,7 +310,7 @@ def load_image(path: str | Path, min_side: int | None = None) -> Image.Image:
             data = Path(path).read_bytes()
     except OSError as err:
         raise BadImage(f"cannot read: {_reason(err)}") from None
-    return decode(data, min_side)
+    return decode(data, min_side, fit)
 
 
 _log = logging.getLogger("stargan_ray.data")
@@ -258,13 +322,6 @@ def report_unreadable(path: str | Path, reason: str) -> None:
     Without a logging configuration (the command line), it goes to stderr as it is.
     """
     _log.warning("skipping unreadable image %s: %s", path, reason)
-
-
-def _reduced_size(size: tuple[int, int], min_side: int | None) -> tuple[int, int] | None:
-    if min_side is None or min(size) <= min_side:
-        return None
-    scale = min_side / min(size)
-    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def probe(fs, path: str) -> str | None:
@@ -302,11 +359,11 @@ def drop_unreadable(folder: DomainFolder,
             raise EmptyDomainError(f"{folder.root}/{name}: no readable images"
                                    f" ({files} files, all unreadable)")
     paths = tuple(p for p, k in zip(folder.paths, keep) if k)
-    return DomainFolder(folder.root, folder.domains, paths, labels), bad
+    return DomainFolder(folder.root, folder.domains, paths, labels, folder.skipped), bad
 
 
-__all__ = ["DomainFolder", "scan", "scan_train_val", "decode", "to_rgb", "probe", "drop_unreadable",
+__all__ = ["DomainFolder", "scan", "decode", "to_rgb", "probe", "drop_unreadable",
            "list_image_files", "load_image", "report_unreadable", "filesystem", "read_bytes",
            "BadImage", "DataError", "MissingRootError",
            "TooFewDomainsError", "EmptyDomainError", "DomainCountError", "DomainMismatchError",
-           "IMAGE_EXTENSIONS"]
+           "IMAGE_EXTENSIONS", "image_files", "report_links"]

@@ -109,7 +109,7 @@ def to_unit_range(x: "torch.Tensor") -> "torch.Tensor":
 # ---------------------------------------------------------------- one chunk -> training rows
 
 
-def _decode_chunk(table: ImageTable, plan: Plan, epoch: int, index: int, img_size: int
+def _decode_chunk(table: ImageTable, plan: Plan, epoch: int, index: int, img_size: int, fit: str
                   ) -> tuple[list[Image.Image], list[int], list[int], list[tuple[str, str]]]:
     """(images, labels, image ids, bad files) of one chunk, each image decoded once."""
     images: list[Image.Image] = []
@@ -119,7 +119,7 @@ def _decode_chunk(table: ImageTable, plan: Plan, epoch: int, index: int, img_siz
             try:
                 if isinstance(data, BadImage):
                     raise data
-                images.append(folders.decode(data, min_side=load_size(img_size)))
+                images.append(folders.decode(data, load_size(img_size), fit))
             except BadImage as err:
                 bad.append((path, str(err)))
                 continue
@@ -129,11 +129,12 @@ def _decode_chunk(table: ImageTable, plan: Plan, epoch: int, index: int, img_siz
 
 
 def chunk_rows(table: ImageTable, plan: Plan, epoch: int, index: int, img_size: int,
-               randcrop_prob: float, report: Callable[[list[tuple[str, str]]], Any] | None = None
-               ) -> dict[str, np.ndarray]:
-    """Decode one chunk's images once and draw its training rows (see the module docstring)."""
+               randcrop_prob: float, report: Callable[[list[tuple[str, str]]], Any] | None = None,
+               fit: str = "stretch") -> dict[str, np.ndarray]:
+    """Decode one chunk's images once (made square by `fit`, data.fit) and draw its training
+    rows (see the module docstring)."""
     rng = np.random.default_rng([plan.seed, epoch, index, 0xDA7A])
-    images, labels, ids, bad = _decode_chunk(table, plan, epoch, index, img_size)
+    images, labels, ids, bad = _decode_chunk(table, plan, epoch, index, img_size, fit)
     if bad and report is not None:
         report(bad)
     labels_arr, ids_arr = np.asarray(labels, np.int64), np.asarray(ids, np.int64)
@@ -167,14 +168,6 @@ def chunk_rows(table: ImageTable, plan: Plan, epoch: int, index: int, img_size: 
     return out
 
 
-def empty_rows(img_size: int) -> dict[str, np.ndarray]:
-    """No rows, with the columns and dtypes of chunk_rows."""
-    out = {c: np.zeros((0, 3, img_size, img_size), np.uint8) for c in IMAGE_COLUMNS}
-    out.update({c: np.zeros(0, np.int64) for c in ("y_src", "y_ref", "i_src", "i_ref", "i_ref2",
-                                                   "epoch")})
-    return out
-
-
 # ---------------------------------------------------------------- bad files across chunks
 
 
@@ -202,4 +195,4 @@ class BadImageLog:
 
 
 __all__ = ["LOAD_SCALE", "CROP_SCALE", "CROP_RATIO", "load_size", "crop_box", "augment",
-           "to_unit_range", "chunk_rows", "empty_rows", "BadImageLog"]
+           "to_unit_range", "chunk_rows", "BadImageLog"]

@@ -110,7 +110,7 @@ def task_rows_in_process(table: ImageTable, stream: Stream, cfg: "ExperimentConf
         _, task, first = item
         epoch, index = stream.task_chunk(task)
         out = chunk_rows(table, stream.plan, epoch, index, cfg.model.img_size,
-                         cfg.data.randcrop_prob, report)
+                         cfg.data.randcrop_prob, report, cfg.data.fit)
         return {c: v[first:] for c, v in out.items()}
 
     return rows_of

@@ -1,8 +1,8 @@
 """Metrics by step for `stargan-ray eval --run RUN_DIR` (the command is cli/eval.py).
 
-Discovery is the training driver's (train.checkpoint_folders, checkpoint.verify_checkpoint), the
-numbers are evaluator.evaluate()'s; this module only chooses checkpoints and writes the table
-RUN_DIR/metrics/by_step.csv and the plot RUN_DIR/metrics/by_step.png.
+Discovery is train.checkpoints.run_checkpoints (the run's checkpoint room), the numbers are
+evaluator.evaluate()'s; this module only writes the table RUN_DIR/metrics/by_step.csv and the plot
+RUN_DIR/metrics/by_step.png.
 """
 
 from __future__ import annotations
@@ -13,39 +13,12 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..storage import atomic_write_text, join
+from ..storage import atomic_write_text
 
 METRICS_DIR = "metrics"
 CSV_FILE = "by_step.csv"
 PNG_FILE = "by_step.png"
 _MODES = ("latent", "reference")
-
-
-def run_checkpoints(run_dir: str, every: int = 1) -> tuple[list[tuple[int, str]], list[str]]:
-    """(step, checkpoint file) of the run's complete checkpoints, oldest first, every K-th of
-    them; and one reason per broken checkpoint left out.
-
-    The run's checkpoint_<step> folders, plus the kept best copy (train.keep_best) when Ray has
-    since deleted the folder of its step.
-    """
-    from ..checkpoint import CHECKPOINT_FILE, CheckpointError, read_config, verify_checkpoint
-    from ..train import best_checkpoint, checkpoint_folders
-
-    candidates = {step: join(folder, CHECKPOINT_FILE)
-                  for step, folder in checkpoint_folders(run_dir)}
-    best = best_checkpoint(run_dir)
-    if best is not None:
-        candidates.setdefault(*best)
-    complete, broken = [], []
-    for step in sorted(candidates):
-        path = candidates[step]
-        try:
-            verify_checkpoint(path, read_config(path), step)
-        except CheckpointError as err:
-            broken.append(str(err))
-            continue
-        complete.append((step, path))
-    return complete[::every], broken
 
 
 def columns(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -105,4 +78,4 @@ def best_row(rows: Sequence[dict[str, Any]]) -> tuple[str, dict[str, Any]] | Non
     return None
 
 
-__all__ = ["run_checkpoints", "columns", "write_csv", "plot", "best_row"]
+__all__ = ["columns", "write_csv", "plot", "best_row"]

@@ -18,8 +18,14 @@ import torch
 
 from ..config import SYNTHETIC, ExperimentConfig
 from ..data import folders
+from ..data.labels import scan_split
 
 MODES = ("latent", "reference")
+
+
+def result_file(kind: str, step: int, mode: str) -> str:
+    """The official name of one results file: FID_{step:05d}_{mode}.json or LPIPS_..."""
+    return f"{kind}_{step:05d}_{mode}.json"
 
 
 @dataclass(frozen=True)
@@ -32,11 +38,13 @@ class EvalData:
 
     @classmethod
     def discover(cls, train_dir: str | Path, val_dir: str | Path,
-                 num_domains: int | None = None, img_size: int | None = None) -> "EvalData":
-        """Both splits, listed as training lists them; val images that cannot be decoded are
-        named and left out (they are sources and references, so they are checked up front)."""
-        val_folder = folders.scan(str(val_dir), num_domains)
-        train_folder = folders.scan(str(train_dir), num_domains)
+                 num_domains: int | None = None, img_size: int | None = None,
+                 labels: tuple[str, str] = ("", "")) -> "EvalData":
+        """Both splits, listed as training lists them (labels: data.train_labels and
+        data.val_labels, "" for domain folders); val images that cannot be decoded are named and
+        left out (they are sources and references, so they are checked up front)."""
+        val_folder = scan_split(str(val_dir), labels[1], num_domains)
+        train_folder = scan_split(str(train_dir), labels[0], num_domains)
         if train_folder.domains != val_folder.domains:
             raise folders.DomainMismatchError(
                 f"{val_dir}: val domains ({', '.join(val_folder.domains)}) differ from train "
@@ -161,5 +169,5 @@ def image_count(items: Iterable[Item], num_outs: int) -> int:
     return sum(len(i.indices) * (1 if i.kind == "real" else num_outs) for i in items)
 
 
-__all__ = ["MODES", "EvalData", "Task", "make_tasks", "Item", "Job", "seeded_generator",
+__all__ = ["MODES", "result_file", "EvalData", "Task", "make_tasks", "Item", "Job", "seeded_generator",
            "source_indices", "chunks", "plan_items", "image_count", "resolve_dirs"]

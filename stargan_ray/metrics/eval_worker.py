@@ -44,7 +44,9 @@ class EvalWorker:
         """The official generation loader (inference.test_pixels / pixels_to_input)."""
         if path not in self._pixels:
             # decoded as training decodes: 8-bit RGB files give the official pixels
-            self._pixels[path] = test_pixels(folders.load_image(path), self.job.cfg.model.img_size)
+            # (made square as training makes it: data.fit)
+            self._pixels[path] = test_pixels(folders.load_image(path, fit=self.job.cfg.data.fit),
+                                             self.job.cfg.model.img_size)
         return pixels_to_input(self._pixels[path])
 
     def images(self, paths: Iterable[str]) -> torch.Tensor:

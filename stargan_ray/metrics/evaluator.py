@@ -51,9 +51,10 @@ from ..models import Networks
 from ..storage import atomic_write_json
 from . import fid as fidlib
 from . import lpips as lpipslib
-from .eval_plan import (MODES, EvalData, Item, Job, Task, chunks, image_count,
-                        make_tasks, plan_items, resolve_dirs, seeded_generator, source_indices)
+from .eval_plan import (MODES, EvalData, Item, Job, Task, chunks, image_count, make_tasks,
+                        plan_items, resolve_dirs, result_file, seeded_generator, source_indices)
 from .eval_worker import EvalWorker, ItemResult
+from .memory import check_memory, decode_bytes, generator_bytes, inception_bytes
 from .options import EvalOptions
 from .sharding import Shard, agree_on_misses, merge_lpips, merge_moments
 from .weights import FeatureWeights
@@ -157,6 +158,15 @@ def _real_status(cache: dict[int, str], missing: set[int], shard: Shard | None) 
     return {t: "computed" if miss else "hit" for t, miss in zip(cache, agreed)}
 
 
+def _check_memory(cfg: ExperimentConfig, device: str, kept_outputs: int) -> None:
+    """One item's generator batch and one Inception batch against the device's free memory."""
+    check_memory(device, decode_bytes(cfg.model.img_size),
+                 inception_bytes(cfg.eval.batch_size) + generator_bytes(cfg, kept_outputs),
+                 f"evaluation at model.img_size {cfg.model.img_size} with eval.batch_size "
+                 f"{cfg.eval.batch_size} and data.val_batch_size {cfg.data.val_batch_size}",
+                 "lower eval.batch_size or data.val_batch_size")
+
+
 def collect(nets_ema: Networks, cfg: ExperimentConfig, *, modes: Sequence[str],
             weights: FeatureWeights, opts: EvalOptions = EvalOptions(),
             max_sources: int | None = None, num_outs: int | None = None, lpips: bool = True
@@ -168,17 +178,20 @@ def collect(nets_ema: Networks, cfg: ExperimentConfig, *, modes: Sequence[str],
     rank gets the whole result (metrics/sharding.py).
     """
     _check_modes(modes)
-    data = EvalData.discover(*resolve_dirs(cfg), num_domains=cfg.model.num_domains,
-                             img_size=cfg.model.img_size)
-    tasks = make_tasks(data.domains)
     num_outs = num_outs or cfg.eval.num_outs_per_domain
+    lpips = lpips and num_outs >= 2
+    if opts.num_workers == 0:  # Ray actors check nothing here: their nodes' memory is theirs
+        _check_memory(cfg, opts.device, num_outs if lpips else 1)
+    data = EvalData.discover(*resolve_dirs(cfg), num_domains=cfg.model.num_domains,
+                             img_size=cfg.model.img_size,
+                             labels=(cfg.data.train_labels, cfg.data.val_labels))
+    tasks = make_tasks(data.domains)
     job = Job(cfg, data, tuple(tasks), num_outs, cfg.train.seed)
 
     nets_device = opts.device if opts.num_workers == 0 else "cpu"  # Ray gets CPU state dicts
     folded = cfg.eval.inception_folded
     inception = fidlib.cached_inception(weights, nets_device, folded)
-    lpips_net = (lpipslib.cached_lpips(weights, nets_device) if lpips and num_outs >= 2
-                 else None)
+    lpips_net = lpipslib.cached_lpips(weights, nets_device) if lpips else None
 
     cache_root = Path(opts.cache_dir) if opts.cache_dir is not None else default_cache_dir()
     real, cache, cache_paths = _cached_real(data, tasks, cfg.model.img_size,
@@ -249,11 +262,11 @@ def _json_files(r: ModeResults, m: str, step: int, out_dir: Path, weights: Featu
     """FID_{step:05d}_{m}.json and LPIPS_{step:05d}_{m}.json: the official names and keys, plus
     feature_weights, the real-statistics cache status and any warnings."""
     common = {"feature_weights": weights.kind, "step": step, "mode": m}
-    return [(out_dir / f"FID_{step:05d}_{m}.json",
+    return [(out_dir / result_file("FID", step, m),
              {**r.fid, **r.kid, **common, "weights_id": weights.id("inception"),
               "frechet_method": cfg.eval.frechet_method, "real_stats": real_stats,
               "warnings": r.fid_notes}),
-            (out_dir / f"LPIPS_{step:05d}_{m}.json",
+            (out_dir / result_file("LPIPS", step, m),
              {**r.lpips, **common, "weights_id": weights.id("alexnet"),
               "warnings": r.lpips_notes})]
 

@@ -367,11 +367,15 @@ def fid_folders(dir_a: str | Path, dir_b: str | Path, weights: FeatureWeights, *
     default).
     """
     from ..config import ConfigError, EvalConfig
+    from .memory import check_memory, decode_bytes, inception_bytes
 
     if folded is None:
         folded = EvalConfig().inception_folded
 
     listed = list_pair(dir_a, dir_b)
+    check_memory(device, decode_bytes(img_size), inception_bytes(batch_size),
+                 f"fid at --img-size {img_size} with --batch-size {batch_size}",
+                 "lower --batch-size (or --img-size)")
     inception = cached_inception(weights, str(device), folded)
     moments = []
     for folder, files in zip((dir_a, dir_b), listed):

@@ -2,7 +2,7 @@
 plan's items, then the ranks add up what they computed, so every rank ends with the whole result.
 
 Nothing here knows about torch.distributed or Ray: the caller passes `reduce`, a function that
-returns the elementwise sum of a tensor over all ranks (run_logging passes one built on
+returns the elementwise sum of a tensor over all ranks (train.quick_eval passes one built on
 torch.distributed.all_reduce; the tests pass one that adds the tensors of threads). Every rank
 calls it the same number of times, with tensors of the same shapes, in the same order.
 

@@ -25,6 +25,7 @@ import torchvision
 from torch import nn
 from torchvision.models import AlexNet_Weights, Inception_V3_Weights
 
+from ..checkpoint import safe_load
 from ..config import ConfigError, EvalConfig
 
 # The weights the official StarGAN v2 evaluation uses (torchvision's pretrained=True).
@@ -138,7 +139,10 @@ class FeatureWeights:
         paths = {kind: str(resolve_file(kind, getattr(eval_cfg, f"{kind}_path"),
                                         download).resolve())
                  for kind in need}
-        return cls("pretrained", paths.get("inception", ""), paths.get("alexnet", ""))
+        weights = cls("pretrained", paths.get("inception", ""), paths.get("alexnet", ""))
+        for kind in need:  # a truncated or foreign file is named here, before any worker starts
+            weights.state_dict(kind, mmap=True)
+        return weights
 
     def id(self, kind: str) -> str:
         """What the features of one network depend on: the file's content, or seed + versions."""
@@ -146,9 +150,10 @@ class FeatureWeights:
             return f"random-seed{self.seed}-torchvision{torchvision.__version__.split('+')[0]}"
         return file_id(Path(self.inception_path if kind == "inception" else self.alexnet_path))
 
-    def state_dict(self, kind: str) -> dict[str, torch.Tensor]:
+    def state_dict(self, kind: str, mmap: bool = False) -> dict[str, torch.Tensor]:
         path = self.inception_path if kind == "inception" else self.alexnet_path
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return safe_load(path, mmap=mmap,
+                         expected=f"torchvision's {file_name(kind)} ({CONFIG_KEYS[kind]})")
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""train.keep_best: the run keeps the state of its lowest fid_quick step in <run>/best/.
+"""train.keep_best: the write side (the read side, read_best and best_checkpoint, is in
+checkpoints.py). The run keeps the state of its lowest fid_quick step in <run>/best/.
 
 Ray's CheckpointConfig keeps either the last N or the best N by a score, not both, so the run keeps
 its best itself, beside Ray's last train.keep_checkpoints. <run>/best/best.json
@@ -13,22 +14,7 @@ from typing import IO, Any, Callable
 
 from ..checkpoint import CHECKPOINT_FILE
 from ..storage import filesystem, join, write_bytes
-from .plan import CHECKPOINT_PREFIX
-
-BEST_DIR = "best"
-BEST_FILE = "best.json"
-
-
-def read_best(run_dir: str) -> dict[str, Any] | None:
-    """The run's <run>/best/best.json ({step, fid_quick, source, checkpoint}), or None."""
-    import pyarrow.fs as pafs
-
-    fs, path = filesystem(run_dir)
-    marker = f"{path}/{BEST_DIR}/{BEST_FILE}"
-    if fs.get_file_info(marker).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(marker) as f:
-        return json.loads(f.read().decode())
+from .checkpoints import BEST_DIR, BEST_FILE, checkpoint_name, read_best
 
 
 def keep_best(run_dir: str, step: int, metrics: dict[str, Any], write: Callable[[IO[bytes]], None],
@@ -51,7 +37,7 @@ def keep_best(run_dir: str, step: int, metrics: dict[str, Any], write: Callable[
         return False
     fs, path = filesystem(run_dir)
     best = f"{path}/{BEST_DIR}"
-    name = f"{CHECKPOINT_PREFIX}{step:08d}"
+    name = checkpoint_name(step)
     tmp = f"{best}/.tmp_{name}"
     fs.create_dir(tmp, recursive=True)
     with fs.open_output_stream(f"{tmp}/{CHECKPOINT_FILE}") as f:
@@ -67,11 +53,3 @@ def keep_best(run_dir: str, step: int, metrics: dict[str, Any], write: Callable[
         if fs.get_file_info(previous).type == pafs.FileType.Directory:
             fs.delete_dir(previous)
     return True
-
-
-def best_checkpoint(run_dir: str) -> tuple[int, str] | None:
-    """(step, checkpoint file) of the run's kept best, or None."""
-    record = read_best(run_dir)
-    if record is None:
-        return None
-    return int(record["step"]), join(run_dir, BEST_DIR, record["checkpoint"])

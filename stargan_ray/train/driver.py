@@ -8,35 +8,14 @@ from typing import Callable
 
 from ..config import ExperimentConfig
 from ..errors import UserError
+from .checkpoints import newest_complete_checkpoint, prune_checkpoints
 from .cluster import quiet_ray_data
-from .plan import (RunOptions, RunPlan, StartPoint, check_not_finished, newest_complete_checkpoint,
-                   plan_run, ray_storage, reconcile_snapshot)
-from .worker import TrainingStopped, read_stop_marker, train_loop_per_worker
+from .plan import RunOptions, RunPlan, plan_run, ray_storage, reconcile_snapshot
+from .run_lock import hold_run_folder
+from .spec import WorkerSpec
+from .worker import TrainingStopped, consume_stop_reason, train_loop_per_worker
 
 log = logging.getLogger(__name__)
-
-
-def build_trainer(cfg: ExperimentConfig, opts: RunOptions, *, extra_loop_config: dict | None = None,
-                  callbacks: list | None = None, run_dir: str | None = None,
-                  start_from: tuple[int, str] | None = None):
-    """A TorchTrainer for cfg: the training data, scaling, storage, failures, checkpoints.
-
-    With opts.resume the run continues from its newest complete checkpoint when it has one
-    (a fresh run otherwise: Tune trials pass resume=True for every start). start_from:
-    (step, checkpoint folder) to begin from when the run has no checkpoint of its own (a Tune
-    trial restarted from a Tune checkpoint, possibly another trial's under PBT).
-    """
-    run_dir = run_dir or opts.run_dir(cfg)
-    start = None
-    if opts.resume:
-        start, broken = newest_complete_checkpoint(run_dir, cfg)
-        for reason in broken:
-            log.warning("skipping broken %s", reason)
-    if start is None and start_from is not None:
-        start = StartPoint(*start_from)
-    check_not_finished(start, cfg)
-    return _build_trainer(cfg, opts, run_dir, start, extra_loop_config=extra_loop_config,
-                          callbacks=callbacks)
 
 
 _TRAINER_CLASS = None
@@ -63,41 +42,42 @@ def _trainer_class():
     return _TRAINER_CLASS
 
 
-def _build_trainer(cfg: ExperimentConfig, opts: RunOptions, run_dir: str, start: StartPoint | None,
-                   *, extra_loop_config: dict | None = None, callbacks: list | None = None):
+def worker_spec(cfg: ExperimentConfig, opts: RunOptions, plan: RunPlan, *,
+                wandb_name: str | None = None, wandb_group: str | None = None) -> WorkerSpec:
+    """The one WorkerSpec of a run (built on the driver): the plan's folder and start, the
+    training data put in the object store (each worker streams its own lanes, data/pipeline.py).
+    wandb_name / wandb_group: a Tune trial's W&B run (default: the run name, no group)."""
+    from ..data.pipeline import prepare_train_data
+
+    return WorkerSpec(cfg=cfg, run_dir=plan.run_dir, run_name=wandb_name or opts.run_name(cfg),
+                      data=prepare_train_data(cfg), start=plan.start, wandb=opts.wandb,
+                      wandb_group=wandb_group,
+                      threads_per_worker=max(1, int(opts.cpus_per_worker)))
+
+
+def build_trainer(spec: WorkerSpec, opts: RunOptions, *, callbacks: list | None = None):
+    """A TorchTrainer for a planned run (plan_run chose spec.start): scaling, storage, failures,
+    checkpoints. The CLI, run_training and Tune trials all come through here."""
     import ray.train
     from ray.train.torch import TorchConfig
 
-    from ..data.pipeline import prepare_train_data
-
     quiet_ray_data()
-    opts.check_batch(cfg)  # plan_run checked it for the CLI; Tune trials and the API come here
-    aside = reconcile_snapshot(run_dir, start)
+    aside = reconcile_snapshot(spec.run_dir, spec.start)
     if aside is not None:
         log.info("moved Ray's checkpoint snapshot (it disagrees with the run folder) to %s", aside)
     resources = opts.resources()
-    loop_config = {
-        "cfg": cfg.to_dict(),
-        "run_dir": run_dir,
-        "run_name": opts.run_name(cfg),
-        "wandb": opts.wandb,
-        "threads_per_worker": max(1, int(opts.cpus_per_worker)),
-        "start_checkpoint": {"step": start.step, "uri": start.uri} if start else None,
-        # The table in the object store; each worker streams its own lanes (data/pipeline.py).
-        "data": prepare_train_data(cfg),
-        **(extra_loop_config or {}),
-    }
     return _trainer_class()(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config=spec.loop_config(),
         torch_config=TorchConfig(backend=resources["backend"]),
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources["num_workers"], use_gpu=resources["use_gpu"],
             resources_per_worker=resources["resources_per_worker"]),
         run_config=ray.train.RunConfig(
-            name=opts.run_name(cfg), **ray_storage(opts.storage),
+            name=opts.run_name(spec.cfg), **ray_storage(opts.storage),
             failure_config=ray.train.FailureConfig(max_failures=opts.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=spec.cfg.train.keep_checkpoints),
             callbacks=callbacks),
     )
 
@@ -134,23 +114,31 @@ def abort(trainer) -> None:
 
 
 def run_training(cfg: ExperimentConfig, opts: RunOptions, *, plan: RunPlan | None = None,
-                 note: Callable[[str], None] | None = print, **kwargs):
+                 note: Callable[[str], None] | None = print, callbacks: list | None = None):
     """Validate (plan_run), then fit; returns the ray.train.Result.
 
     Ctrl+C raises TrainingInterrupted (a KeyboardInterrupt) once the workers are stopped; a run
-    that stopped itself (train.nan_policy) raises TrainingStopped with its reason.
+    that stopped itself (train.nan_policy) raises TrainingStopped with its reason. The run
+    holds its folder while it runs (run_lock): a second run on it is refused.
     """
     plan = plan or plan_run(cfg, opts)
     for line in plan.notes if note else ():
         note(line)
+    with hold_run_folder(plan.run_dir, force=opts.force, note=note):
+        return _fit(cfg, opts, plan, callbacks)
+
+
+def _fit(cfg: ExperimentConfig, opts: RunOptions, plan: RunPlan, callbacks: list | None):
     trainer = None
     try:
-        trainer = _build_trainer(cfg, opts, plan.run_dir, plan.start, **kwargs)
+        trainer = build_trainer(worker_spec(cfg, opts, plan), opts, callbacks=callbacks)
         result = trainer.fit()
     except KeyboardInterrupt:
         abort(trainer)
         raise TrainingInterrupted(resume_hint(plan.run_dir, cfg, opts.run_name(cfg))) from None
-    reason = read_stop_marker(plan.run_dir)
+    reason = consume_stop_reason(plan.run_dir)
     if reason is not None:
         raise TrainingStopped(reason)
+    for path in prune_checkpoints(plan.run_dir, cfg.train.keep_checkpoints):
+        log.info("removed %s (train.keep_checkpoints=%d)", path, cfg.train.keep_checkpoints)
     return result

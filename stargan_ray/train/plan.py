@@ -1,28 +1,29 @@
 """Where a run writes and which checkpoint it starts from, decided on the driver before Ray starts.
 
 A run folder is <storage>/<run name>, local or a URI; it holds Ray's checkpoint_<step> folders and
-Ray's snapshot of them (SNAPSHOT_FILE). plan_run checks the run name and picks the start checkpoint;
-reconcile_snapshot keeps Ray's snapshot from overruling that choice.
+Ray's snapshot of them (SNAPSHOT_FILE). plan_run checks the run name and picks the start checkpoint,
+the one place that does, for the CLI, the Python API and Tune trials; reconcile_snapshot keeps
+Ray's snapshot from overruling that choice. Finding checkpoints is checkpoints.py's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import shutil
+import secrets
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from ..checkpoint import CHECKPOINT_FILE, CheckpointError, CheckpointMismatch, verify_checkpoint
+from ..checkpoint import verify_checkpoint
 from ..config import ExperimentConfig
 from ..errors import ConfigError
-from ..storage import basename, filesystem, is_uri, join
+from ..storage import basename, filesystem, is_uri, join, write_bytes
+from .checkpoints import (StartPoint, checkpoint_folders, latest_checkpoint, local_file,
+                          newest_complete_checkpoint)
 
-CHECKPOINT_PREFIX = "checkpoint_"
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's list of registered checkpoints
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -40,6 +41,7 @@ class RunOptions:
     max_failures: int = 3
     wandb: str | None = None  # online | offline | disabled; None: WANDB_MODE or offline
     resume_from: str | None = None  # a checkpoint file or folder to start from (any run's)
+    force: bool = False  # take the run folder's lock even from a run that may still be alive
 
     def __post_init__(self) -> None:
         # The CLI's argparse types refuse these too; this covers the Python API.
@@ -74,13 +76,15 @@ class RunOptions:
         rows, so the update is the same."""
         low, high = self.worker_range
         total = cfg.data.batch_size
-        if not self.elastic and total % low:
-            raise ConfigError(f"data.batch_size: {total} images per step (the total over all "
-                              f"workers) cannot be split evenly over --num-workers {low}; use a "
-                              f"multiple of {low}")
-        if high > total:
+        if high > total:  # first: "use a multiple of 1000000" would not help
             raise ConfigError(f"--num-workers: up to {high} workers, but data.batch_size is "
                               f"{total} images per step in total (at least one per worker)")
+        if not self.elastic and total % low:
+            counts = ", ".join(str(n) for n in range(1, total + 1) if total % n == 0)
+            raise ConfigError(f"data.batch_size: {total} images per step (the total over all "
+                              f"workers) cannot be split evenly over --num-workers {low}; use "
+                              f"a worker count that divides it ({counts}) or a data.batch_size "
+                              f"that is a multiple of {low}")
 
     def run_name(self, cfg: ExperimentConfig) -> str:
         return self.name or cfg.name
@@ -118,6 +122,33 @@ def ray_storage(storage: str) -> dict[str, Any]:
     return {"storage_path": path, "storage_filesystem": fs}
 
 
+def check_storage(storage: str) -> None:
+    """--storage must take a run folder: a local path whose nearest existing part is a folder
+    this process can write in (nothing is created here: --dry-run leaves no trace), or a URI
+    that accepts a probe write (written and deleted)."""
+    if is_uri(storage):
+        probe = join(storage, f".stargan-ray-probe-{secrets.token_hex(6)}")
+        try:
+            write_bytes(probe, b"probe")
+            fs, path = filesystem(probe)
+            fs.delete_file(path)
+        except Exception as err:  # pyarrow raises OSError and its own kinds
+            why = " ".join(str(err).split())[:300] or type(err).__name__
+            raise ConfigError(f"--storage {storage}: cannot write there ({why})") from None
+        return
+    path = Path(storage).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--storage {storage}: {existing} is a file, not a folder; give a "
+                          "folder for the run folders")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ConfigError(f"--storage {storage}: cannot write in {existing} ({err.strerror or err});"
+                          " give a writable folder") from None
+
+
 def check_run_name(name: str, from_flag: bool = True) -> str:
     """A run name is one plain folder name: '../x' or 'a/b' would write outside the storage."""
     if not _RUN_NAME.fullmatch(name):
@@ -125,90 +156,6 @@ def check_run_name(name: str, from_flag: bool = True) -> str:
         raise ConfigError(f"{where} {name!r}: must be a plain folder name (letters, digits, '.', "
                           "'_', '-', not starting with '.'), not a path")
     return name
-
-
-def checkpoint_folders(run_dir: str) -> list[tuple[int, str]]:
-    """(step, path) of every checkpoint_<step> folder of a run, newest first; local or URI."""
-    import pyarrow.fs as pafs
-
-    fs, path = filesystem(run_dir)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    steps = []
-    for info in infos:
-        name = info.base_name
-        if info.type == pafs.FileType.Directory and name.startswith(CHECKPOINT_PREFIX):
-            suffix = name[len(CHECKPOINT_PREFIX):]
-            if suffix.isdigit():
-                steps.append((int(suffix), join(run_dir, name)))
-    return sorted(steps, reverse=True)
-
-
-def latest_checkpoint(run_dir: str) -> tuple[int, str] | None:
-    """(step, path) of the newest checkpoint_<step> folder of a run (complete or not)."""
-    folders = checkpoint_folders(run_dir)
-    return folders[0] if folders else None
-
-
-def folder_step(path: str) -> int | None:
-    """The step of a checkpoint_<step> folder path, None for any other name."""
-    name = basename(path)
-    suffix = name[len(CHECKPOINT_PREFIX):]
-    return int(suffix) if name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
-
-
-@contextlib.contextmanager
-def local_file(uri: str) -> Iterator[str]:
-    """A local path for the checkpoint at uri (a file, or a folder holding checkpoint.pt)."""
-    if not is_uri(uri):
-        yield uri
-        return
-    import pyarrow.fs as pafs
-
-    fs, path = filesystem(uri)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.Directory:
-        path, info = f"{path}/{CHECKPOINT_FILE}", fs.get_file_info(f"{path}/{CHECKPOINT_FILE}")
-    if info.type != pafs.FileType.File:
-        raise CheckpointError(f"checkpoint: no such file {uri}")
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / CHECKPOINT_FILE
-        with fs.open_input_stream(path) as src, open(local, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        yield str(local)
-
-
-@dataclass(frozen=True)
-class StartPoint:
-    """The checkpoint a run begins from: its step and its file or folder (a path or a URI)."""
-
-    step: int
-    uri: str
-
-    @property
-    def label(self) -> str:
-        return basename(self.uri)
-
-
-def newest_complete_checkpoint(run_dir: str, cfg: ExperimentConfig
-                               ) -> tuple[StartPoint | None, list[str]]:
-    """The run's newest complete checkpoint, whatever Ray's snapshot lists, and the broken ones
-    newer than it (one reason each). Complete: loads with weights_only, holds its folder's step.
-
-    A complete checkpoint whose networks do not fit cfg raises CheckpointMismatch: that is a
-    config mistake, and falling back to an older checkpoint of the same run would not fix it.
-    """
-    broken = []
-    for step, uri in checkpoint_folders(run_dir):
-        try:
-            with local_file(uri) as local:
-                verify_checkpoint(local, cfg, step)
-        except CheckpointMismatch:
-            raise
-        except CheckpointError as err:
-            broken.append(str(err))
-            continue
-        return StartPoint(step, uri), broken
-    return None, broken
 
 
 @dataclass(frozen=True)
@@ -220,26 +167,41 @@ class RunPlan:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class TrialStart:
+    """A Tune trial's (re)start: its run continues from its own newest complete checkpoint (a
+    retried failure, a PBT pause); a run without one begins from checkpoint, the Tune checkpoint
+    the trial was restored from (possibly another trial's under PBT), else from scratch."""
+
+    checkpoint: StartPoint | None = None
+
+
 def check_not_finished(start: StartPoint | None, cfg: ExperimentConfig) -> None:
     if start is not None and start.step >= cfg.train.total_iters:
         raise ConfigError(f"train.total_iters: the run already reached step {start.step}; "
                           f"raise train.total_iters to continue it")
 
 
-def plan_run(cfg: ExperimentConfig, opts: RunOptions) -> RunPlan:
+def plan_run(cfg: ExperimentConfig, opts: RunOptions, *, trial: TrialStart | None = None
+             ) -> RunPlan:
     """Check the run name and choose the start checkpoint, on the driver, before Ray starts.
 
     --resume: the newest complete checkpoint of the run folder (broken newer ones are skipped
     and named); none at all is an error. --resume-from: that checkpoint, checked against the
     config's network shapes, into a run with no later checkpoints. Neither: the run folder
-    must not hold checkpoints yet.
+    must not hold checkpoints yet. trial: a Tune trial's (re)start (see TrialStart).
     """
     name = check_run_name(opts.run_name(cfg), from_flag=opts.name is not None)
     opts.check_batch(cfg)
+    if trial is None:  # a trial writes inside its sweep folder, which Tune has written already
+        check_storage(opts.storage)
     run_dir = opts.run_dir(cfg)
     notes: list[str] = []
-    start = None
-    if opts.resume_from:
+    if trial is not None:
+        start, broken = newest_complete_checkpoint(run_dir, cfg)
+        notes.extend(f"skipping broken {reason}" for reason in broken)
+        start = start or trial.checkpoint
+    elif opts.resume_from:
         start = _start_from_path(cfg, opts.resume_from, run_dir, name)
         notes.append(f"run {name!r} starts from {start.uri} (step {start.step})")
     elif opts.resume:
@@ -253,6 +215,8 @@ def plan_run(cfg: ExperimentConfig, opts: RunOptions) -> RunPlan:
     elif latest_checkpoint(run_dir) is not None:
         raise ConfigError(f"--name: run {name!r} already has checkpoints in {run_dir}; pass "
                           "--resume to continue it or choose another --name")
+    else:
+        start = None
     check_not_finished(start, cfg)
     return RunPlan(run_dir, start, notes)
 

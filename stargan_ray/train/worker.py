@@ -15,21 +15,24 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..checkpoint import CHECKPOINT_FILE, load_state_into, safe_load, state_dict
-from ..config import from_dict
 from ..engine import Batch, TrainState, build_optimizers, train_step
 from ..errors import UserError
 from ..storage import filesystem, join, write_bytes
 from .best import keep_best
-from .plan import CHECKPOINT_PREFIX, StartPoint, folder_step, local_file
+from .checkpoints import StartPoint, checkpoint_name, folder_step, local_file
+from .saving import NonFiniteWeights, save_report, weights_finite
+from .spec import WorkerSpec
+
+log = logging.getLogger(__name__)
 
 
 def make_grad_sync(world_size: int, rows: int | None = None, total: int | None = None):
@@ -98,18 +101,6 @@ class StatsWindow:
         return dict(zip(self.keys, means)), (None if worst is None else (worst[1], int(worst[0])))
 
 
-def weights_finite(state: TrainState) -> bool:
-    """True when every weight of nets and nets_ema is finite (EMA nets are what users sample)."""
-    flags = [torch.isfinite(p).all() for nets in (state.nets, state.nets_ema)
-             for _, m in nets.items() for p in m.parameters()]
-    return bool(torch.stack(flags).all())
-
-
-class NonFiniteWeights(RuntimeError):
-    """A save step found non-finite weights: no checkpoint is written, and Ray Train counts the
-    worker as failed (it restarts from the last checkpoint, up to max_failures)."""
-
-
 class TrainingStopped(UserError):
     """The run stopped itself (non-finite loss); the message names the loss and the step."""
 
@@ -120,13 +111,17 @@ STOP_MARKER = "STOPPED.json"
 
 def _stop(run_dir: str, logger, rank: int, message: str) -> None:
     """Every rank leaves the loop; rank 0 records why in the run folder for the driver."""
-    logger.event("stopped", reason=message)
+    try:
+        logger.event("stopped", reason=message)
+    except OSError as err:  # a full disk: the reason below matters more than the event
+        log.warning("could not record the stop event: %s", err)
     if rank == 0:
         write_bytes(join(run_dir, STOP_MARKER), json.dumps({"reason": message}).encode())
 
 
-def read_stop_marker(run_dir: str) -> str | None:
-    """Why the run stopped itself (and the marker is removed), or None when it did not."""
+def consume_stop_reason(run_dir: str) -> str | None:
+    """Why the run stopped itself, or None when it did not; the record is removed, so each
+    stop is reported once (by the driver: run_training, or a Tune trial)."""
     import pyarrow.fs as pafs
 
     fs, path = filesystem(run_dir)
@@ -151,21 +146,6 @@ def _console_line(step: int, total: int, metrics: dict[str, float], images_per_s
     eta = time.strftime("%H:%M:%S", time.gmtime(max(eta_s, 0)))
     return f"[{step}/{total}] {losses} | {images_per_s:.1f} img/s | ETA {eta}"
 
-
-def _save_report(state: TrainState, metrics: dict[str, Any], rank: int) -> None:
-    """Every rank reports (a barrier); rank 0 attaches the complete state as a checkpoint."""
-    import ray.train
-
-    if not weights_finite(state):
-        raise NonFiniteWeights(f"non-finite weights at step {state.step}; checkpoint not written")
-    name = f"{CHECKPOINT_PREFIX}{state.step:08d}"
-    if rank != 0:
-        ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.save(state_dict(state), Path(tmp) / CHECKPOINT_FILE)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=name)
 
 def _restore(state: TrainState, data: dict[str, Any]) -> None:
     load_state_into(state, data)
@@ -198,6 +178,16 @@ def _quiet_train_reports() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+@dataclass
+class Outputs:
+    """What the loop makes besides checkpoints: the run's records (logger, rank 0 writes), the
+    sample grids (rank 0) and the quick evaluation (every rank, at the same steps)."""
+
+    logger: Any  # logger.RunLogger
+    samples: Callable[[TrainState], dict[str, Any]]  # the step's grids (PIL images)
+    evaluate: Callable[[TrainState], dict[str, float]]  # {"fid_quick": value} or {}
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker: restore, then train_step until total_iters with logs and checkpoints."""
     import ray.train
@@ -205,92 +195,152 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     from ..data.layout import lanes_of
     from ..data.pipeline import worker_batches
-    from ..run_logging import RunLogger
     from .cluster import quiet_ray_data
+    from .logger import RunLogger
 
-    cfg = from_dict(loop_config["cfg"])
+    spec = WorkerSpec.from_loop_config(loop_config)
+    cfg = spec.cfg
     _quiet_train_reports()
     quiet_ray_data()  # each worker runs its own Ray Data pipeline: no progress lines from it
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    torch.set_num_threads(max(1, int(loop_config.get("threads_per_worker", 1))))
+    torch.set_num_threads(max(1, spec.threads_per_worker))
     state = TrainState.create(cfg, device)  # the same seed on every rank: identical networks
-    start = loop_config.get("start_checkpoint")
-    _restore_newest(state, ray.train.get_checkpoint(),
-                    StartPoint(start["step"], start["uri"]) if start else None)
-    state.domains = tuple(loop_config["data"]["domains"])  # this run's data names them
+    _restore_newest(state, ray.train.get_checkpoint(), spec.start)
+    state.domains = tuple(spec.data["domains"])  # this run's data names them
     if world > 1:
         rows = len(lanes_of(rank, world, cfg.data.batch_size))
         state.grad_sync = make_grad_sync(world, rows, cfg.data.batch_size)
     # The data stream is a function of (seed, step): this worker's lanes start at the restored
     # step, so a resumed, restarted or exploited run reads nothing before it and sees exactly the
     # batches an uninterrupted run would, whatever the worker count.
-    batches = worker_batches(loop_config["data"], cfg, world_rank=rank, world_size=world,
+    batches = worker_batches(spec.data, cfg, world_rank=rank, world_size=world,
                              start_step=state.step, device=device)
-    logger = RunLogger(cfg, loop_config, rank=rank, world=world, device=device)
+    logger = RunLogger(cfg, spec.run_dir, run_name=spec.run_name, wandb=spec.wandb,
+                       wandb_group=spec.wandb_group, rank=rank)
     logger.event("start", step=state.step, pid=os.getpid(), workers=world)
-    _train(state, batches, logger, rank, world, loop_config)
+    _train(state, batches, _outputs(logger, cfg, device, rank, world), spec, rank, world)
     logger.finish()
 
 
-def _train(state: TrainState, batches, logger, rank: int, world: int,
-           loop_config: dict[str, Any]) -> None:
-    cfg = state.cfg
-    t = cfg.train
-    window = StatsWindow()
-    last_good = None  # CPU copy of the state at the last checkpoint, for nan_policy=rollback
-    rollbacks = 0
-    run_started, start_step = time.perf_counter(), state.step
-    while state.step < t.total_iters:
-        batch: Batch = next(batches)
-        window.add(train_step(state, batch), state.step - 1)
-        step = state.step
-        check = step % t.print_every == 0 or step % t.save_every == 0 or step == t.total_iters
-        if not check:
-            continue
-        metrics, bad = window.reduce(world)
+def _outputs(logger, cfg, device, rank: int, world: int) -> Outputs:
+    from .quick_eval import quick_eval
+    from .samples import TrainingSamples
+
+    grids = TrainingSamples(cfg, device)
+    return Outputs(logger, samples=lambda state: grids(state.nets_ema),
+                   evaluate=lambda state: quick_eval(state.nets_ema, cfg, device,
+                                                     rank=rank, world=world))
+
+
+@dataclass(frozen=True)
+class Due:
+    """What a step does besides training; every interval counts on its own (print, sample and
+    eval steps need not be print or save steps). The last step logs, samples and saves."""
+
+    log: bool
+    sample: bool
+    eval: bool
+    save: bool
+
+    @staticmethod
+    def at(step: int, t) -> "Due":
+        final = step == t.total_iters
+        # eval is not forced at the end: a full evaluation usually follows
+        return Due(log=step % t.print_every == 0 or final,
+                   sample=step % t.sample_every == 0 or final,
+                   eval=step % t.eval_every == 0, save=step % t.save_every == 0 or final)
+
+
+class _Loop:
+    """The loop's state between steps: the stats window, the rollback copy, the clock."""
+
+    def __init__(self, state: TrainState, out: Outputs, spec: WorkerSpec, rank: int,
+                 world: int) -> None:
+        self.state, self.out, self.spec, self.rank, self.world = state, out, spec, rank, world
+        self.window = StatsWindow()
+        self.last_good = None  # CPU copy of the state at the last checkpoint (nan_policy=rollback)
+        self.rollbacks = 0
+        self.started, self.start_step = time.perf_counter(), state.step
+
+    def stats(self) -> dict[str, Any] | None:
+        """The window's means (one all-reduce) and speed; None when the step rolled back.
+        Raises _Stop when a loss is not finite and no rollback is left."""
+        state, t = self.state, self.state.cfg.train
+        metrics, bad = self.window.reduce(self.world)
+        window, self.window = self.window, StatsWindow()
         if bad is not None:
             message = f"loss {bad[0]} is not finite at step {bad[1]}"
-            if t.nan_policy == "rollback" and last_good is not None and rollbacks < MAX_ROLLBACKS:
+            if t.nan_policy == "rollback" and self.last_good is not None \
+                    and self.rollbacks < MAX_ROLLBACKS:
                 # Back to the last checkpoint; the data stream moves on, so the batches that
                 # led to the non-finite loss are not replayed.
-                rollbacks += 1
-                load_state_into(state, last_good)
-                logger.event("rollback", step=state.step, reason=message)
-                window = StatsWindow()
-                continue
-            _stop(loop_config["run_dir"], logger, rank,
-                  f"{message} (train.nan_policy={t.nan_policy}, {rollbacks} rollbacks);"
-                  f" the last checkpoint holds finite weights")
-            return
+                self.rollbacks += 1
+                load_state_into(state, self.last_good)
+                self.out.logger.event("rollback", step=state.step, reason=message)
+                return None
+            raise _Stop(f"{message} (train.nan_policy={t.nan_policy}, {self.rollbacks} "
+                        "rollbacks); the last checkpoint holds finite weights")
+        step = state.step
         elapsed = time.perf_counter() - window.started
-        images_per_s = window.steps * cfg.data.batch_size / max(elapsed, 1e-9)
-        eta = (t.total_iters - step) * (time.perf_counter() - run_started) / max(step - start_step, 1)
+        images_per_s = window.steps * state.cfg.data.batch_size / max(elapsed, 1e-9)
+        eta = ((t.total_iters - step) * (time.perf_counter() - self.started)
+               / max(step - self.start_step, 1))
         metrics.update(_lrs(state), step=step, images_per_s=images_per_s, eta_s=eta)
         if state.device.type == "cuda":  # the run's peak so far (benchmarks/gpu_train.py)
             metrics["peak_memory_gib"] = torch.cuda.max_memory_allocated(state.device) / 2**30
-        window = StatsWindow()
-        if step % t.print_every == 0 or step == t.total_iters:
-            logger.log(step, metrics, _console_line(step, t.total_iters, metrics, images_per_s, eta))
-        if step % t.sample_every == 0 or step == t.total_iters:
-            logger.samples(state, step)
-        if step % t.eval_every == 0:  # not forced at the end: a full evaluation usually follows
-            metrics.update(logger.evaluate(state, step))
-        saved = step % t.save_every == 0 or step == t.total_iters
-        if saved:
-            _save_report(state, metrics, rank)
+        return metrics
+
+    def outputs(self, due: Due, metrics: dict[str, Any]) -> None:
+        """Log, grids, evaluation, then the step's report (with its checkpoint on save steps)."""
+        state, t, logger, step = self.state, self.state.cfg.train, self.out.logger, self.state.step
+        if due.log:
+            logger.log(step, metrics, _console_line(step, t.total_iters, metrics,
+                                                    metrics["images_per_s"], metrics["eta_s"]))
+        if due.sample and self.rank == 0:
+            logger.images(step, self.out.samples(state))
+        if due.eval:
+            evaluation = self.out.evaluate(state)
+            logger.evaluation(step, evaluation)
+            metrics.update(evaluation)
+        if due.save:
+            problem = save_report(state, metrics, self.rank, self.world, self.spec.run_dir)
+            if problem is not None:  # a full disk: stop, not a worker failure to retry
+                raise _Stop(problem)
             if t.nan_policy == "rollback":
-                last_good = _cpu_copy(state_dict(state))
-        else:
+                self.last_good = _cpu_copy(state_dict(state))
+        elif due.log or due.eval:
             import ray.train
 
             ray.train.report(metrics, checkpoint=None)
-        if t.keep_best and rank == 0 and "fid_quick" in metrics and weights_finite(state):
+        if t.keep_best and self.rank == 0 and "fid_quick" in metrics and weights_finite(state):
             # After the report: the step's checkpoint folder (the source) is in storage by now.
-            keep_best(loop_config["run_dir"], step, metrics,
-                      lambda f: torch.save(state_dict(state), f),
-                      source=f"{CHECKPOINT_PREFIX}{step:08d}" if saved else None)
+            keep_best(self.spec.run_dir, step, metrics, lambda f: torch.save(state_dict(state), f),
+                      source=checkpoint_name(step) if due.save else None)
+
+
+class _Stop(Exception):
+    """The run stops itself; the message says why."""
+
+
+def _train(state: TrainState, batches, out: Outputs, spec: WorkerSpec, rank: int,
+           world: int) -> None:
+    loop = _Loop(state, out, spec, rank, world)
+    while state.step < state.cfg.train.total_iters:
+        batch: Batch = next(batches)
+        loop.window.add(train_step(state, batch), state.step - 1)
+        due = Due.at(state.step, state.cfg.train)
+        metrics: dict[str, Any] | None = {"step": state.step}
+        try:
+            if due.log or due.save:  # the window's stats: printed, and checked before a save
+                metrics = loop.stats()
+                if metrics is None:
+                    continue  # rolled back to the last checkpoint
+            loop.outputs(due, metrics)
+        except _Stop as stop:
+            _stop(spec.run_dir, out.logger, rank, str(stop))
+            return
 
 
 def _cpu_copy(obj: Any) -> Any:

@@ -17,7 +17,7 @@ from ..config import SYNTHETIC, ExperimentConfig, config_keys, get_key, with_ove
 from ..errors import ConfigError
 from ..storage import exists, join, read_bytes, write_bytes
 from ..train import RunOptions, storage_uri
-from ..train.plan import ray_storage
+from ..train.plan import check_run_name, ray_storage
 from .results import best_row, result_trial_id, results_table, trial_dirname, write_results
 from .schedulers import build_scheduler, build_searcher, param_space
 from .space import TIME_ATTR, Space, check_space
@@ -47,7 +47,10 @@ class SweepOptions:
     wandb: str | None = None
 
     def sweep_name(self, cfg: ExperimentConfig, space: Space) -> str:
-        return self.name or f"{cfg.name}-{space.name}"
+        """A plain folder name, as a run's: '../x' would write the sweep outside the storage
+        (and best.toml's name, SWEEP-best, would be one `train` refuses)."""
+        return check_run_name(self.name or f"{cfg.name}-{space.name}",
+                              from_flag=self.name is not None)
 
 
 @dataclass

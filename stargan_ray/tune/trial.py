@@ -1,8 +1,9 @@
 """One trial: a small driver that fits a distributed TorchTrainer with the trial's values.
 
 Each trial is a function trainable (the pattern Ray recommends for Train inside Tune: passing a
-trainer to Tuner is gone in Train V2) that builds the experiment with the trial's values and fits a
-TorchTrainer from train.build_trainer. A Train callback sends rank 0's reports through a 0-CPU
+trainer to Tuner is gone in Train V2) that builds the experiment with the trial's values, plans the
+run through train.plan_run (the one place that chooses a start point) and fits a TorchTrainer from
+train.build_trainer. A Train callback sends rank 0's reports through a 0-CPU
 queue actor to the trial, which reports them to Tune. Ray's TuneReportCallback does the same
 without checkpoints, but PBT needs real Tune checkpoints: a report that carries a Train
 checkpoint hands that folder to Tune, so exploit can copy it and any restart (a retried failure,
@@ -13,14 +14,17 @@ mutated values are what the schedules and optimisers use after a restore.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config import from_dict, with_overrides
-from ..storage import is_uri, join, uri_at
-from ..train import RunOptions, storage_uri
+from ..storage import is_uri, uri_at
+from ..train import RunOptions
 from .space import TIME_ATTR
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,8 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     from ray import tune
     from ray.util.queue import Queue
 
-    from ..train import build_trainer, read_stop_marker
+    from ..train import (StartPoint, TrialStart, build_trainer, consume_stop_reason, plan_run,
+                         worker_spec)
 
     trial_id = tune.get_context().get_trial_id()
     cfg = with_overrides(from_dict(spec.cfg), list(config.items()))
@@ -95,13 +100,15 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     if start is not None and start["step"] >= cfg.train.total_iters:
         return  # a copy of a finished trial: nothing is left to train
     run_name = trial_run_name(trial_id, start, start_uri)
-    opts = replace(spec.run, name=run_name, resume=True)
-    run_dir = join(storage_uri(opts.storage), run_name)
+    opts = replace(spec.run, name=run_name)
+    plan = plan_run(cfg, opts, trial=TrialStart(StartPoint(start["step"], start_uri)
+                                                if start else None))
+    for line in plan.notes:
+        log.warning("trial %s: %s", trial_id, line)
     queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
     trainer = build_trainer(
-        cfg, opts, run_dir=run_dir, callbacks=[_forwarder(queue)],
-        start_from=(start["step"], start_uri) if start else None,
-        extra_loop_config={"wandb_group": spec.sweep, "run_name": f"{spec.sweep}-{trial_id}"})
+        worker_spec(cfg, opts, plan, wandb_name=f"{spec.sweep}-{trial_id}",
+                    wandb_group=spec.sweep), opts, callbacks=[_forwarder(queue)])
     fit = _FitThread(trainer)
     for metrics, train_checkpoint in _reports(queue, fit):
         final = metrics[TIME_ATTR] >= cfg.train.total_iters
@@ -120,7 +127,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
             tune_checkpoint.set_metadata({"step": int(metrics[TIME_ATTR]), "run": run_name})
         tune.report({**metrics, "train_run": run_name}, checkpoint=tune_checkpoint)
     fit.join()
-    reason = read_stop_marker(run_dir)
+    reason = consume_stop_reason(plan.run_dir)
     if reason is not None:
         raise RuntimeError(f"trial {trial_id}: {reason}")
 

@@ -1,7 +1,8 @@
-"""What a training run shows: console lines, W&B, sample grids, events, quick evaluation.
+"""What a training run shows: console lines, metrics.jsonl, W&B, TensorBoard, events. It only logs:
+the training loop makes the sample grids (samples.py) and the quick evaluation (quick_eval.py) and
+hands them over.
 
-Only rank 0 writes; every method may be called on every rank, and evaluate must be (every rank
-computes a share of fid_quick). W&B runs offline unless configured and never fails or delays a
+Only rank 0 writes; every method may be called on every rank. W&B runs offline unless configured and never fails or delays a
 run: an online run whose server cannot be reached is logged offline instead (one console line says
 how to upload it), and an error while logging turns W&B off with one warning.
 """
@@ -20,18 +21,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
-import torch
 from PIL import Image
 
-from . import grids
-from .config import ExperimentConfig
-from .models import Networks
-from .storage import basename
+from ..config import ExperimentConfig
+from ..storage import basename
 
 log = logging.getLogger(__name__)
-SAMPLE_SOURCES = 6  # sources (columns) and references (rows) in the training sample grids
-SAMPLE_LATENTS = 2  # latent codes per target domain in the training latent grid
 # Before an online W&B run: how long a TCP connection to the server (or its proxy) may take to open.
 # Without this check an unreachable server held the first training step for wandb.init's whole
 # init_timeout (90 s) and then W&B was off, with nothing kept of the run.
@@ -58,81 +53,29 @@ def local_run_dir(run_dir: str) -> Path:
     return Path(run_dir)
 
 
-@torch.no_grad()
-def sample_grids(nets_ema: Networks, cfg: ExperimentConfig, x_src: torch.Tensor,
-                 x_ref: torch.Tensor, y_ref: torch.Tensor) -> dict[str, Image.Image]:
-    """The training-time samples in the official layouts (grids.py): reference and latent.
-
-    The latent grid uses SAMPLE_LATENTS codes seeded by train.seed, the same at every step, so
-    grids of one run compare; psi 1 (no truncation) shows what the mapping network learnt.
-    """
-    g = torch.Generator().manual_seed(cfg.train.seed)
-    z_trg = torch.randn((SAMPLE_LATENTS, cfg.model.latent_dim), generator=g).to(x_src.device)
-    domains = list(range(min(cfg.model.num_domains, grids.MAX_GRID_DOMAINS)))
-    return {"reference": grids.to_image(grids.reference_grid(nets_ema, x_src, x_ref, y_ref)),
-            "latent": grids.to_image(grids.latent_grid(nets_ema, x_src, domains, z_trg))}
-
-
-def load_val_samples(cfg: ExperimentConfig, device: torch.device | str):
-    """A fixed set of val images for the grids: sources and references spread over domains.
-
-    Decoded as the training images are; a file that cannot be decoded is named and the next
-    image of its domain taken.
-    """
-    from .data import folders
-    from .data.synthetic import resolve_data_dirs
-
-    _, val_dir = resolve_data_dirs(cfg)
-    folder = folders.scan(val_dir, cfg.model.num_domains)
-    fs, size = folder.fs(), cfg.model.img_size
-
-    def readable(paths):  # decoded images of one domain, in order, unreadable ones skipped
-        for path in paths:
-            try:
-                image = folders.decode(folders.read_bytes(fs, path))
-            except (folders.BadImage, OSError) as err:
-                folders.report_unreadable(path, str(err))
-                continue
-            yield image.resize((size, size), Image.BILINEAR)
-
-    streams = [readable([p for p, y in zip(folder.paths, folder.labels) if y == d])
-               for d in range(len(folder.domains))]
-    picks = []
-    for k in range(2 * SAMPLE_SOURCES):
-        d = k % len(streams)
-        image = next(streams[d], None)
-        if image is not None:
-            picks.append((image, d))
-    if not picks:
-        raise folders.EmptyDomainError(f"{val_dir}: no readable val images for the sample grids")
-    images = [torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 127.5 - 1
-              for img, _ in picks]
-    x = torch.stack(images).to(device)
-    y = torch.tensor([d for _, d in picks], device=device)
-    return x[0::2], y[0::2], x[1::2], y[1::2]
-
-
 class RunLogger:
-    def __init__(self, cfg: ExperimentConfig, loop_config: dict[str, Any], *, rank: int,
-                 world: int, device: torch.device) -> None:
-        self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
-        self.run_dir = local_run_dir(loop_config["run_dir"])
+    """The run's records. run_name names the W&B run (its id derives from it, so a resumed run
+    continues it); wandb: online | offline | disabled, None for WANDB_MODE or offline."""
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: str, *, run_name: str,
+                 wandb: str | None = None, wandb_group: str | None = None, rank: int = 0) -> None:
+        self.cfg, self.rank = cfg, rank
+        self.run_dir = local_run_dir(run_dir)
         self.wandb = None
-        self._val = None
         self._tb = None  # TensorBoard event files (plots.ScalarWriter), rank 0
         self._unplotted = False  # metrics logged since plots/losses.png was last drawn
         if rank != 0:
             return
         (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        from .plots import ScalarWriter
+        from ..plots import ScalarWriter
 
         self._tb = ScalarWriter(self.run_dir)
-        self._init_wandb(loop_config)
+        self._init_wandb(wandb, run_name, wandb_group)
 
     # ------------------------------------------------------------ W&B
 
-    def _init_wandb(self, loop_config: dict[str, Any]) -> None:
-        mode = loop_config.get("wandb") or os.environ.get("WANDB_MODE") or "offline"
+    def _init_wandb(self, mode: str | None, run_name: str, group: str | None) -> None:
+        mode = mode or os.environ.get("WANDB_MODE") or "offline"
         if mode == "disabled":
             return
         try:
@@ -142,8 +85,7 @@ class RunLogger:
             return
         run_args = dict(
             project=os.environ.get("WANDB_PROJECT", "stargan-ray"),
-            group=loop_config.get("wandb_group"), name=loop_config["run_name"],
-            id=loop_config.get("wandb_id") or _wandb_id(loop_config["run_name"]),
+            group=group, name=run_name, id=_wandb_id(run_name),
             resume="allow", dir=str(self.run_dir), config=self.cfg.to_dict())
         why_offline = None
         if mode not in ("offline", "dryrun"):
@@ -206,7 +148,7 @@ class RunLogger:
                 f.write(json.dumps(record) + "\n")
             self._unplotted = True
         except Exception as err:  # a full disk: keep training
-            from .plots import _warn_once
+            from ..plots import _warn_once
 
             _warn_once("metrics.jsonl", err)
         if self._tb is not None:
@@ -216,41 +158,28 @@ class RunLogger:
         """Redraw plots/losses.png from metrics.jsonl when something was logged since (rank 0)."""
         if self.rank != 0 or not self._unplotted:
             return
-        from .plots import write_losses_png
+        from ..plots import write_losses_png
 
         self._unplotted = False
         write_losses_png(self.run_dir, self.cfg.name)
 
-    def samples(self, state, step: int) -> None:
+    def images(self, step: int, images: dict[str, Image.Image]) -> None:
+        """The step's sample grids (train.samples): PNGs under samples/, W&B; the loss plot
+        refreshes with them."""
         if self.rank != 0:
             return
-        if self._val is None:
-            self._val = load_val_samples(self.cfg, self.device)
-        x_src, y_src, x_ref, y_ref = self._val
-        images = sample_grids(state.nets_ema, self.cfg, x_src, x_ref, y_ref)
         for name, image in images.items():
             image.save(self.run_dir / "samples" / f"{step:06d}_{name}.png")
-        self.plot()  # the loss plot refreshes with the sample grids
+        self.plot()
         if self.wandb is not None:
             import wandb
 
             self._wandb_log({f"samples/{k}": wandb.Image(v) for k, v in images.items()}, step)
 
-    def evaluate(self, state, step: int) -> dict[str, float]:
-        """fid_quick of nets_ema, computed by all ranks together (each runs a share of the
-        sources); every rank returns the value, rank 0 logs it (empty where the evaluator is
-        unavailable). Every rank must call this at the same steps."""
-        try:
-            from .metrics.evaluator import fid_quick
-        except ImportError:
-            return {}
-        sharded = self.world > 1
-        value = fid_quick(state.nets_ema, self.cfg, device=self.device,
-                          shard=(self.rank, self.world) if sharded else None,
-                          reduce=sum_over_ranks(self.device) if sharded else None)
-        if self.rank == 0:
-            self._wandb_log({"fid_quick": value}, step)
-        return {"fid_quick": value}
+    def evaluation(self, step: int, metrics: dict[str, float]) -> None:
+        """The step's quick evaluation (train.quick_eval): to W&B (and Ray's report, by the loop)."""
+        if self.rank == 0 and metrics:
+            self._wandb_log(metrics, step)
 
     def finish(self) -> None:
         self.plot()
@@ -261,19 +190,6 @@ class RunLogger:
                 self.wandb.finish()
             except Exception as err:  # never fail the run on the way out
                 log.warning("W&B finish failed: %s", err)
-
-
-def sum_over_ranks(device: torch.device | str):
-    """reduce for sharded metrics: the elementwise sum of a CPU tensor over the default process
-    group, all-reduced on device (NCCL takes CUDA tensors, gloo CPU ones), returned on the CPU."""
-    import torch.distributed as dist
-
-    def reduce(tensor: torch.Tensor) -> torch.Tensor:
-        on_device = tensor.to(device, copy=True)
-        dist.all_reduce(on_device)
-        return on_device.cpu()
-
-    return reduce
 
 
 def _wandb_id(run_name: str) -> str:
