@@ -224,11 +224,12 @@ class Alignment:
 Loader = Callable[[Path], "tuple[torch.Tensor | None, str]"]
 
 
-def source_loader(translator: Translator, alignment: Alignment | None = None) -> Loader:
+def source_loader(translator: Translator, alignment: Alignment | None = None,
+                  fit: str = "stretch") -> Loader:
     """path -> ((3, S, S) source, "") or (None, why it was skipped); raises data.folders.BadImage
     for a file that cannot be read."""
     if alignment is None:
-        return lambda path: (load_image_tensor(path, translator.img_size), "")
+        return lambda path: (load_image_tensor(path, translator.img_size, fit), "")
     from .data.folders import load_image
     from .grids import to_image
     from .inference import image_to_tensor
@@ -238,7 +239,7 @@ def source_loader(translator: Translator, alignment: Alignment | None = None) ->
     align_size = aligner.img_size
 
     def prepare(path: Path) -> tuple[torch.Tensor | None, str]:
-        x = image_to_tensor(load_image(path), align_size).to(translator.device)
+        x = image_to_tensor(load_image(path, fit=fit), align_size).to(translator.device)
         result = aligner.align(x)
         if result.image is None:
             return None, result.reason
@@ -264,14 +265,14 @@ def build_aligner(translator: Translator, alignment: Alignment):
     return FaceAligner(fan, mean, align_size, alignment.min_confidence)
 
 
-def load_references(refs: Sequence[Path], img_size: int) -> torch.Tensor:
+def load_references(refs: Sequence[Path], img_size: int, fit: str = "stretch") -> torch.Tensor:
     """(R, 3, S, S) reference images; ConfigError (for --ref) names one that cannot be used."""
     from .data.folders import BadImage
 
     images = []
     for ref in refs:
         try:
-            images.append(load_image_tensor(ref, img_size))
+            images.append(load_image_tensor(ref, img_size, fit))
         except BadImage as err:
             raise ConfigError(f"--ref {ref}: cannot be used as a reference ({err})") from None
     return torch.stack(images)

@@ -28,6 +28,7 @@ class VideoJob:
     path: str
     styles: torch.Tensor
     outputs: tuple[str, ...]
+    fit: str = "stretch"  # how frames become square (data.fit)
 
 
 @dataclass(frozen=True)
@@ -87,13 +88,15 @@ class VideoWorker:
 
         try:
             return translate_video(self.translator, job.path, job.styles, job.outputs,
-                                   prepare=self._prepare())
+                                   prepare=self._prepare(job.fit))
         except BadVideo as err:
             return str(err)
 
-    def _prepare(self):
+    def _prepare(self, fit: str):
+        from .video_translate import frame_source
+
         if self.align is None:
-            return None
+            return frame_source(self.translator.img_size, fit)
         from .align import FaceAligner
         from .models.fan import FAN
         from .video_translate import SmoothedAligner
@@ -103,7 +106,7 @@ class VideoWorker:
         fan.eval().requires_grad_(False).to(self.translator.device)
         aligner = FaceAligner(fan, self.align.mean_landmarks, self.align.align_size,
                               self.align.min_confidence)
-        return SmoothedAligner(aligner, self.translator.img_size)  # fresh smoothing per clip
+        return SmoothedAligner(aligner, self.translator.img_size, fit=fit)  # fresh per clip
 
 
 def translate_videos(translator: Translator, jobs: Sequence[VideoJob], num_workers: int, *,
@@ -146,7 +149,7 @@ def translate_videos(translator: Translator, jobs: Sequence[VideoJob], num_worke
 
 def translate_clips_on_ray(translator: Translator, request, out, sources,
                            x_ref: torch.Tensor | None = None, aligner=None,
-                           num_workers: int = 1):
+                           fit: str = "stretch", num_workers: int = 1):
     """video_translate.translate_clips with the passes spread over num_workers Ray actors."""
     from .video_translate import ClipResult, clip_jobs
 
@@ -154,7 +157,7 @@ def translate_clips_on_ray(translator: Translator, request, out, sources,
     if aligner is not None:  # the mean landmarks go back to the 256 px they were given at
         spec = AlignSpec(_cpu_state(aligner.fan), aligner.ref * (256 / aligner.img_size),
                          aligner.img_size, aligner.min_confidence)
-    jobs = [VideoJob(str(source.path), styles.cpu(), tuple(str(o) for o in outputs))
+    jobs = [VideoJob(str(source.path), styles.cpu(), tuple(str(o) for o in outputs), fit)
             for source, styles, outputs in clip_jobs(translator, request, out, sources, x_ref)]
     result = ClipResult()
     for job, outcome in zip(jobs, translate_videos(translator, jobs, num_workers, align=spec)):

@@ -34,15 +34,14 @@ def translate_video(translator: Translator, path: str | Path, styles: torch.Tens
     test transform; SmoothedAligner aligns faces). Returns the number of frames. Raises
     video.BadVideo (and removes every partial output) when the clip breaks off.
     """
-    size = translator.img_size
-    prepare = prepare or (lambda frame: image_to_tensor(Image.fromarray(frame), size))
+    prepare = prepare or frame_source(translator.img_size)
     if styles.size(0) != len(outputs):
         raise ValueError(f"{len(outputs)} outputs for {styles.size(0)} styles")
     info, frames = open_video(path)
     count = 0
     with ExitStack() as stack:
-        writers = [stack.enter_context(VideoWriter(out, info.fps, (size, size)))
-                   for out in outputs]
+        size = (translator.img_size, translator.img_size)
+        writers = [stack.enter_context(VideoWriter(out, info.fps, size)) for out in outputs]
         batch: list[torch.Tensor] = []
         for frame in _progress(frames, info.frames_estimate, Path(path).name, progress):
             batch.append(prepare(frame))
@@ -52,6 +51,13 @@ def translate_video(translator: Translator, path: str | Path, styles: torch.Tens
         if batch:
             count += _write_batch(translator, batch, styles, writers)
     return count
+
+
+def frame_source(img_size: int, fit: str = "stretch") -> FramePrep:
+    """A frame through the test transform, made square by fit first (as photos: data.fit)."""
+    from .data.shapes import fit_square
+
+    return lambda frame: image_to_tensor(fit_square(Image.fromarray(frame), fit), img_size)
 
 
 def _write_batch(translator: Translator, batch: list[torch.Tensor], styles: torch.Tensor,
@@ -90,17 +96,20 @@ class SmoothedAligner:
     where it was); before any face is found, frames are used unaligned.
     """
 
-    def __init__(self, aligner, img_size: int, smoothing: float = LANDMARK_SMOOTHING) -> None:
+    def __init__(self, aligner, img_size: int, smoothing: float = LANDMARK_SMOOTHING,
+                 fit: str = "stretch") -> None:
         self.aligner = aligner  # align.FaceAligner
         self.img_size = img_size
+        self.fit = fit
         self.smoothing = smoothing
         self.device = next(aligner.fan.parameters()).device
         self.points: np.ndarray | None = None
 
     def __call__(self, frame: np.ndarray) -> torch.Tensor:
+        from .data.shapes import fit_square
         from .grids import to_image
 
-        image = Image.fromarray(frame)
+        image = fit_square(Image.fromarray(frame), self.fit)
         x = image_to_tensor(image, self.aligner.img_size).to(self.device)
         points, confidence = self.aligner.landmarks(x)
         if not (self.aligner.min_confidence > 0 and not confidence >= self.aligner.min_confidence):
@@ -137,7 +146,8 @@ def clip_jobs(translator: Translator, request, out: Path, sources, x_ref: torch.
 
 
 def translate_clips(translator: Translator, request, out: Path, sources,
-                    x_ref: torch.Tensor | None = None, aligner=None) -> ClipResult:
+                    x_ref: torch.Tensor | None = None, aligner=None,
+                    fit: str = "stretch") -> ClipResult:
     """Every clip of `sources` (translate.Source) in every style of `request` (translate.Request),
     here, with a progress bar per clip (translate_ray.translate_clips_on_ray spreads them).
 
@@ -149,7 +159,8 @@ def translate_clips(translator: Translator, request, out: Path, sources,
     for source, styles, outputs in clip_jobs(translator, request, out, sources, x_ref):
         if source.path in failed:
             continue
-        prepare = None if aligner is None else SmoothedAligner(aligner, translator.img_size)
+        prepare = frame_source(translator.img_size, fit) if aligner is None else \
+            SmoothedAligner(aligner, translator.img_size, fit=fit)
         try:
             translate_video(translator, source.path, styles, outputs, progress=True,
                             prepare=prepare)
@@ -161,4 +172,4 @@ def translate_clips(translator: Translator, request, out: Path, sources,
 
 
 __all__ = ["translate_video", "smooth_landmarks", "SmoothedAligner", "LANDMARK_SMOOTHING",
-           "translate_clips", "clip_jobs", "ClipResult", "OUTPUTS_PER_PASS"]
+           "translate_clips", "clip_jobs", "frame_source", "ClipResult", "OUTPUTS_PER_PASS"]

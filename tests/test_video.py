@@ -15,7 +15,7 @@ from stargan_ray.errors import UserError
 from stargan_ray.inference import Translator, image_to_tensor, to_pixels
 from stargan_ray.video_translate import translate_video
 
-from .conftest import seeded_ema_networks, tiny_config
+from .helpers import seeded_ema_networks, tiny_config
 
 S = 32  # tiny_config image size
 
@@ -210,7 +210,7 @@ def test_clips_spread_over_two_ray_workers_equal_one_process(model, tmp_path, ra
 def test_translate_turns_clips_into_clips_and_skips_a_bad_one(tmp_path, capsys):
     from stargan_ray.cli import main
 
-    from .conftest import save_synthetic_checkpoint
+    from .helpers import save_synthetic_checkpoint
 
     checkpoint = save_synthetic_checkpoint(tmp_path / "model.pt")
     inputs = tmp_path / "in"
@@ -240,7 +240,7 @@ def test_translate_turns_clips_into_clips_and_skips_a_bad_one(tmp_path, capsys):
 def test_translate_spreads_clips_over_ray_workers(tmp_path, capsys, ray_session):
     from stargan_ray.cli import main
 
-    from .conftest import save_synthetic_checkpoint
+    from .helpers import save_synthetic_checkpoint
 
     checkpoint = save_synthetic_checkpoint(tmp_path / "model.pt")
     for i in range(2):
@@ -251,3 +251,33 @@ def test_translate_spreads_clips_over_ray_workers(tmp_path, capsys, ray_session)
     assert code == 0 and "wrote 2 video(s)" in capsys.readouterr().out
     assert [video.count_frames(tmp_path / "out" / f"clip{i}_circle_seed4.mp4")[0]
             for i in range(2)] == [3, 4]
+
+
+def test_frames_and_photos_are_fitted_the_same_way(tmp_path):
+    from stargan_ray.inference import load_image_tensor
+    from stargan_ray.video_translate import frame_source
+
+    frame = _clip(1, 40, 64)[0]  # wider than tall
+    Image.fromarray(frame).save(tmp_path / "frame.png")
+    for fit in ("stretch", "crop", "pad"):
+        assert torch.equal(frame_source(S, fit)(frame), load_image_tensor(tmp_path / "frame.png",
+                                                                          S, fit))
+    assert not torch.equal(frame_source(S, "crop")(frame), frame_source(S, "stretch")(frame))
+
+
+def test_translate_fit_crop_translates_the_centred_square(tmp_path):
+    from stargan_ray.cli import main
+
+    from .helpers import save_synthetic_checkpoint
+
+    checkpoint = save_synthetic_checkpoint(tmp_path / "model.pt")
+    wide = np.random.default_rng(0).integers(0, 256, (32, 64, 3), dtype=np.uint8)
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    Image.fromarray(wide[:, 16:48]).save(tmp_path / "centre.png")  # the centred 32 x 32
+    for name, fit in (("wide", "crop"), ("centre", "stretch")):
+        assert main(["translate", "--checkpoint", str(checkpoint), "--device", "cpu",
+                     str(tmp_path / f"{name}.png"), "--to", "0", "--fit", fit,
+                     "--out", str(tmp_path / "out")]) == 0
+    with Image.open(tmp_path / "out" / "wide_circle_seed0.png") as a, \
+            Image.open(tmp_path / "out" / "centre_circle_seed0.png") as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..config import FITS
 from ..errors import ConfigError
 from ..video import ffmpeg_module, is_video
 from .common import (WING_FILE, add_alignment_args, add_device_arg, add_model_source_args,
@@ -87,6 +88,10 @@ def add_parser(sub) -> None:
                         "written as they are made, so memory stays flat")
     p.add_argument("--batch-size", type=positive_int, default=16,
                    help="images through the generator at once (default: %(default)s)")
+    p.add_argument("--fit", choices=FITS, default=None,
+                   help="how a photo or frame that is not square becomes square: stretch (the "
+                        "official resize), crop (the centred square) or pad (a mid-grey border) "
+                        "(default: the model's data.fit)")
     p.add_argument("--num-workers", type=nonnegative_int, default=0,
                    help="video clips: spread them over this many Ray workers, each with its own "
                         "copy of the model (inputs and --out on storage every node sees); 0: in "
@@ -129,10 +134,11 @@ def run(args: argparse.Namespace) -> int:
     check_names(sources + clips, out, first_label)
     _check_outputs(args, out, sources + clips, request, translator.domains)
 
-    x_ref = load_references(request.refs, translator.img_size) if request.refs else None
+    fit = args.fit or translator.cfg.data.fit
+    x_ref = load_references(request.refs, translator.img_size, fit) if request.refs else None
     for item, reason in bad:
         _skip(item, reason)
-    done = _translate(args, translator, request, out, x_ref, sources)
+    done = _translate(args, translator, request, out, x_ref, sources, fit)
     skipped = [item for item, _ in bad] + done.skipped
     if clips:
         from ..translate_ray import translate_clips_on_ray
@@ -141,9 +147,9 @@ def run(args: argparse.Namespace) -> int:
         aligner = _aligner(args, translator) if args.align else None
         if args.num_workers:
             videos = translate_clips_on_ray(translator, request, out, clips, x_ref, aligner,
-                                            args.num_workers)
+                                            fit, args.num_workers)
         else:
-            videos = translate_clips(translator, request, out, clips, x_ref, aligner)
+            videos = translate_clips(translator, request, out, clips, x_ref, aligner, fit)
         for item, reason in videos.skipped:
             _skip(item, reason)
         skipped += [item for item, _ in videos.skipped]
@@ -210,13 +216,13 @@ def _aligner(args: argparse.Namespace, translator):
     return build_aligner(translator, _alignment(args))
 
 
-def _translate(args, translator, request, out: Path, x_ref, sources) -> Written:
+def _translate(args, translator, request, out: Path, x_ref, sources, fit: str) -> Written:
     """The library's TranslateFiles with this command's aligner, messages and progress bar."""
     from tqdm import tqdm
 
     from ..translate import GRID_MAX_ROWS, TranslateFiles, source_loader
 
-    prepare = source_loader(translator, _alignment(args) if args.align else None)
+    prepare = source_loader(translator, _alignment(args) if args.align else None, fit)
     total = len(sources) * request.per_source
     with tqdm(total=total, unit="image", disable=total <= BAR_ABOVE, file=sys.stderr) as bar:
         return TranslateFiles(translator, request, out, prepare, x_ref,
