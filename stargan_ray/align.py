@@ -182,6 +182,11 @@ class FaceAligner:
         if self.min_confidence > 0 and not confidence >= self.min_confidence:
             return AlignResult(None, confidence, f"no face found (landmark confidence "
                                                  f"{confidence:.3f} < {self.min_confidence})")
+        return self.align_to(x, points, confidence)
+
+    def align_to(self, x: torch.Tensor, points: np.ndarray, confidence: float = 1.0) -> AlignResult:
+        """Warp x so that the given landmarks (98, 2) land on the mean ones (a video passes
+        landmarks smoothed over time instead of each frame's own)."""
         padded, points = pad_mirror(x * 0.5 + 0.5, points)
         with np.errstate(divide="ignore", invalid="ignore"):
             matrix = similarity_matrix(points, self.ref)

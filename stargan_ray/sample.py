@@ -1,6 +1,7 @@
 """`sample`: the official sample images of a model on folders of sources and references.
 
-reference.jpg, latent_psi_{psi}.jpg and an interpolation animation, in the layouts of grids.py;
+reference.jpg, latent_psi_{psi}.jpg and an interpolation animation (GIF/WebP, or the official
+video_ref.mp4 / video_latent.mp4 layouts with the [video] extra), in the layouts of grids.py;
 debug_images writes the official training-time set (cycle, latent per psi, reference). Files go
 through the test-time transform of inference.py, the one path from file to pixels.
 Plain torch: no Ray here.
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import torch
 
 from .config import ConfigError, ExperimentConfig
 from .grids import (MAX_GRID_DOMAINS, PSIS, cycle_grid, ease, interpolation_frames, latent_grid,
-                    mean_style, reference_grid, save_animation, save_grid)
+                    mean_style, reference_grid, save_animation, save_grid, to_uint8)
 from .inference import load_image_tensor
 from .models import Networks
 
@@ -78,7 +81,7 @@ def load_folder(root: str | Path, img_size: int, limit: int,
 @dataclass(frozen=True)
 class SampleOptions:
     """How many sources and references `sample` takes, its latent seed, the animation format
-    (gif or webp) and the styles each domain's interpolation passes through."""
+    (gif, webp, or mp4: the official video_ref.mp4 and video_latent.mp4) and the styles each domain's interpolation passes through."""
 
     num_src: int = 8
     num_ref: int = 8
@@ -91,7 +94,7 @@ class SampleOptions:
 def sample(nets_ema: Networks, cfg: ExperimentConfig, src_dir: str | Path, ref_dir: str | Path,
            out_dir: str | Path, device: torch.device | str = "cpu",
            opts: SampleOptions = SampleOptions()) -> list[Path]:
-    """reference.jpg, latent_psi_{psi}.jpg and interpolation.{gif|webp} into out_dir."""
+    """reference.jpg, latent_psi_{psi}.jpg and the animations of output_names into out_dir."""
     out_dir = Path(out_dir)
     size, latent_dim = cfg.model.img_size, cfg.model.latent_dim
     interp_styles = opts.interp_styles
@@ -106,20 +109,89 @@ def sample(nets_ema: Networks, cfg: ExperimentConfig, src_dir: str | Path, ref_d
     for psi in PSIS:
         paths.append(save_grid(latent_grid(nets_ema, x_src, domains, z_trg, psi, s_avg),
                                out_dir / f"latent_psi_{psi:.1f}.jpg"))
-    frames: list[torch.Tensor] = []
+    latent_styles = []
     for y in domains:
         z = torch.randn((interp_styles, latent_dim), generator=g).to(device)
-        styles = list(nets_ema.mapping_network(z, torch.full((interp_styles,), y, device=device))
-                      .split(1))
-        frames += interpolation_frames(nets_ema, x_src, styles, ease())
-    paths.append(save_animation(frames, out_dir / f"interpolation.{opts.animation}"))
+        latent_styles.append(list(nets_ema.mapping_network(
+            z, torch.full((interp_styles,), y, device=device)).split(1)))
+    if opts.animation != "mp4":
+        frames = [f for styles in latent_styles
+                  for f in interpolation_frames(nets_ema, x_src, styles, ease())]
+        return paths + [save_animation(frames, out_dir / f"interpolation.{opts.animation}")]
+    from .video import OFFICIAL_FPS, write_video
+
+    # The official video_ref walks through references of one domain at a time: group them.
+    order = torch.argsort(y_ref.cpu(), stable=True).to(y_ref.device)
+    paths.append(write_video(out_dir / "video_ref.mp4", _hold_last(
+        video_ref_frames(nets_ema, x_src, x_ref[order], y_ref[order])), OFFICIAL_FPS))
+    paths.append(write_video(out_dir / "video_latent.mp4", _hold_last(
+        video_latent_frames(nets_ema, x_src, latent_styles)), OFFICIAL_FPS))
     return paths
 
 
 def output_names(animation: str = "gif") -> list[str]:
     """The files `sample` writes into its output folder, in order."""
-    return (["reference.jpg"] + [f"latent_psi_{psi:.1f}.jpg" for psi in PSIS]
-            + [f"interpolation.{animation}"])
+    videos = (["video_ref.mp4", "video_latent.mp4"] if animation == "mp4"
+              else [f"interpolation.{animation}"])
+    return ["reference.jpg"] + [f"latent_psi_{psi:.1f}.jpg" for psi in PSIS] + videos
 
 
-__all__ = ["debug_images", "sample", "SampleOptions", "load_folder", "output_names"]
+# ---------------------------------------------------------------- the official mp4 layouts
+
+SLIDE_MARGIN = 32  # the official gap between the sliding references and the outputs
+HOLD_FRAMES = 10  # the official videos repeat their last frame 10 times
+
+
+def _hold_last(frames: Iterator[torch.Tensor]) -> Iterator[np.ndarray]:
+    """uint8 frames of an iterator of (3, H, W) tensors, the last one shown HOLD_FRAMES more."""
+    last = None
+    for frame in frames:
+        last = to_uint8(frame)
+        yield last
+    if last is None:
+        raise ConfigError("the interpolation video has no frames: it needs two references of "
+                          "one domain (video_ref) or two latent codes per domain")
+    yield from [last] * HOLD_FRAMES
+
+
+def _slide(x_prev: torch.Tensor, x_next: torch.Tensor, alphas: list[float]) -> list[torch.Tensor]:
+    """The official reference column: x_next slides up over x_prev as alpha goes 0 -> 1.
+    Each frame is (3, 2H, W + SLIDE_MARGIN) on a -1 (black) canvas."""
+    _, h, w = x_prev.shape
+    merged = torch.cat([x_prev, x_next], dim=1)  # (3, 2H, W)
+    frames = []
+    for alpha in alphas:
+        top = int(h * (1 - alpha))
+        canvas = -torch.ones((3, 2 * h, w + SLIDE_MARGIN), device=x_prev.device)
+        canvas[:, top:, :w] = merged[:, :2 * h - top]
+        frames.append(canvas)
+    return frames
+
+
+@torch.no_grad()
+def video_ref_frames(nets: Networks, x_src: torch.Tensor, x_ref: torch.Tensor,
+                     y_ref: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The official video_ref.mp4: for each pair of consecutive references of one domain, their
+    styles interpolated (the references sliding on the left; sources above outputs)."""
+    s_ref = nets.style_encoder(x_ref, y_ref)
+    alphas = ease()
+    for i in range(1, x_ref.size(0)):
+        if y_ref[i] != y_ref[i - 1]:
+            continue
+        slides = _slide(x_ref[i - 1], x_ref[i], alphas)
+        outputs = interpolation_frames(nets, x_src, [s_ref[i - 1:i], s_ref[i:i + 1]], alphas)
+        for left, right in zip(slides, outputs):
+            yield torch.cat([left, right], dim=2)
+
+
+@torch.no_grad()
+def video_latent_frames(nets: Networks, x_src: torch.Tensor,
+                        styles_per_domain: list[list[torch.Tensor]]) -> Iterator[torch.Tensor]:
+    """The official video_latent.mp4: within each domain, consecutive latent styles interpolated
+    (sources above outputs); psi 1, as the GIF/WebP interpolation."""
+    for styles in styles_per_domain:
+        yield from interpolation_frames(nets, x_src, styles, ease())
+
+
+__all__ = ["debug_images", "sample", "SampleOptions", "load_folder", "output_names",
+           "video_ref_frames", "video_latent_frames"]

@@ -24,6 +24,7 @@ import torch
 
 from .errors import ConfigError
 from .inference import Translator, load_image_tensor, to_pixels
+from .video import VIDEO_EXTENSIONS, is_video
 
 GRID_MAX_ROWS = 64  # a grid shows the first this many inputs (a row each)
 GRID_MAX_OUTPUTS = 64  # ... and the first this many outputs of each
@@ -53,6 +54,8 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[Source], list[tuple[str, 
         base = folder.resolve()
         # named below the folder as given, so messages show the paths the user typed
         files = [folder / Path(f).relative_to(base) for f in list_image_files(folder)]
+        files += sorted(p for p in folder.rglob("*")  # clips too (stargan_ray.video_translate)
+                        if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file() and is_video(p))
         sources.extend(Source(f, f.parent.relative_to(folder).as_posix().strip("."))
                        for f in files)
         return len(files)
@@ -181,7 +184,9 @@ def parse_domains(text: str, names: Sequence[str]) -> tuple[int, ...]:
 
 
 def output_path(out: Path, source: Source, label: str) -> Path:
-    return out / source.subdir / f"{source.path.stem}_{label}.png"
+    """A photo's output is a .png, a clip's an .mp4."""
+    suffix = ".mp4" if is_video(source.path) else ".png"
+    return out / source.subdir / f"{source.path.stem}_{label}{suffix}"
 
 
 def check_names(sources: Sequence[Source], out: Path, first_label: str) -> None:
@@ -219,15 +224,34 @@ class Alignment:
 Loader = Callable[[Path], "tuple[torch.Tensor | None, str]"]
 
 
-def source_loader(translator: Translator, alignment: Alignment | None = None) -> Loader:
+def source_loader(translator: Translator, alignment: Alignment | None = None,
+                  fit: str = "stretch") -> Loader:
     """path -> ((3, S, S) source, "") or (None, why it was skipped); raises data.folders.BadImage
     for a file that cannot be read."""
     if alignment is None:
-        return lambda path: (load_image_tensor(path, translator.img_size), "")
-    from .align import FaceAligner, load_mean_landmarks
+        return lambda path: (load_image_tensor(path, translator.img_size, fit), "")
     from .data.folders import load_image
     from .grids import to_image
     from .inference import image_to_tensor
+
+    size = translator.img_size
+    aligner = build_aligner(translator, alignment)
+    align_size = aligner.img_size
+
+    def prepare(path: Path) -> tuple[torch.Tensor | None, str]:
+        x = image_to_tensor(load_image(path, fit=fit), align_size).to(translator.device)
+        result = aligner.align(x)
+        if result.image is None:
+            return None, result.reason
+        # quantised as `stargan-ray align` writes it, so align + translate give these pixels
+        return image_to_tensor(to_image(result.image.clamp(-1, 1)), size), ""
+
+    return prepare
+
+
+def build_aligner(translator: Translator, alignment: Alignment):
+    """The align.FaceAligner of an Alignment: the FAN and the mean landmarks loaded."""
+    from .align import FaceAligner, load_mean_landmarks
     from .models.fan import load_fan
 
     mean = load_mean_landmarks(alignment.lm_mean)
@@ -238,27 +262,17 @@ def source_loader(translator: Translator, alignment: Alignment | None = None) ->
     size = translator.img_size
     # the aligner needs a multiple of 64 (FAN heatmaps); small models align at 256 px
     align_size = size if size % 64 == 0 and size >= 256 else 256
-    aligner = FaceAligner(fan, mean, align_size, alignment.min_confidence)
-
-    def prepare(path: Path) -> tuple[torch.Tensor | None, str]:
-        x = image_to_tensor(load_image(path), align_size).to(translator.device)
-        result = aligner.align(x)
-        if result.image is None:
-            return None, result.reason
-        # quantised as `stargan-ray align` writes it, so align + translate give these pixels
-        return image_to_tensor(to_image(result.image.clamp(-1, 1)), size), ""
-
-    return prepare
+    return FaceAligner(fan, mean, align_size, alignment.min_confidence)
 
 
-def load_references(refs: Sequence[Path], img_size: int) -> torch.Tensor:
+def load_references(refs: Sequence[Path], img_size: int, fit: str = "stretch") -> torch.Tensor:
     """(R, 3, S, S) reference images; ConfigError (for --ref) names one that cannot be used."""
     from .data.folders import BadImage
 
     images = []
     for ref in refs:
         try:
-            images.append(load_image_tensor(ref, img_size))
+            images.append(load_image_tensor(ref, img_size, fit))
         except BadImage as err:
             raise ConfigError(f"--ref {ref}: cannot be used as a reference ({err})") from None
     return torch.stack(images)
@@ -381,6 +395,7 @@ def save_grid(rows: list[np.ndarray], path: Path, header: np.ndarray | None = No
 
 
 __all__ = ["Source", "expand_inputs", "Seeds", "Request", "parse_domains", "output_path",
-           "check_names", "all_outputs", "Alignment", "source_loader", "load_references",
+           "check_names", "all_outputs", "Alignment", "source_loader", "build_aligner",
+           "load_references",
            "style_chunks", "TranslateFiles", "Written", "grid_header", "save_grid",
            "GRID_MAX_ROWS", "GRID_MAX_OUTPUTS", "MAX_SEED", "MAX_OUTPUTS"]

@@ -27,7 +27,10 @@ def add_parser(sub) -> None:
     p.add_argument("--num-ref", type=positive_int, default=8,
                    help="references (default: %(default)s)")
     p.add_argument("--seed", type=seed_int, default=0, help="latent codes (default: %(default)s)")
-    p.add_argument("--animation", choices=("gif", "webp"), default="gif")
+    p.add_argument("--animation", choices=("gif", "webp", "mp4"), default="gif",
+                   help="interpolation.gif / interpolation.webp, or mp4: the official "
+                        "video_ref.mp4 and video_latent.mp4 (needs the [video] extra) "
+                        "(default: %(default)s)")
     add_device_arg(p)
     p.set_defaults(func=run)
 
@@ -35,6 +38,10 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..sample import SampleOptions, output_names, sample
 
+    if args.animation == "mp4":
+        from ..video import ffmpeg_module
+
+        ffmpeg_module()  # a missing [video] extra is one line before the model loads
     device = resolve_device(args.device)
     # --out is a folder; it must not lie in the image trees it reads (the grids would become
     # sources next time), and the files it would write are kept unless --overwrite

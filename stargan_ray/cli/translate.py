@@ -14,9 +14,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..config import FITS
 from ..errors import ConfigError
+from ..video import ffmpeg_module, is_video
 from .common import (WING_FILE, add_alignment_args, add_device_arg, add_model_source_args,
-                     check_output, model_config, positive_int, resolve_device)
+                     check_output, model_config, nonnegative_int, positive_int,
+                     resolve_device)
 
 if TYPE_CHECKING:
     from ..translate import Written
@@ -46,11 +49,13 @@ def psi_value(text: str) -> float:
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "translate", help="translate your own images (files, folders, globs) with a model",
-        description="Translate each INPUT image into the --to domain(s), one output per latent "
-                    "seed (--seeds) or per reference image (--ref). Inputs of any size and "
-                    "aspect are resized to the model's square size, as the official test loader "
-                    "does. Bad inputs are named and skipped (exit code 1).")
+        "translate", help="translate your own images and video clips with a model",
+        description="Translate each INPUT image or video clip (mp4, mov, webm, mkv, animated "
+                    "gif; needs the [video] extra) into the --to domain(s), one output per "
+                    "latent seed (--seeds) or per reference image (--ref); a clip becomes an "
+                    "H.264 mp4 per style with every frame at its frame rate. Inputs of any size "
+                    "and aspect are resized to the model's square size, as the official test "
+                    "loader does. Bad inputs are named and skipped (exit code 1).")
     add_model_source_args(p)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders (searched recursively) and glob patterns "
@@ -83,6 +88,14 @@ def add_parser(sub) -> None:
                         "written as they are made, so memory stays flat")
     p.add_argument("--batch-size", type=positive_int, default=16,
                    help="images through the generator at once (default: %(default)s)")
+    p.add_argument("--fit", choices=FITS, default=None,
+                   help="how a photo or frame that is not square becomes square: stretch (the "
+                        "official resize), crop (the centred square) or pad (a mid-grey border) "
+                        "(default: the model's data.fit)")
+    p.add_argument("--num-workers", type=nonnegative_int, default=0,
+                   help="video clips: spread them over this many Ray workers, each with its own "
+                        "copy of the model (inputs and --out on storage every node sees); 0: in "
+                        "this process (default: %(default)s)")
     add_device_arg(p)
     p.set_defaults(func=run)
 
@@ -112,16 +125,35 @@ def run(args: argparse.Namespace) -> int:
     request = _request(args, parse_domains(args.to, translator.domains))
     first_label = next(request.labels(translator.domains))  # also checks the references' names
     sources, bad = expand_inputs(args.inputs)
-    _check_count(args, len(sources), request)
+    clips = [s for s in sources if is_video(s.path)]
+    sources = [s for s in sources if not is_video(s.path)]
+    if clips:
+        ffmpeg_module()  # a missing [video] extra is one line before any work
+    _check_count(args, len(sources) + len(clips), request)
     out = check_output(args.out, [a for a in args.inputs if Path(a).is_dir()], kind="dir")
-    check_names(sources, out, first_label)
-    _check_outputs(args, out, sources, request, translator.domains)
+    check_names(sources + clips, out, first_label)
+    _check_outputs(args, out, sources + clips, request, translator.domains)
 
-    x_ref = load_references(request.refs, translator.img_size) if request.refs else None
+    fit = args.fit or translator.cfg.data.fit
+    x_ref = load_references(request.refs, translator.img_size, fit) if request.refs else None
     for item, reason in bad:
         _skip(item, reason)
-    done = _translate(args, translator, request, out, x_ref, sources)
+    done = _translate(args, translator, request, out, x_ref, sources, fit)
     skipped = [item for item, _ in bad] + done.skipped
+    if clips:
+        from ..translate_ray import translate_clips_on_ray
+        from ..video_translate import translate_clips
+
+        aligner = _aligner(args, translator) if args.align else None
+        if args.num_workers:
+            videos = translate_clips_on_ray(translator, request, out, clips, x_ref, aligner,
+                                            fit, args.num_workers)
+        else:
+            videos = translate_clips(translator, request, out, clips, x_ref, aligner, fit)
+        for item, reason in videos.skipped:
+            _skip(item, reason)
+        skipped += [item for item, _ in videos.skipped]
+        print(f"wrote {videos.count} video(s) into {out}")
     if args.grid:
         save_grid(done.grid[:GRID_MAX_ROWS], out / "grid.png",
                   grid_header(x_ref, len(request.domains)))
@@ -172,15 +204,25 @@ def _check_outputs(args, out: Path, sources, request, names) -> None:
         check_output(out / "grid.png", by_name.get("grid.png", []), overwrite=args.overwrite)
 
 
-def _translate(args, translator, request, out: Path, x_ref, sources) -> Written:
+def _alignment(args: argparse.Namespace):
+    from ..translate import Alignment
+
+    return Alignment(args.lm_mean, args.wing, args.min_confidence, WING_FILE)
+
+
+def _aligner(args: argparse.Namespace, translator):
+    from ..translate import build_aligner
+
+    return build_aligner(translator, _alignment(args))
+
+
+def _translate(args, translator, request, out: Path, x_ref, sources, fit: str) -> Written:
     """The library's TranslateFiles with this command's aligner, messages and progress bar."""
     from tqdm import tqdm
 
-    from ..translate import GRID_MAX_ROWS, Alignment, TranslateFiles, source_loader
+    from ..translate import GRID_MAX_ROWS, TranslateFiles, source_loader
 
-    alignment = Alignment(args.lm_mean, args.wing, args.min_confidence, WING_FILE) \
-        if args.align else None
-    prepare = source_loader(translator, alignment)
+    prepare = source_loader(translator, _alignment(args) if args.align else None, fit)
     total = len(sources) * request.per_source
     with tqdm(total=total, unit="image", disable=total <= BAR_ABOVE, file=sys.stderr) as bar:
         return TranslateFiles(translator, request, out, prepare, x_ref,
