@@ -183,7 +183,7 @@ def test_an_evaluation_batch_larger_than_free_memory_is_refused_before_it_runs(s
     _, cfg, nets = setup
     have = memory.available_bytes("cpu")
     assert memory.generator_bytes(cfg, 2) + memory.inception_bytes(cfg.eval.batch_size) < have
-    huge = replace(cfg, eval=replace(cfg.eval, batch_size=have // memory.inception_bytes(1) + 1))
+    huge = replace(cfg, eval=replace(cfg.eval, batch_size=2 * have // memory.inception_bytes(1)))
     with pytest.raises(ConfigError, match=r"evaluation at model.img_size 32 with eval.batch_size "
                                           r"\d+ and data.val_batch_size \d+ needs about .* "
                                           r"available on cpu; lower eval.batch_size"):

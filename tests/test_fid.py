@@ -257,10 +257,11 @@ def test_sizes_are_bounded_where_parsed_and_batches_checked_against_free_memory(
     with pytest.raises(SystemExit) as exit_info:  # an argparse type: usage and one error line
         main(["fid", folder, folder, "--img-size", "100000", "--device", "cpu"])
     assert exit_info.value.code == 2
-    assert "--img-size: must be <= 2048, got 100000" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--img-size" in err and "<= 2048" in err and "100000" in err
     have = memory.available_bytes("cpu")
     assert 0 < have <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    batch = have // memory.inception_bytes(1) + 1  # one image more than the RAM holds
+    batch = 2 * have // memory.inception_bytes(1)  # twice what the RAM holds (it varies)
     assert main(["fid", folder, folder, "--batch-size", str(batch), "--feature-weights",
                  "random", "--device", "cpu"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
