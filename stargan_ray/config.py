@@ -8,7 +8,6 @@ file only needs to name what differs. Every value is validated here, at the door
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import types
 import typing

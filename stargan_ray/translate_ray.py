@@ -18,7 +18,7 @@ import torch
 
 from .config import from_dict
 from .inference import Translator
-from .models import Networks, build_networks
+from .models import ema_networks_from_states
 
 
 @dataclass(frozen=True)
@@ -56,18 +56,8 @@ def translator_payload(translator: Translator) -> dict[str, Any]:
 
 
 def rebuild_translator(payload: dict[str, Any], device: str = "cpu") -> Translator:
-    from .models.fan import FAN
-
     cfg = from_dict(payload["cfg"])
-    built = build_networks(cfg.model)
-    nets = Networks(built.generator, built.mapping_network, built.style_encoder)
-    for name, state in payload["nets"].items():
-        getattr(nets, name).load_state_dict(state)
-    if payload["fan"] is not None:
-        nets.fan = FAN()
-        nets.fan.load_state_dict(payload["fan"])
-    for _, module in nets.items(include_fan=True):
-        module.eval().requires_grad_(False)
+    nets = ema_networks_from_states(cfg.model, payload["nets"], payload["fan"])
     return Translator(nets.to(device), cfg, torch.device(device), payload["batch_size"],
                       payload["domains"])
 

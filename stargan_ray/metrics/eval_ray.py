@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..models import Networks, build_networks
+from ..models import Networks, ema_networks_from_states
 from . import fid as fidlib
 from . import lpips as lpipslib
 from .eval_plan import Item, Job
@@ -39,17 +39,7 @@ class RayEvalWorker(EvalWorker):
     """An EvalWorker rebuilt from state dicts inside a Ray actor."""
 
     def __init__(self, job: Job, payload: dict[str, Any], device: str) -> None:
-        from ..models.fan import FAN
-
-        built = build_networks(job.cfg.model)
-        nets = Networks(built.generator, built.mapping_network, built.style_encoder)
-        for name, state in payload["nets"].items():
-            getattr(nets, name).load_state_dict(state)
-        if payload["fan"] is not None:
-            nets.fan = FAN()
-            nets.fan.load_state_dict(payload["fan"])
-        for _, module in nets.items(include_fan=True):
-            module.eval().requires_grad_(False)
+        nets = ema_networks_from_states(job.cfg.model, payload["nets"], payload["fan"])
         inception = fidlib.inception_from_state(payload["inception"], payload["inception_folded"])
         lpips_net = None
         if payload["lpips"] is not None:

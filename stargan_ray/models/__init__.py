@@ -84,12 +84,31 @@ def ema_copy(nets: Networks) -> Networks:
     return Networks(**copies, discriminator=None, fan=nets.fan)
 
 
+def ema_networks_from_states(cfg: ModelConfig, states: dict[str, dict[str, torch.Tensor]],
+                             fan_state: dict[str, torch.Tensor] | None = None) -> Networks:
+    """Frozen G, F and E (and the FAN) in eval mode from state dicts: what a Ray actor rebuilds
+    from the CPU copies it is sent (no weights files needed on its node)."""
+    from .fan import FAN
+
+    built = build_networks(cfg)
+    nets = Networks(built.generator, built.mapping_network, built.style_encoder)
+    for name, state in states.items():
+        getattr(nets, name).load_state_dict(state)
+    if fan_state is not None:
+        nets.fan = FAN()
+        nets.fan.load_state_dict(fan_state)
+    for _, module in nets.items(include_fan=True):
+        module.eval().requires_grad_(False)
+    return nets
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
 __all__ = [
     "AdaIN", "AdainResBlk", "HighPass", "ResBlk", "Generator", "MappingNetwork", "StyleEncoder",
-    "Discriminator", "Networks", "build_networks", "ema_copy", "he_init", "count_parameters",
+    "Discriminator", "Networks", "build_networks", "ema_copy", "ema_networks_from_states", "he_init",
+    "count_parameters",
     "TRAINED", "EMA",
 ]
