@@ -1,11 +1,13 @@
-"""Many requests through the generator at once, with the outputs each would get alone (no Ray).
+"""Many requests through the generator at once (no Ray).
 
 A request's styles are computed one at a time (Translator.latent_styles / reference_styles), so
 they never depend on the other requests. The generator then runs on every (source, style) pair of
-the batch, but always in chunks of exactly ``translator.batch_size`` rows, padded with copies of
-the last row (Translator.generate_fixed_shape): a row's output then does not depend on the batch
-it came in, so batching concurrent requests changes no output pixel; the price is a full chunk of
-work for a lone request.
+the batch with the rows it has (chunks of at most ``translator.batch_size``): a lone request pays
+for its own rows only. float32 kernels sum in an order that depends on the number of rows, so a
+request's pixels may differ by rounding (at most one uint8 level, on rare pixels) with what else
+shares its call. exact=True pads every call to exactly ``batch_size`` rows
+(Translator.generate_fixed_shape): outputs then never depend on the batch, at the price of a full
+call for a lone request (``serve --exact-batching``).
 """
 
 from __future__ import annotations
@@ -49,12 +51,14 @@ def job_styles(tr: Translator, job: Job) -> torch.Tensor:
 
 
 @torch.no_grad()
-def run_jobs(tr: Translator, jobs: Sequence[Job]) -> list[np.ndarray]:
-    """Every job's outputs as (outputs, S, S, 3) uint8, all through the generator together."""
+def run_jobs(tr: Translator, jobs: Sequence[Job], exact: bool = False) -> list[np.ndarray]:
+    """Every job's outputs as (outputs, S, S, 3) uint8, all through the generator together;
+    exact: in fixed-shape calls, so that no output depends on the other jobs."""
     styles = [job_styles(tr, job) for job in jobs]
     counts = [len(s) for s in styles]
     x = torch.cat([torch.tensor(job.source)[None].expand(n, -1, -1, -1)
                    for job, n in zip(jobs, counts)]).to(tr.device)
-    out = tr.generate_fixed_shape(x, torch.cat(styles))
+    s = torch.cat(styles)
+    out = tr.generate_fixed_shape(x, s) if exact else tr.generate(x, s)
     pixels = to_pixels(out.cpu())
     return list(np.split(pixels, np.cumsum(counts)[:-1]))

@@ -43,12 +43,14 @@ class TranslatorDeployment:
 
     def __init__(self, checkpoint: str, cfg: ExperimentConfig | None = None,
                  device: str = "cpu", max_batch: int = DEFAULT_MAX_BATCH,
-                 batch_wait_s: float = BATCH_WAIT_S):
+                 batch_wait_s: float = BATCH_WAIT_S, exact: bool = False):
+        self.exact = exact
         self.translator = load_translator(checkpoint, cfg, device, max_batch)
         cfg = self.translator.cfg
         self.names = (domain_names(cfg, self.translator.domains)
                       or [str(i) for i in range(cfg.model.num_domains)])
         self.device = device
+        self.calls = 0  # batches run so far: each response names its own (X-Batch-Id)
         self.run.set_max_batch_size(max_batch)
         self.run.set_batch_wait_timeout_s(batch_wait_s)
 
@@ -57,12 +59,15 @@ class TranslatorDeployment:
         cfg = self.translator.cfg
         return {"domains": self.names, "img_size": cfg.model.img_size,
                 "max_batch": self.translator.batch_size, "device": self.device,
-                "w_hpf": cfg.model.w_hpf, "threads": torch.get_num_threads()}
+                "w_hpf": cfg.model.w_hpf, "threads": torch.get_num_threads(), "exact_batching": self.exact}
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=BATCH_WAIT_S)
-    async def run(self, jobs: list[Job]) -> list[tuple[np.ndarray, int]]:
-        """Each job's (outputs (K, S, S, 3) uint8, how many requests shared its batch)."""
+    async def run(self, jobs: list[Job]) -> list[tuple[np.ndarray, int, int]]:
+        """Each job's (outputs (K, S, S, 3) uint8, how many requests shared its batch, the
+        batch's number on this replica)."""
+        self.calls += 1
+        call = self.calls
         # Off the replica's event loop (torch releases the GIL), so that requests arriving
         # meanwhile queue up for the next batch.
-        outputs = await asyncio.to_thread(run_jobs, self.translator, jobs)
-        return [(pixels, len(jobs)) for pixels in outputs]
+        outputs = await asyncio.to_thread(run_jobs, self.translator, jobs, self.exact)
+        return [(pixels, len(jobs), call) for pixels in outputs]
