@@ -383,3 +383,34 @@ def test_a_replica_that_cannot_start_is_one_line_with_its_cause(server, tmp_path
     finally:
         serve.delete("broken")
     assert get(server + "/healthz").json()["status"] == "ok"  # the other app kept serving
+
+
+def test_batches_form_only_when_the_generator_is_free():
+    """Requests that arrive while a call runs all go into the next call (no timing: the first
+    call is held until the others are queued)."""
+    import asyncio
+    import threading
+
+    from stargan_ray.serve.batching import Batcher
+
+    release, started, calls = threading.Event(), threading.Event(), []
+
+    def fn(items):
+        calls.append(list(items))
+        started.set()
+        assert release.wait(60), "the test never released the first call"
+        return [item * 10 for item in items]
+
+    async def scenario():
+        batcher = Batcher(fn, max_batch=8, wait_s=0.0)
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.to_thread(started.wait, 60)
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 11)]
+        await asyncio.sleep(0)  # every request is queued before the first call ends
+        release.set()
+        return await first, await asyncio.gather(*rest)
+
+    first, rest = asyncio.run(scenario())
+    assert calls == [[0], list(range(1, 9)), [9, 10]]
+    assert first == (0, 1, 1)
+    assert rest == [(i * 10, 8, 2) for i in range(1, 9)] + [(90, 2, 3), (100, 2, 3)]

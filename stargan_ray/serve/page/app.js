@@ -75,7 +75,8 @@ async function translate(extra) {
     form.append("psi", $("psi").value);
   }
   if (extra.steps) form.append("steps", String(extra.steps));
-  const response = await fetch("/translate", { method: "POST", body: form, headers: authHeaders() });
+  const response = await fetch("/translate",
+    { method: "POST", body: form, headers: authHeaders() });
   if (!response.ok) throw new Error(await errorText(response));
   if ((response.headers.get("content-type") || "").startsWith("image/png")) {
     const label = response.headers.get("x-output-label") || "output";
