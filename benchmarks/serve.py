@@ -4,12 +4,18 @@
     .venv/bin/python benchmarks/serve.py --checkpoint CKPT --concurrency 1,8,32
 
 For batching on (--max-batch) and off (max batch 1) the app of `stargan-ray serve` runs on a
-loopback port with one Translator replica; at each concurrency C, C client threads send --requests
-POST /translate requests in all (one 160 x 120 JPEG, one seeded output each). Reported: requests/s,
-p50/p95 latency, the mean requests per generator call, and the overhead ratio: the served time per
-C requests (C / requests/s) over one in-process translation of the same C jobs (batching on: one
-run_jobs call over them, as the replica batches; off: each job alone), timed with the replica's
-thread count. The ratio covers HTTP, multipart parsing, decoding, PNG encoding and Serve's hops.
+loopback port with one Translator replica and default flags otherwise; at each concurrency C, C
+client threads (each with its own keep-alive session, as a real client) send --requests POST
+/translate requests in all (one 160 x 120 JPEG, one seeded output each). Reported: requests/s,
+p50/p95 latency, requests per generator call (requests over the distinct X-Batch-Id values the
+responses name), and the overhead ratio: the served time per C requests (C / requests/s) over one
+in-process translation of the same C jobs (batching on: one run_jobs call over them, as the
+replica batches; off: each job alone), timed with the replica's thread count.
+
+Then the lone-request bar (--lone-experiment, default afhq at 256 px, random weights): one request
+for one output through a fresh app with default flags, against the generator call for that image
+in this process (same thread count), medians of --lone-reps; bar: at most 1.5x. Bars at the end:
+requests per call at concurrency 32 >= max_batch / 2, and requests/s at 32 >= 2x at 1.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from PIL import Image
 from common import free_port
 from stargan_ray.inference import Translator, image_to_tensor
 from stargan_ray.serve.batching import Job, run_jobs
+from stargan_ray.serve.translator import BATCH_WAIT_S
 
 
 def photo(seed: int) -> bytes:
@@ -50,15 +57,21 @@ def random_checkpoint(folder: Path, experiment: str, overrides: list[str]) -> Pa
 
 
 def load(url: str, images: list[bytes], concurrency: int, n: int) -> dict:
-    """n requests from `concurrency` threads: requests/s, p50/p95 latency, requests per batch."""
+    """n requests from `concurrency` threads: requests/s, p50/p95 latency, requests per call."""
+    import threading
+
     import requests
 
+    local = threading.local()
+
     def one(i: int) -> tuple[float, int]:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
         t = time.perf_counter()
-        r = requests.post(f"{url}/translate", files={"image": ("p.jpg", images[i % len(images)])},
-                          data={"domain": "0", "seeds": str(i)}, timeout=600)
+        r = local.session.post(f"{url}/translate", files={"image": ("p.jpg", images[i % len(
+            images)])}, data={"domain": "0", "seeds": str(i)}, timeout=600)
         assert r.status_code == 200, r.text
-        return time.perf_counter() - t, int(r.headers["x-batch-requests"])
+        return time.perf_counter() - t, int(r.headers["x-batch-id"])
 
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
@@ -66,7 +79,7 @@ def load(url: str, images: list[bytes], concurrency: int, n: int) -> dict:
     wall = time.perf_counter() - start
     lat = sorted(r[0] for r in results)
     return {"rps": n / wall, "p50": lat[len(lat) // 2], "p95": lat[int(0.95 * (len(lat) - 1))],
-            "batch": statistics.mean(r[1] for r in results)}
+            "batch": n / len({r[1] for r in results})}
 
 
 def in_process(tr: Translator, jobs: list[Job], batched: bool, reps: int = 3) -> float:
@@ -83,6 +96,82 @@ def in_process(tr: Translator, jobs: list[Job], batched: bool, reps: int = 3) ->
     return statistics.median(times)
 
 
+def ema_only_checkpoint(folder: Path, experiment: str, overrides: list[str]) -> Path:
+    """A random model as serving reads it (config and EMA networks only: a 256 px TrainState with
+    optimisers would be a 1 GB file)."""
+    from stargan_ray.checkpoint import FORMAT
+    from stargan_ray.config import load_experiment
+    from stargan_ray.models import build_networks
+
+    cfg = load_experiment(experiment, overrides)
+    torch.manual_seed(0)
+    nets = build_networks(cfg.model)
+    path = folder / f"{experiment}.pt"
+    torch.save({"format": FORMAT, "config": cfg.to_dict(), "nets_ema": {
+        name: getattr(nets, name).state_dict()
+        for name in ("generator", "mapping_network", "style_encoder")}}, path)
+    return path
+
+
+def lone_request(url: str, ckpt: Path, reps: int) -> tuple[float, float]:
+    """(served seconds, in-process generator seconds) for one output of one request, medians."""
+    import requests
+
+    from stargan_ray.serve import ServeOptions, build_app
+    from ray import serve
+
+    serve.run(build_app(ServeOptions(str(ckpt))), name="lone", route_prefix="/")
+    jpeg = photo(0)
+    session = requests.Session()
+    served = []
+    for i in range(reps + 1):  # the first is a warm-up
+        t = time.perf_counter()
+        r = session.post(f"{url}/translate", files={"image": ("p.jpg", jpeg)},
+                         data={"domain": "0", "seeds": str(i)}, timeout=600)
+        assert r.status_code == 200 and r.headers["x-batch-requests"] == "1", r.text
+        served.append(time.perf_counter() - t)
+    serve.delete("lone")
+    tr = Translator.from_checkpoint(ckpt)
+    x = image_to_tensor(Image.open(io.BytesIO(jpeg)).convert("RGB"), tr.img_size)[None]
+    s = tr.latent_styles(0, [0])
+    local = []
+    for _ in range(reps + 1):
+        t = time.perf_counter()
+        tr.generate(x, s)
+        local.append(time.perf_counter() - t)
+    return statistics.median(served[1:]), statistics.median(local[1:])
+
+
+def levels_table(url: str, ckpt: str, args, images: list[bytes]) -> list[tuple]:
+    """Each (max_batch, concurrency) level: served figures and the in-process comparison."""
+    from ray import serve
+
+    from stargan_ray.serve import ServeOptions, build_app
+
+    rows = []
+    for max_batch, wait in [(args.max_batch, w) for w in args.waits] + [(1, args.waits[0])]:
+        opts = ServeOptions(ckpt, max_batch=max_batch, cpus_per_replica=args.cpus_per_replica,
+                            batch_wait_s=wait)
+        serve.run(build_app(opts), name="bench", route_prefix="/")
+        load(url, images, 4, 16)  # warm-up: first calls, mean styles, connections
+        tr = Translator.from_checkpoint(ckpt, batch_size=max_batch)
+        for c in args.levels:
+            served = load(url, images, c, max(args.requests, c))
+            jobs = [Job(image_to_tensor(Image.open(io.BytesIO(images[i % 8])).convert("RGB"),
+                                        tr.img_size).numpy(), 0, [i]) for i in range(c)]
+            local = in_process(tr, jobs, batched=max_batch > 1)
+            ratio = (c / served["rps"]) / local
+            rows.append((max_batch, wait, c, served))
+            print(f"max_batch {max_batch:2d} wait {wait * 1000:3.0f} ms  concurrency {c:2d}: "
+                  f"{served['rps']:6.1f} req/s  "
+                  f"p50 {served['p50'] * 1000:6.0f} ms  p95 {served['p95'] * 1000:6.0f} ms  "
+                  f"{served['batch']:4.1f} req/call | in-process {c} jobs "
+                  f"{local * 1000:6.0f} ms ({c / local:6.1f} req/s)  overhead x{ratio:.2f}",
+                  flush=True)
+        serve.delete("bench")
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", help="default: a random model of --experiment")
@@ -93,13 +182,19 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--cpus-per-replica", type=float, default=1.0)
+    p.add_argument("--batch-wait", default=str(BATCH_WAIT_S),
+                   help="batch_wait_timeout_s values to compare with batching on, e.g. 0.01,0.05 "
+                        "(the first also runs max batch 1; the default is the app's)")
+    p.add_argument("--lone-experiment", default="afhq",
+                   help="the lone-request bar's random model ('' skips it)")
+    p.add_argument("--lone-reps", type=int, default=3)
     args = p.parse_args()
-    levels = [int(c) for c in args.concurrency.split(",")]
+    args.levels = [int(c) for c in args.concurrency.split(",")]
+    args.waits = [float(w) for w in args.batch_wait.split(",")]
 
     import ray
     from ray import serve
 
-    from stargan_ray.serve import ServeOptions, build_app
     from stargan_ray.train.cluster import start_local_ray
 
     tmp = tempfile.TemporaryDirectory()
@@ -112,31 +207,35 @@ def main() -> None:
         "log_level": "WARNING"})
     url = f"http://127.0.0.1:{port}"
     torch.set_num_threads(max(1, int(args.cpus_per_replica)))  # as the replica's OMP threads
-    rows = []
-    for max_batch in (args.max_batch, 1):
-        opts = ServeOptions(ckpt, max_batch=max_batch, cpus_per_replica=args.cpus_per_replica)
-        serve.run(build_app(opts), name="bench", route_prefix="/")
-        load(url, images, 4, 16)  # warm-up: first calls, mean styles, connections
-        tr = Translator.from_checkpoint(ckpt, batch_size=max_batch)
-        size = tr.img_size
-        for c in levels:
-            served = load(url, images, c, max(args.requests, c))
-            jobs = [Job(image_to_tensor(Image.open(io.BytesIO(images[i % 8])).convert("RGB"),
-                                        size).numpy(), 0, [i]) for i in range(c)]
-            local = in_process(tr, jobs, batched=max_batch > 1)
-            ratio = (c / served["rps"]) / local
-            rows.append((max_batch, c, served, local, ratio))
-            print(f"max_batch {max_batch:2d}  concurrency {c:2d}: {served['rps']:6.1f} req/s  "
-                  f"p50 {served['p50'] * 1000:6.0f} ms  p95 {served['p95'] * 1000:6.0f} ms  "
-                  f"{served['batch']:4.1f} req/batch | in-process {c} jobs "
-                  f"{local * 1000:6.0f} ms ({c / local:6.1f} req/s)  overhead x{ratio:.2f}",
-                  flush=True)
-        serve.delete("bench")
+    rows = levels_table(url, ckpt, args, images) if args.levels else []
+    lone = None
+    if args.lone_experiment:
+        lone = lone_request(url, ema_only_checkpoint(Path(tmp.name), args.lone_experiment, []),
+                            args.lone_reps)
     serve.shutdown()
     ray.shutdown()
     model = args.checkpoint or " ".join(["random", args.experiment, *args.overrides])
-    print(f"model: {model} ({size} px), "
-          f"{args.cpus_per_replica:g} CPU per replica, {args.requests} requests per level")
+    print(f"model: {model}, {args.cpus_per_replica:g} CPU per replica, "
+          f"{args.requests} requests per level")
+    report_bars(rows, lone, args)
+
+
+def report_bars(rows: list[tuple], lone: tuple[float, float] | None, args) -> None:
+    on = {c: served for mb, wait, c, served in rows
+          if mb == args.max_batch and wait == BATCH_WAIT_S}
+    if 32 in on:
+        fill = on[32]["batch"]
+        print(f"bar: requests per call at concurrency 32 {fill:.1f} >= max_batch / 2 = "
+              f"{args.max_batch / 2:g}: {'PASS' if fill >= args.max_batch / 2 else 'FAIL'}")
+    if 32 in on and 1 in on:
+        gain = on[32]["rps"] / on[1]["rps"]
+        print(f"bar: req/s at concurrency 32 / at 1 = {gain:.2f} >= 2: "
+              f"{'PASS' if gain >= 2 else 'FAIL'}")
+    if lone:
+        ratio = lone[0] / lone[1]
+        print(f"bar: one request, one {args.lone_experiment} output (random weights): served "
+              f"{lone[0]:.3f} s / in-process generator {lone[1]:.3f} s = {ratio:.2f} <= 1.5: "
+              f"{'PASS' if ratio <= 1.5 else 'FAIL'}")
 
 
 if __name__ == "__main__":

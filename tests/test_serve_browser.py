@@ -2,7 +2,8 @@
 through chromium-driver. `make test` installs both (tools/install_browser.sh); without them this
 test fails and says how to install them, it is never skipped.
 
-Opens the page, uploads a photo, picks a domain and seeds, waits for the output images, moves the
+Opens the page of a server that requires a token (the page says so until its Token field holds the
+right one), uploads a photo, picks a domain and seeds, waits for the output images, moves the
 slider between two styles and checks that every resource came from the server itself. With
 STARGAN_SERVE_SCREENSHOT=FILE it saves the page as a PNG (docs/serve_page.png was taken so, with
 STARGAN_SERVE_CHECKPOINT naming a trained toy checkpoint instead of the tiny random one).
@@ -65,10 +66,25 @@ def test_page_uploads_a_photo_and_shows_outputs(server, browser, tmp_path):
 
     image = tmp_path / "circle.png"  # a picture of the synthetic set the toy models learn
     draw_image("circle", 128, np.random.default_rng(3)).save(image)
+    from selenium.webdriver.common.keys import Keys
+
     wait = WebDriverWait(browser, 120)
     browser.get(server + "/")
     domain = browser.find_element(By.ID, "domain")
+    error = browser.find_element(By.ID, "error")
+    # without the token (and with a wrong one) the API refuses and the page says why
+    wait.until(lambda _: error.is_displayed())
+    assert "token: missing or wrong bearer token" in error.text and not Select(domain).options
+    token = browser.find_element(By.ID, "token")
+    token.send_keys("not-the-token-at-all", Keys.TAB)
+    wait.until(lambda d: d.execute_script("return performance.getEntriesByType('resource')"
+                                          ".filter(e => e.name.endsWith('/domains')).length") == 2)
+    wait.until(lambda _: error.is_displayed())
+    assert "token: missing or wrong" in error.text and not Select(domain).options
+    token.clear()
+    token.send_keys(test_serve.TOKEN, Keys.TAB)
     wait.until(lambda _: len(Select(domain).options) == 3)
+    assert not error.is_displayed()
     assert [o.text for o in Select(domain).options] == test_serve.DOMAINS
 
     # an error is shown in the page, and the page keeps working
@@ -77,7 +93,6 @@ def test_page_uploads_a_photo_and_shows_outputs(server, browser, tmp_path):
     seeds.clear()
     seeds.send_keys("1,x")
     browser.find_element(By.ID, "translate").click()
-    error = browser.find_element(By.ID, "error")
     wait.until(lambda _: error.is_displayed())
     assert "seeds: expected non-negative integers" in error.text
 

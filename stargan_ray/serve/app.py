@@ -4,6 +4,8 @@ Routes: GET / (the web page) and /page/<name> (its script and style, from a fixe
 GET /domains, GET /healthz, POST /translate. The ingress decodes and checks uploads and encodes
 PNGs; only the Translator replicas hold the model. Bad requests get a 4xx JSON body
 {"error": "<field>: <problem>", "field": "<field>"} and change nothing on the server.
+With a token configured, every route but the page's own files needs `Authorization: Bearer
+<token>` (401 otherwise, checked before the body is read). Nothing here logs request data.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations (Request) at
@@ -22,8 +24,8 @@ from starlette.exceptions import HTTPException
 
 from ..inference import image_to_tensor
 from .batching import Job
-from .inputs import (BadRequest, Limits, parse_domain, parse_psi, parse_seeds, parse_steps,
-                     read_image, too_many)
+from .inputs import (BadRequest, Limits, check_bearer, parse_domain, parse_psi, parse_seeds,
+                     parse_steps, read_image, too_many)
 
 FIELDS = ("image", "domain", "seeds", "reference", "psi", "steps")
 _PAGE_DIR = Path(__file__).parent / "page"
@@ -37,7 +39,8 @@ api = FastAPI(title="stargan-ray", docs_url=None, redoc_url=None)  # docs would 
 
 @api.exception_handler(BadRequest)
 async def _bad_request(request: Request, err: BadRequest) -> JSONResponse:
-    return JSONResponse(err.payload(), status_code=err.status)
+    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+    return JSONResponse(err.payload(), status_code=err.status, headers=headers)
 
 
 @api.exception_handler(HTTPException)
@@ -105,10 +108,14 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 class Ingress:
     """Checks requests, turns them into Jobs for the Translator and its outputs into PNGs."""
 
-    def __init__(self, translator, limits: Limits = Limits()):
+    def __init__(self, translator, limits: Limits = Limits(), token_sha256: str | None = None):
         self.translator = translator
         self.limits = limits
+        self.token_sha256 = token_sha256
         self._info: dict | None = None
+
+    def authorize(self, request: Request) -> None:
+        check_bearer(request.headers.get("authorization"), self.token_sha256)
 
     async def info(self) -> dict:
         if self._info is None:
@@ -127,23 +134,27 @@ class Ingress:
         return Response(data, media_type=kind)
 
     @api.get("/domains")
-    async def domains(self) -> dict:
+    async def domains(self, request: Request) -> dict:
+        self.authorize(request)
         info = await self.info()
         return {"domains": info["domains"], "img_size": info["img_size"],
                 "max_outputs": self.limits.max_outputs, "max_bytes": self.limits.max_bytes}
 
     @api.get("/healthz")
-    async def healthz(self) -> dict:
+    async def healthz(self, request: Request) -> dict:
+        self.authorize(request)
         info = await self.info()
         return {"status": "ok", "domains": len(info["domains"]), "device": info["device"]}
 
     @api.post("/translate")
     async def translate(self, request: Request) -> Response:
+        self.authorize(request)
         form = await read_form(request, self.limits)
         job, labels = await self.job(form)
-        outputs, batch = await self.translator.run.remote(job)
-        # X-Batch-Requests: how many requests shared the generator call (for tests, benchmarks)
-        headers = {"X-Batch-Requests": str(batch)}
+        outputs, batch, call = await self.translator.run.remote(job)
+        # how many requests shared the generator call, and which call on its replica it was
+        # (for tests and benchmarks)
+        headers = {"X-Batch-Requests": str(batch), "X-Batch-Id": str(call)}
         if len(outputs) == 1:
             return Response(png_bytes(outputs[0]), media_type="image/png",
                             headers={**headers, "X-Output-Label": labels[0]})
@@ -169,6 +180,9 @@ class Ingress:
         seeds_text, psi_text = text_field(form, "seeds"), text_field(form, "psi")
         if references and seeds_text:
             raise BadRequest("seeds", "give seeds or reference images, not both")
+        if references and psi_text and psi_text.strip():
+            raise BadRequest("psi", "truncates seeded styles only; reference styles are used as "
+                                    "they are: send psi with seeds, or reference without psi")
         size = info["img_size"]
         refs = [image_to_tensor(read_image(r, "reference", limits), size) for r in references]
         seeds = [] if refs else parse_seeds(seeds_text, limits)

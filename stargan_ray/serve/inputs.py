@@ -6,6 +6,8 @@ error. Requests carry image bytes only, never a path, so no request can name a f
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import re
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ class Limits:
 
 
 class BadRequest(Exception):
-    """A request the server refuses; status 400, or 413 for something too large."""
+    """A request the server refuses; status 400, 401 without the token, 413 when too large."""
 
     def __init__(self, field: str, message: str, status: int = 400):
         super().__init__(f"{field}: {message}")
@@ -36,6 +38,25 @@ class BadRequest(Exception):
 
     def payload(self) -> dict:
         return {"error": str(self), "field": self.field}
+
+
+def token_sha256(token: str) -> str:
+    """What the server keeps of its bearer token: the token itself never enters Serve's config."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def check_bearer(header: str | None, sha256: str | None) -> None:
+    """Pass when no token is configured or `Authorization: Bearer <token>` holds it; else 401.
+
+    The message never repeats what was sent; the comparison takes the same time for any token.
+    """
+    if sha256 is None:
+        return
+    scheme, _, given = (header or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token_sha256(given.strip()), sha256):
+        raise BadRequest("token", "missing or wrong bearer token; send the header "
+                                  "'Authorization: Bearer <token>' (the page: its Token field)",
+                         401)
 
 
 def read_image(data: bytes | None, field: str, limits: Limits) -> Image.Image:

@@ -8,7 +8,7 @@ arguments instead would copy them into every replica's config and the controller
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import tempfile
 from pathlib import Path
 
@@ -18,10 +18,10 @@ from ray import serve
 
 from ..config import ExperimentConfig
 from ..inference import Translator
-from .batching import Job, run_jobs
+from .batching import Batcher, Job, run_jobs
 
 DEFAULT_MAX_BATCH = 16
-BATCH_WAIT_S = 0.01  # how long a batch waits to fill once its first request is in
+BATCH_WAIT_S = 0.01  # how long a batch that is not full waits for more (generator free)
 
 
 def load_translator(checkpoint: str, cfg: ExperimentConfig | None, device: str,
@@ -39,28 +39,28 @@ def load_translator(checkpoint: str, cfg: ExperimentConfig | None, device: str,
 
 @serve.deployment(name="Translator")
 class TranslatorDeployment:
-    """Translates Jobs; `run` is batched by Serve up to max_batch requests per call."""
+    """Translates Jobs; concurrent `run` calls share generator calls, up to max_batch each."""
 
     def __init__(self, checkpoint: str, cfg: ExperimentConfig | None = None,
                  device: str = "cpu", max_batch: int = DEFAULT_MAX_BATCH,
-                 batch_wait_s: float = BATCH_WAIT_S):
+                 batch_wait_s: float = BATCH_WAIT_S, exact: bool = False):
+        self.exact = exact
         self.translator = load_translator(checkpoint, cfg, device, max_batch)
         self.names = list(self.translator.domains)
         self.device = device
-        self.run.set_max_batch_size(max_batch)
-        self.run.set_batch_wait_timeout_s(batch_wait_s)
+        self.batcher = Batcher(functools.partial(run_jobs, self.translator, exact=exact),
+                               max_batch, batch_wait_s)
 
     def info(self) -> dict:
         """What the ingress and the page need to know about the model."""
         cfg = self.translator.cfg
         return {"domains": self.names, "img_size": cfg.model.img_size,
                 "max_batch": self.translator.batch_size, "device": self.device,
-                "w_hpf": cfg.model.w_hpf, "threads": torch.get_num_threads()}
+                "w_hpf": cfg.model.w_hpf, "threads": torch.get_num_threads(),
+                "exact_batching": self.exact}
 
-    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=BATCH_WAIT_S)
-    async def run(self, jobs: list[Job]) -> list[tuple[np.ndarray, int]]:
-        """Each job's (outputs (K, S, S, 3) uint8, how many requests shared its batch)."""
-        # Off the replica's event loop (torch releases the GIL), so that requests arriving
-        # meanwhile queue up for the next batch.
-        outputs = await asyncio.to_thread(run_jobs, self.translator, jobs)
-        return [(pixels, len(jobs)) for pixels in outputs]
+    async def run(self, job: Job) -> tuple[np.ndarray, int, int]:
+        """The job's (outputs (K, S, S, 3) uint8, how many requests shared its generator call,
+        the call's number on this replica); the call runs in a thread, so that requests arriving
+        meanwhile queue up for the next one."""
+        return await self.batcher.submit(job)

@@ -23,18 +23,30 @@ async function errorText(response) {
   }
 }
 
+// The bearer token of the Token field (a server started with a token requires it on the API).
+function authHeaders() {
+  const token = $("token").value.trim();
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+let domainsAsked = 0;   // only the latest /domains request fills the page (the token may change)
+
 async function loadDomains() {
+  const mine = ++domainsAsked;
+  showError("");
+  $("domain").replaceChildren();
   try {
-    const response = await fetch("/domains");
+    const response = await fetch("/domains", { headers: authHeaders() });
     if (!response.ok) throw new Error(await errorText(response));
     const info = await response.json();
+    if (mine !== domainsAsked) return;
     maxOutputs = info.max_outputs;
     for (const [i, name] of info.domains.entries()) {
       $("domain").add(new Option(name, String(i)));
     }
     setStatus(`${info.domains.length} domains, ${info.img_size} px model`);
   } catch (err) {
-    showError(`Cannot list the model's domains: ${err.message}`);
+    if (mine === domainsAsked) showError(`Cannot list the model's domains: ${err.message}`);
   }
 }
 
@@ -63,7 +75,8 @@ async function translate(extra) {
     form.append("psi", $("psi").value);
   }
   if (extra.steps) form.append("steps", String(extra.steps));
-  const response = await fetch("/translate", { method: "POST", body: form });
+  const response = await fetch("/translate",
+    { method: "POST", body: form, headers: authHeaders() });
   if (!response.ok) throw new Error(await errorText(response));
   if ((response.headers.get("content-type") || "").startsWith("image/png")) {
     const label = response.headers.get("x-output-label") || "output";
@@ -148,6 +161,7 @@ $("drop").addEventListener("drop", (e) => {
   chooseSource(e.dataTransfer.files[0]);
 });
 $("translate").addEventListener("click", run);
+$("token").addEventListener("change", loadDomains);
 $("mix-from").addEventListener("change", loadMix);
 $("mix-to").addEventListener("change", loadMix);
 $("mix-slider").addEventListener("input", showMix);
