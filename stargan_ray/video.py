@@ -25,6 +25,7 @@ from .errors import UserError
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".gif")
 INSTALL_HINT = "pip install 'stargan-ray[video]'"
+H264_CONTAINERS = (".mp4", ".mov", ".mkv")  # what VideoWriter writes into (webm holds VP8/9)
 # The official interpolation videos: rawvideo read at ffmpeg's default 25 fps and slowed down 2x
 # (setpts=2*PTS), so each frame shows for 80 ms.
 OFFICIAL_FPS = 12.5
@@ -136,6 +137,8 @@ class VideoWriter:
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int]) -> None:
         ff = ffmpeg_module()
         width, height = size
+        if Path(path).suffix.lower() not in H264_CONTAINERS:
+            raise ValueError(f"{path}: H.264 is written into {', '.join(H264_CONTAINERS)} files")
         if width % 2 or height % 2:
             raise UserError(f"{path}: H.264 needs an even frame size, got {width}x{height}")
         self.path = Path(path)

@@ -51,6 +51,12 @@ def test_a_bad_clip_is_named_in_one_line(tmp_path, make):
     assert str(bad) in str(err.value) and "\n" not in str(err.value)
 
 
+def test_the_writer_refuses_a_container_without_h264(tmp_path):
+    with pytest.raises(ValueError, match="H.264"):
+        video.write_video(tmp_path / "a.webm", _clip(2), fps=5.0)
+    assert not (tmp_path / "a.webm").exists()
+
+
 def test_a_missing_video_extra_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # as if not installed
     with pytest.raises(UserError, match=r"pip install 'stargan-ray\[video\]'"):
@@ -244,7 +250,7 @@ def test_translate_spreads_clips_over_ray_workers(tmp_path, capsys, ray_session)
 
     checkpoint = save_synthetic_checkpoint(tmp_path / "model.pt")
     for i in range(2):
-        video.write_video(tmp_path / "in" / f"clip{i}.webm", _clip(3 + i), fps=6.0)
+        video.write_video(tmp_path / "in" / f"clip{i}.{('mp4', 'mkv')[i]}", _clip(3 + i), fps=6.0)
     code = main(["translate", "--checkpoint", str(checkpoint), "--device", "cpu",
                  str(tmp_path / "in"), "--to", "0", "--seeds", "4", "--num-workers", "2",
                  "--out", str(tmp_path / "out")])
