@@ -100,6 +100,12 @@ class TrainConfig:
     keep_checkpoints: int = 3  # newest checkpoints kept in the run folder
     # Also keep the checkpoint with the lowest fid_quick in <run>/best/ (best.json names it).
     keep_best: bool = False
+    # Spot nodes (train/preemption.py): every this many steps each worker asks Ray Train whether
+    # a node of the run is about to be reclaimed, and a notice saves a checkpoint at once (0: never
+    # ask). A preemption restart counts against max_preemptions (-1: no limit, as Ray's default),
+    # apart from --max-failures.
+    preemption_check_every: int = 10
+    max_preemptions: int = -1
     nan_policy: str = "stop"  # stop | rollback
     precision: str = "fp32"  # fp32 | tf32 | bf16
     channels_last: bool = False  # channels-last memory format for networks and batches

@@ -85,6 +85,8 @@ BOUNDS: dict[str, Bound] = {
     "train.save_every": _COUNT,
     "train.eval_every": _COUNT,
     "train.keep_checkpoints": _COUNT,
+    "train.preemption_check_every": Bound(0, COUNT_MAX, why="0: never ask"),
+    "train.max_preemptions": Bound(-1, COUNT_MAX, why="-1: no limit"),
     "eval.num_outs_per_domain": _COUNT,
     "eval.batch_size": Bound(1, BATCH_MAX),
     "eval.quick_sources": _COUNT,

@@ -13,12 +13,13 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-from .helpers import (BIN, end_processes, free_port, ray_auth_env, read_events, registered_steps,
-                      wait_until)
+from .helpers import (BIN, assert_equal_states, end_processes, free_port, load_train_state,
+                      ray_auth_env, read_events, registered_steps, wait_until)
 
 pytestmark = pytest.mark.ray
 
@@ -117,3 +118,74 @@ def test_an_elastic_run_loses_a_node_and_finishes_on_the_worker_left(two_nodes, 
     if drops:  # steps logged before the loss and trained again after it: at most save_every
         assert len(drops) == 1 and steps[drops[0] - 1] - restart_step <= save_every, steps
     assert steps[-1] == total
+
+
+NODE_IDS = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+            "print(' '.join(n['NodeID'] for n in ray.nodes() if n['Alive'] and "
+            "'node:__internal_head__' not in n['Resources']))")
+
+
+def _metrics_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] \
+        if path.exists() else []
+
+
+def test_a_preemption_notice_checkpoints_its_step_and_the_restart_resumes_there(two_nodes,
+                                                                               tmp_path):
+    address, env, node = two_nodes
+    total, deadline_s = 60, 15
+    spot_sets = (("model.dim_in", 16), ("model.max_conv_dim", 64), ("data.batch_size", 4),
+                 ("train.total_iters", total), ("train.save_every", 1000),
+                 ("train.print_every", 2), ("train.sample_every", 1000),
+                 ("train.eval_every", 1000), ("train.keep_checkpoints", 20),
+                 ("train.preemption_check_every", 1))
+    base = [str(BIN / "stargan-ray"), "train", "--experiment", "toy", "--cpus-per-worker", "2",
+            "--storage", str(tmp_path), "--wandb", "disabled", "--max-failures", "0"]
+    for key, value in spot_sets:
+        base += ["--set", f"{key}={value}"]
+    run_dir = tmp_path / "spot"
+    log = (tmp_path / "train.log").open("w")
+    # --max-failures 0: only the preemption restart (max_preemptions) may bring the run back
+    train = subprocess.Popen(base + ["--num-workers", "1-2", "--name", "spot"],
+                             env={**env, "RAY_ADDRESS": address}, stdout=log,
+                             stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: max(_metrics_steps(run_dir), default=0) >= 10
+                   or train.poll() is not None, "the run to pass step 10", timeout_s=400)
+        assert train.poll() is None, (tmp_path / "train.log").read_text()[-3000:]
+        node_id = subprocess.run([sys.executable, "-c", NODE_IDS, address], env=env, check=True,
+                                 capture_output=True, text=True).stdout.split()[0]
+        subprocess.run([str(BIN / "ray"), "drain-node", "--address", address, "--node-id",
+                        node_id, "--reason", "DRAIN_NODE_REASON_PREEMPTION", "--reason-message",
+                        "spot reclaim (test)", "--deadline-remaining-seconds", str(deadline_s)],
+                       env=env, check=True, capture_output=True)
+        drained_at = time.time()
+        notices = wait_until(lambda: [e for e in read_events(run_dir, missing_ok=True)
+                                      if e["event"] == "preemption"],
+                             "a preemption event in events.jsonl", timeout_s=120)
+        notice_step = notices[0]["step"]
+        wait_until(lambda: notice_step in registered_steps(run_dir),
+                   "the just-in-time checkpoint to be registered", timeout_s=120)
+        time.sleep(max(0.0, drained_at + deadline_s - time.time()))
+        end_processes(node)  # the reclaim: the node and its worker are gone
+        assert train.wait(600) == 0, (tmp_path / "train.log").read_text()[-3000:]
+    finally:
+        if train.poll() is None:
+            train.kill()
+        log.close()
+    assert len(notices) == 1 and notices[0]["ranks"] and notices[0]["deadline_in_s"] > 0
+    starts = [(e["step"], e["workers"]) for e in read_events(run_dir) if e["event"] == "start"]
+    # on both nodes from 0, then on the one left from the notice's checkpoint: nothing before
+    # the notice was trained twice
+    assert starts == [(0, 2), (notice_step, 1)], starts
+    assert max(registered_steps(run_dir)) == total
+    # the same checkpoint resumed by a plain one-worker run ends with the same parameters
+    jit = run_dir / f"checkpoint_{notice_step:08d}" / "checkpoint.pt"
+    ref = subprocess.run(base + ["--num-workers", "1", "--name", "reference", "--resume-from",
+                                 str(jit)], env={**env, "RAY_ADDRESS": address},
+                         capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+    assert_equal_states(load_train_state(run_dir / f"checkpoint_{total:08d}" / "checkpoint.pt"),
+                        load_train_state(tmp_path / "reference" / f"checkpoint_{total:08d}"
+                                         / "checkpoint.pt"))

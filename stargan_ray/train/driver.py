@@ -75,7 +75,9 @@ def build_trainer(spec: WorkerSpec, opts: RunOptions, *, callbacks: list | None 
             resources_per_worker=resources["resources_per_worker"]),
         run_config=ray.train.RunConfig(
             name=opts.run_name(spec.cfg), **ray_storage(opts.storage),
-            failure_config=ray.train.FailureConfig(max_failures=opts.max_failures),
+            failure_config=ray.train.FailureConfig(
+                max_failures=opts.max_failures,
+                max_preemption_failures=spec.cfg.train.max_preemptions),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=spec.cfg.train.keep_checkpoints),
             callbacks=callbacks),

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +29,7 @@ from ..errors import UserError
 from ..storage import filesystem, join, write_bytes
 from .best import keep_best
 from .checkpoints import StartPoint, checkpoint_name, folder_step, local_file
+from .preemption import PreemptionWatch
 from .saving import NonFiniteWeights, save_report, weights_finite
 from .spec import WorkerSpec
 
@@ -327,10 +328,15 @@ class _Stop(Exception):
 def _train(state: TrainState, batches, out: Outputs, spec: WorkerSpec, rank: int,
            world: int) -> None:
     loop = _Loop(state, out, spec, rank, world)
+    watch = PreemptionWatch(state.cfg.train.preemption_check_every)
     while state.step < state.cfg.train.total_iters:
         batch: Batch = next(batches)
         loop.window.add(train_step(state, batch), state.step - 1)
         due = Due.at(state.step, state.cfg.train)
+        notice = watch.poll(state.step)  # every rank, at the same steps (a barrier)
+        if notice is not None:  # a node goes soon: checkpoint this step now
+            out.logger.event("preemption", step=state.step, **notice)
+            due = replace(due, save=True)
         metrics: dict[str, Any] | None = {"step": state.step}
         try:
             if due.log or due.save:  # the window's stats: printed, and checked before a save
