@@ -105,7 +105,7 @@ class TrainConfig:
     # ask). A preemption restart counts against max_preemptions (-1: no limit, as Ray's default),
     # apart from --max-failures.
     preemption_check_every: int = 10
-    max_preemptions: int = -1
+    max_preemptions: int = -1  # preemption restarts allowed (-1: no limit)
     nan_policy: str = "stop"  # stop | rollback
     precision: str = "fp32"  # fp32 | tf32 | bf16
     channels_last: bool = False  # channels-last memory format for networks and batches
