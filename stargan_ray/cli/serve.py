@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise ConfigError(f"serve: {err.name or err} is missing; install the serve extra: "
                           "pip install 'stargan-ray[serve]'") from None
+    from ..train.capacity import check_capacity, serve_request
     from ..train.cluster import start_local_ray
 
     opts = serve_options(args)
@@ -95,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             replicas = opts.autoscale[1] if opts.autoscale else opts.replicas
             needed = math.ceil(replicas * opts.cpus_per_replica + 1)
             start_local_ray(max(os.cpu_count() or 1, needed), configure_logging=False)
+    check_capacity(serve_request(opts))  # replicas no node can ever hold: one line, no wait
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(build_app(opts), name=APP_NAME, route_prefix="/")
     print(f"stargan-ray serve: http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)

@@ -56,6 +56,7 @@ def batch_line(cfg, num_workers: int) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..config import to_toml
     from ..train import TrainingInterrupted, init_ray, plan_run, run_training
+    from ..train.capacity import check_capacity, train_request
 
     cfg = experiment_from_args(args)
     opts = options_from_args(args)
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         print(line, flush=True)
     try:
         init_ray(opts)
+        check_capacity(train_request(opts))  # a request no node can ever hold: one line, no wait
         result = run_training(cfg, opts, plan=plan, note=None)
     except TrainingInterrupted as err:
         print(f"stargan-ray: {err}", file=sys.stderr, flush=True)
