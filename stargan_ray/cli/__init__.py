@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"stargan-ray: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl+C before a command could say more (e.g. in Ray's start-up)
+        print(f"stargan-ray: interrupted: {args.command} stopped before it finished",
+              file=sys.stderr, flush=True)
         return 130
 
 

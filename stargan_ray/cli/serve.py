@@ -169,6 +169,7 @@ def start_and_wait(args: argparse.Namespace, opts, run_processes: dict[int, str]
     import ray
 
     from ..serve.build import deploy
+    from ..train.capacity import check_capacity, serve_request
     from ..train.cluster import start_local_ray
 
     if not ray.is_initialized():
@@ -178,6 +179,7 @@ def start_and_wait(args: argparse.Namespace, opts, run_processes: dict[int, str]
             replicas = opts.autoscale[1] if opts.autoscale else opts.replicas
             needed = math.ceil(replicas * opts.cpus_per_replica + 1)
             start_local_ray(max(os.cpu_count() or 1, needed), configure_logging=False)
+    check_capacity(serve_request(opts))  # replicas no node can ever hold: one line, no wait
     from ray import serve
 
     serve.start(http_options={"host": args.host, "port": args.port})

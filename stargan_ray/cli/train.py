@@ -59,6 +59,7 @@ def batch_line(cfg, num_workers: int) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..config import to_toml
     from ..train import TrainingInterrupted, init_ray, plan_run, run_training
+    from ..train.capacity import check_capacity, train_request
     from ..train.run_lock import hold_run_folder
 
     cfg = experiment_from_args(args)
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         # Held before Ray starts, so a second run on the name is refused at once.
         with hold_run_folder(plan.run_dir, force=opts.force, note=print):
             init_ray(opts)
+            check_capacity(train_request(opts))  # a request no node can ever hold: one line
             result = run_training(cfg, opts, plan=plan, note=None)
     except TrainingInterrupted as err:
         print(f"stargan-ray: {err}", file=sys.stderr, flush=True)

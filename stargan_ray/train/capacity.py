@@ -1,0 +1,132 @@
+"""Can the cluster ever hold what a run asks for? Checked before any worker or replica is placed.
+
+Ray waits forever for a placement nothing can satisfy (`--gpus-per-worker 1` on a cluster without
+GPUs repeats "No available node types can fulfill resource request"). capacity_problem compares
+the request with a description of the cluster: its live nodes and, when an autoscaler is
+configured, the node types it may add and the most of each resource it may reach. Without an
+autoscaler the live nodes are the limit. The comparison is plain Python (tests give it simulated
+clusters); cluster_description reads the real one from Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from ..errors import ConfigError
+
+Resources = Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What a cluster has: each live node's resources; with an autoscaler, the resources of each
+    node type it may start and the most of each resource it may reach (None: no autoscaler)."""
+
+    nodes: Sequence[Resources]
+    node_types: Sequence[Resources] = ()
+    max_total: Resources | None = None
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.max_total is not None
+
+
+@dataclass(frozen=True)
+class Request:
+    """count units (workers, replicas) of per_unit resources each; flags name them for the user."""
+
+    count: int
+    per_unit: Resources
+    count_flag: str  # "--num-workers"
+    unit: str  # "worker"
+    flags: Mapping[str, str] = field(default_factory=dict)  # {"GPU": "--gpus-per-worker"}
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def _describe(nodes: Sequence[Resources], keys: Sequence[str]) -> str:
+    if not nodes:
+        return "no nodes"
+    return "; ".join(", ".join(f"{_num(node.get(k, 0))} {k}" for k in keys) for node in nodes)
+
+
+def capacity_problem(request: Request, cluster: Cluster) -> str | None:
+    """None when the cluster (with what its autoscaler may add) can hold the request; else one
+    line naming the flag, the numbers asked for and the numbers the cluster has."""
+    wanted = {k: v for k, v in request.per_unit.items() if v > 0}
+    keys = sorted(wanted)
+    shapes = [*cluster.nodes, *cluster.node_types]
+    more = (" or any node type its autoscaler may add" if cluster.autoscaling
+            else " (no autoscaler is configured to add nodes)")
+    for key, amount in sorted(wanted.items()):
+        largest = max((node.get(key, 0) for node in shapes), default=0)
+        if amount > largest:
+            flag = request.flags.get(key, key)
+            return (f"{flag} {_num(amount)}: each {request.unit} needs {_num(amount)} {key} on one "
+                    f"node, but no node of the cluster has more than {_num(largest)}{more}; its "
+                    f"nodes: {_describe(cluster.nodes, keys)}")
+    if not any(all(node.get(k, 0) >= v for k, v in wanted.items()) for node in shapes):
+        asked = ", ".join(f"{_num(wanted[k])} {k}" for k in keys)
+        return (f"each {request.unit} needs {asked} on one node, but no node has all of "
+                f"that{more}; its nodes: {_describe(cluster.nodes, keys)}")
+    for key, amount in sorted(wanted.items()):
+        total = amount * request.count
+        have = sum(node.get(key, 0) for node in cluster.nodes)
+        limit = max(have, cluster.max_total.get(key, 0)) if cluster.autoscaling else have
+        if total > limit + 1e-9:
+            flag = request.flags.get(key, key)
+            where = (f"its autoscaler may grow it to {_num(limit)}" if cluster.autoscaling else
+                     "no autoscaler is configured to add more")
+            return (f"{request.count_flag} {request.count} x {flag} {_num(amount)} = "
+                    f"{_num(total)} {key}, but the cluster has {_num(have)} {key} in all and "
+                    f"{where}")
+    return None
+
+
+def cluster_description() -> Cluster:
+    """The connected Ray cluster: live nodes, and the autoscaler's node types and limits when a
+    cluster config is published (Ray Train checks the same config before placing workers)."""
+    import ray
+
+    nodes = [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+        max_total = state.get_max_resources_from_cluster_config() if config else None
+    except Exception:  # noqa: BLE001  an older or private API that moved: no autoscaler known
+        config, max_total = None, None
+    if config is None or max_total is None:
+        return Cluster(nodes)
+    node_types = [dict(group.resources) for group in config.node_group_configs
+                  if group.max_count != 0]
+    return Cluster(nodes, node_types, dict(max_total))
+
+
+def check_capacity(request: Request, cluster: Cluster | None = None) -> None:
+    """Raise ConfigError (one line) when nothing the cluster has or may add holds the request."""
+    problem = capacity_problem(request, cluster or cluster_description())
+    if problem:
+        raise ConfigError(problem)
+
+
+def train_request(opts: Any) -> Request:
+    """What a Train run (RunOptions) asks for: its minimum worker count of one bundle each."""
+    per_worker = opts.resources()["resources_per_worker"]
+    return Request(opts.worker_range[0], per_worker, "--num-workers", "worker",
+                   {"CPU": "--cpus-per-worker", "GPU": "--gpus-per-worker"})
+
+
+def serve_request(opts: Any) -> Request:
+    """What a Serve app (ServeOptions) asks for: its minimum replica count, one bundle each."""
+    count = opts.autoscale[0] if opts.autoscale else opts.replicas
+    flag = "--autoscale MIN" if opts.autoscale else "--replicas"
+    return Request(count, {"CPU": opts.cpus_per_replica, "GPU": opts.gpus_per_replica}, flag,
+                   "replica", {"CPU": "--cpus-per-replica", "GPU": "--gpus-per-replica"})
+
+
+__all__ = ["Cluster", "Request", "capacity_problem", "cluster_description", "check_capacity",
+           "train_request", "serve_request"]
