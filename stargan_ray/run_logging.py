@@ -119,15 +119,19 @@ class RunLogger:
         self.run_dir = local_run_dir(loop_config["run_dir"])
         self.wandb = None
         self._val = None
-        self._tb = None  # TensorBoard event files (plots.ScalarWriter), rank 0
+        self._tb = None  # TensorBoard event files (dashboards.EventWriter), rank 0
+        self._artifacts = None  # checkpoints as W&B artifacts (dashboards.CheckpointArtifacts)
         self._unplotted = False  # metrics logged since plots/losses.png was last drawn
         if rank != 0:
             return
         (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        from .plots import ScalarWriter
+        from .dashboards import CheckpointArtifacts, EventWriter
 
-        self._tb = ScalarWriter(self.run_dir)
+        self._tb = EventWriter(self.run_dir)
         self._init_wandb(loop_config)
+        if self.wandb is not None:
+            self._artifacts = CheckpointArtifacts(self.wandb, loop_config["run_name"],
+                                                  {"experiment": self.cfg.name})
 
     # ------------------------------------------------------------ W&B
 
@@ -231,6 +235,8 @@ class RunLogger:
         for name, image in images.items():
             image.save(self.run_dir / "samples" / f"{step:06d}_{name}.png")
         self.plot()  # the loss plot refreshes with the sample grids
+        if self._tb is not None:
+            self._tb.add_images(step, images)
         if self.wandb is not None:
             import wandb
 
@@ -250,12 +256,22 @@ class RunLogger:
                           reduce=sum_over_ranks(self.device) if sharded else None)
         if self.rank == 0:
             self._wandb_log({"fid_quick": value}, step)
+            if self._tb is not None:
+                self._tb.add_scalars(step, {"fid_quick": value})
         return {"fid_quick": value}
+
+    def checkpoint_saved(self, checkpoint_dir: str, step: int, metrics: dict[str, Any],
+                         aliases: tuple[str, ...]) -> None:
+        """Log a complete checkpoint folder (in the run's storage) as a W&B artifact (rank 0)."""
+        if self._artifacts is not None:
+            self._artifacts.log(checkpoint_dir, step, aliases, metrics.get("fid_quick"))
 
     def finish(self) -> None:
         self.plot()
         if self._tb is not None:
             self._tb.close()
+        if self._artifacts is not None:
+            self._artifacts.close()  # every queued artifact handed to W&B before finish
         if self.wandb is not None:
             try:
                 self.wandb.finish()

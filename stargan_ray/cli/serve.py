@@ -58,10 +58,13 @@ def add_parser(sub) -> None:
 def serve_options(args: argparse.Namespace):
     """ServeOptions from the flags; the replicas read the checkpoint's own config when no
     --experiment or --set replaces it."""
+    from ..dashboards import checkpoint_source
     from ..serve import ServeOptions
     from ..storage import is_uri
     from .common import model_config
 
+    # wandb://: the artifact's s3:// / gs:// object when it references one, else the fetched file
+    args.checkpoint = checkpoint_source(args.checkpoint, keep_references=True)
     path = args.checkpoint or args.official_checkpoint
     if not is_uri(path) and not os.path.exists(path):
         raise ConfigError(f"serve: checkpoint {path}: no such file")

@@ -28,7 +28,7 @@ from ..config import from_dict
 from ..engine import Batch, TrainState, build_optimizers, train_step
 from ..errors import UserError
 from ..storage import filesystem, join, write_bytes
-from .best import keep_best
+from .best import BEST_DIR, keep_best
 from .plan import CHECKPOINT_PREFIX, StartPoint, folder_step, local_file
 
 
@@ -280,6 +280,8 @@ def _train(state: TrainState, batches, logger, rank: int, world: int,
         saved = step % t.save_every == 0 or step == t.total_iters
         if saved:
             _save_report(state, metrics, rank)
+            logger.checkpoint_saved(join(loop_config["run_dir"], f"{CHECKPOINT_PREFIX}{step:08d}"),
+                                    step, metrics, ("latest",))
             if t.nan_policy == "rollback":
                 last_good = _cpu_copy(state_dict(state))
         else:
@@ -287,10 +289,17 @@ def _train(state: TrainState, batches, logger, rank: int, world: int,
 
             ray.train.report(metrics, checkpoint=None)
         if t.keep_best and rank == 0 and "fid_quick" in metrics and weights_finite(state):
-            # After the report: the step's checkpoint folder (the source) is in storage by now.
-            keep_best(loop_config["run_dir"], step, metrics,
-                      lambda f: torch.save(state_dict(state), f),
-                      source=f"{CHECKPOINT_PREFIX}{step:08d}" if saved else None)
+            _keep_best(state, metrics, logger, loop_config["run_dir"], saved)
+
+
+def _keep_best(state: TrainState, metrics: dict[str, Any], logger, run_dir: str,
+               saved: bool) -> None:
+    """Rank 0, after the report: the step's checkpoint folder (the source) is in storage by
+    now. A new best is also logged as the W&B artifact aliased best."""
+    name = f"{CHECKPOINT_PREFIX}{state.step:08d}"
+    if keep_best(run_dir, state.step, metrics, lambda f: torch.save(state_dict(state), f),
+                 source=name if saved else None):
+        logger.checkpoint_saved(join(run_dir, BEST_DIR, name), state.step, metrics, ("best",))
 
 
 def _cpu_copy(obj: Any) -> Any:
