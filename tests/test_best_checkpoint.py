@@ -174,7 +174,13 @@ def test_keep_best_config():
 
 
 class _Logger:
-    """RunLogger's surface for train.worker._train."""
+    """RunLogger's surface for train.worker._train; records what goes to W&B as artifacts."""
+
+    def __init__(self):
+        self.saved = []  # (checkpoint folder, step, aliases)
+
+    def checkpoint_saved(self, checkpoint_dir, step, metrics, aliases):
+        self.saved.append((checkpoint_dir, step, aliases))
 
     def log(self, step, metrics, line):
         pass
@@ -214,8 +220,15 @@ def test_the_train_loop_keeps_its_best_fid_quick_step(tmp_path, monkeypatch, fid
     state = TrainState.create(cfg, "cpu", seed=0)
     batches = iter([random_batch(cfg, seed=i) for i in range(6)])
     run_dir = str(tmp_path / "run")
-    worker._train(state, batches, _outputs(fids), WorkerSpec(cfg, run_dir, "t", data=None), 0, 1)
+    outputs = _outputs(fids)
+    logger = outputs.logger
+    worker._train(state, batches, outputs, WorkerSpec(cfg, run_dir, "t", data=None), 0, 1)
     assert reports == [(2, True), (3, False), (4, True), (6, True)]
+    saved = [("checkpoint_00000002", 2, "latest"), ("best/checkpoint_00000003", 3, "best"),
+             ("checkpoint_00000004", 4, "latest"), ("checkpoint_00000006", 6, "latest")]
+    if best == 6:  # a new best at 6: after that step's checkpoint
+        saved.append(("best/checkpoint_00000006", 6, "best"))
+    assert logger.saved == [(f"{run_dir}/{folder}", s, (alias,)) for folder, s, alias in saved]
     record = train.read_best(run_dir)
     assert record == {"step": best, "fid_quick": fids[best], "source": source,
                       "checkpoint": f"checkpoint_{best:08d}/checkpoint.pt"}

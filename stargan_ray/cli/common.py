@@ -39,7 +39,8 @@ def add_model_source_args(parser: argparse.ArgumentParser, *, run: bool = False)
     Returns the mutually exclusive group so a command can add a source of its own.
     """
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="a stargan-ray checkpoint file or folder")
+    src.add_argument("--checkpoint", help="a stargan-ray checkpoint file or folder, or a W&B "
+                     "artifact wandb://ENTITY/PROJECT/NAME:ALIAS")
     src.add_argument("--official-checkpoint", help="an official {step}_nets_ema.ckpt")
     if run:
         src.add_argument("--run", metavar="RUN_DIR",
@@ -60,7 +61,9 @@ def model_config(args: argparse.Namespace, command: str,
     only weights, so its shapes come from --experiment. --set and extra overrides apply on top.
     """
     from ..checkpoint import read_config
+    from ..dashboards import checkpoint_source
 
+    args.checkpoint = checkpoint_source(args.checkpoint)  # wandb://: the fetched file
     overrides = [*args.overrides, *(extra or [])]
     if args.official_checkpoint:
         if not args.experiment:

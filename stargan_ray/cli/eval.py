@@ -45,6 +45,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="output folder (default: outputs/<experiment>/eval)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace results files an earlier eval wrote (default: refuse)")
+    p.add_argument("--wandb", choices=("online", "offline", "disabled"), default=None,
+                   help="also log the results as a W&B run with a table per checkpoint "
+                        "(default: $WANDB_MODE, else disabled)")
     p.set_defaults(func=run)
 
 
@@ -88,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     _check_out(out, cfg, args, [step])
     results = evaluate(nets, cfg, step=step, mode=args.mode, out_dir=out,
                        opts=EvalOptions(args.num_workers, device))
+    _dashboards(args, out, cfg, [(step, results)])
     for key, value in results.items():
         print(f"{key}: {'null' if value is None else f'{value:.6f}'}")
     print(f"wrote {out}/FID_{step:05d}_*.json and LPIPS_{step:05d}_*.json")
@@ -134,6 +138,8 @@ def _run_dir(args: argparse.Namespace, device: str) -> int:
         results = evaluate(nets, cfg, step=step, mode=args.mode, out_dir=out,
                            opts=EvalOptions(args.num_workers, device))
         rows.append({"step": step, **results})
+    _dashboards(args, out, cfg, [(r["step"], {k: v for k, v in r.items() if k != "step"})
+                                 for r in rows])
     by_step.write_csv(rows, out / by_step.CSV_FILE)
     by_step.plot(rows, out / by_step.PNG_FILE)
     print(f"wrote {out / by_step.CSV_FILE} and {out / by_step.PNG_FILE} ({len(rows)} checkpoints)")
@@ -144,3 +150,20 @@ def _run_dir(args: argparse.Namespace, device: str) -> int:
         key, row = best
         print(f"best step: {row['step']} ({key} {row[key]:.6f})")
     return 0
+
+
+def _dashboards(args: argparse.Namespace, out: str | Path, cfg,
+                evaluated: list[tuple[int, dict[str, Any]]]) -> None:
+    """The results as TensorBoard scalars in out and, when W&B is on, a W&B table per step."""
+    import os
+
+    from ..dashboards import EvalDashboards
+    from ..data.folders import scan
+    from ..metrics.eval_plan import resolve_dirs
+
+    domains = scan(resolve_dirs(cfg)[1], cfg.model.num_domains).domains
+    mode = args.wandb or os.environ.get("WANDB_MODE") or "disabled"
+    dashboards = EvalDashboards(out, cfg.to_dict(), f"eval-{cfg.name}", mode)
+    for step, results in evaluated:
+        dashboards.add(step, results, domains)
+    dashboards.close()

@@ -120,10 +120,13 @@ def serve_options(args: argparse.Namespace):
     """ServeOptions from the flags, the checkpoint opened and checked on this machine; the
     replicas read the checkpoint's own config when no --experiment or --set replaces it."""
     from ..checkpoint import load_ema_networks
+    from ..dashboards import checkpoint_source
     from ..serve import ServeOptions
     from ..storage import is_uri
     from .common import model_config
 
+    # wandb://: the artifact's s3:// / gs:// object when it references one, else the fetched file
+    args.checkpoint = checkpoint_source(args.checkpoint, keep_references=True)
     path = args.checkpoint or args.official_checkpoint
     if not is_uri(path) and not os.path.exists(path):
         raise ConfigError(f"serve: checkpoint {path}: no such file")

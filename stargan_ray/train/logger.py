@@ -62,15 +62,19 @@ class RunLogger:
         self.cfg, self.rank = cfg, rank
         self.run_dir = local_run_dir(run_dir)
         self.wandb = None
-        self._tb = None  # TensorBoard event files (plots.ScalarWriter), rank 0
+        self._tb = None  # TensorBoard event files (dashboards.EventWriter), rank 0
+        self._artifacts = None  # checkpoints as W&B artifacts (dashboards.CheckpointArtifacts)
         self._unplotted = False  # metrics logged since plots/losses.png was last drawn
         if rank != 0:
             return
         (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        from ..plots import ScalarWriter
+        from ..dashboards import CheckpointArtifacts, EventWriter
 
-        self._tb = ScalarWriter(self.run_dir)
+        self._tb = EventWriter(self.run_dir)
         self._init_wandb(wandb, run_name, wandb_group)
+        if self.wandb is not None:
+            self._artifacts = CheckpointArtifacts(self.wandb, run_name,
+                                                  {"experiment": self.cfg.name})
 
     # ------------------------------------------------------------ W&B
 
@@ -171,20 +175,33 @@ class RunLogger:
         for name, image in images.items():
             image.save(self.run_dir / "samples" / f"{step:06d}_{name}.png")
         self.plot()
+        if self._tb is not None:
+            self._tb.add_images(step, images)
         if self.wandb is not None:
             import wandb
 
             self._wandb_log({f"samples/{k}": wandb.Image(v) for k, v in images.items()}, step)
 
     def evaluation(self, step: int, metrics: dict[str, float]) -> None:
-        """The step's quick evaluation (train.quick_eval): to W&B (and Ray's report, by the loop)."""
+        """The step's quick evaluation (train.quick_eval): to W&B and TensorBoard (and Ray's
+        report, by the loop)."""
         if self.rank == 0 and metrics:
             self._wandb_log(metrics, step)
+            if self._tb is not None:
+                self._tb.add_scalars(step, metrics)
+
+    def checkpoint_saved(self, checkpoint_dir: str, step: int, metrics: dict[str, Any],
+                         aliases: tuple[str, ...]) -> None:
+        """Log a complete checkpoint folder (in the run's storage) as a W&B artifact (rank 0)."""
+        if self._artifacts is not None:
+            self._artifacts.log(checkpoint_dir, step, aliases, metrics.get("fid_quick"))
 
     def finish(self) -> None:
         self.plot()
         if self._tb is not None:
             self._tb.close()
+        if self._artifacts is not None:
+            self._artifacts.close()  # every queued artifact handed to W&B before finish
         if self.wandb is not None:
             try:
                 self.wandb.finish()

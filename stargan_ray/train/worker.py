@@ -28,7 +28,7 @@ from ..engine import Batch, TrainState, build_optimizers, train_step
 from ..errors import UserError
 from ..storage import filesystem, join, write_bytes
 from .best import keep_best
-from .checkpoints import StartPoint, checkpoint_name, folder_step, local_file
+from .checkpoints import BEST_DIR, StartPoint, checkpoint_name, folder_step, local_file
 from .preemption import PreemptionWatch
 from .saving import NonFiniteWeights, save_report, weights_finite
 from .spec import WorkerSpec
@@ -309,6 +309,8 @@ class _Loop:
             problem = save_report(state, metrics, self.rank, self.world, self.spec.run_dir)
             if problem is not None:  # a full disk: stop, not a worker failure to retry
                 raise _Stop(problem)
+            logger.checkpoint_saved(join(self.spec.run_dir, checkpoint_name(step)), step, metrics,
+                                    ("latest",))
             if t.nan_policy == "rollback":
                 self.last_good = _cpu_copy(state_dict(state))
         elif due.log or due.eval:
@@ -316,9 +318,7 @@ class _Loop:
 
             ray.train.report(metrics, checkpoint=None)
         if t.keep_best and self.rank == 0 and "fid_quick" in metrics and weights_finite(state):
-            # After the report: the step's checkpoint folder (the source) is in storage by now.
-            keep_best(self.spec.run_dir, step, metrics, lambda f: torch.save(state_dict(state), f),
-                      source=checkpoint_name(step) if due.save else None)
+            _keep_best(state, metrics, logger, self.spec.run_dir, due.save)
 
 
 class _Stop(Exception):
@@ -347,6 +347,16 @@ def _train(state: TrainState, batches, out: Outputs, spec: WorkerSpec, rank: int
         except _Stop as stop:
             _stop(spec.run_dir, out.logger, rank, str(stop))
             return
+
+
+def _keep_best(state: TrainState, metrics: dict[str, Any], logger, run_dir: str,
+               saved: bool) -> None:
+    """Rank 0, after the report: the step's checkpoint folder (the source) is in storage by
+    now. A new best is also logged as the W&B artifact aliased best."""
+    name = checkpoint_name(state.step)
+    if keep_best(run_dir, state.step, metrics, lambda f: torch.save(state_dict(state), f),
+                 source=name if saved else None):
+        logger.checkpoint_saved(join(run_dir, BEST_DIR, name), state.step, metrics, ("best",))
 
 
 def _cpu_copy(obj: Any) -> Any:

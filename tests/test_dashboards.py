@@ -1,0 +1,259 @@
+"""What a run shows in W&B and TensorBoard, read back with their own formats.
+
+W&B runs offline; their records are read from the run's .wandb file (wandb 0.31 ships no Python
+reader, so a small one is below). TensorBoard's event files are read with TensorBoard's own
+EventAccumulator.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stargan_ray import cli
+from stargan_ray.checkpoint import save_checkpoint
+from stargan_ray.dashboards import CheckpointArtifacts, artifact_name, task_rows
+from stargan_ray.data.synthetic import generate
+from stargan_ray.engine import TrainState
+from stargan_ray.plots import D_LATENT, G_LATENT, read_jsonl
+
+from .conftest import tiny_eval_config
+
+BLOCK = 32768  # the .wandb log's block size
+
+
+def wandb_records(offline_run: Path) -> list:
+    """Every record of an offline W&B run's .wandb file (wandb_internal_pb2.Record).
+
+    The file is a LevelDB-style log: a 7-byte header, then records cut into chunks with 7-byte
+    headers (crc, length, type: 1 full, 2 first, 3 middle, 4 last) that never straddle a block.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = offline_run.glob("*.wandb")
+    data, pos, chunks, records = path.read_bytes(), 7, b"", []
+    while pos + 7 <= len(data):
+        if BLOCK - pos % BLOCK < 7:
+            pos += BLOCK - pos % BLOCK
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunks += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            records.append(wandb_internal_pb2.Record.FromString(chunks))
+            chunks = b""
+    return records
+
+
+def _of_type(records, kind: str) -> list:
+    return [getattr(r, kind) for r in records if r.WhichOneof("record_type") == kind]
+
+
+def _history(records) -> list[dict]:
+    """Each history record as {key: decoded value}, nested keys joined by '/'."""
+    rows = []
+    for h in _of_type(records, "history"):
+        row: dict = {}
+        for item in h.item:
+            path = [item.key] if item.key else list(item.nested_key)
+            value = json.loads(item.value_json)
+            if len(path) == 1:
+                row[path[0]] = value
+            else:  # a media value's fields: ["eval/tasks", "_type"]
+                row.setdefault(path[0], {})[path[1]] = value
+        rows.append(row)
+    return rows
+
+
+def _offline_run(folder: Path) -> Path:
+    runs = list((folder / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def _accumulator(folder: Path):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(
+        str(folder), size_guidance={event_accumulator.SCALARS: 0, event_accumulator.IMAGES: 0})
+    acc.Reload()
+    return acc
+
+
+# ---------------------------------------------------------------- a real training run
+
+
+@pytest.fixture(scope="module")
+def run_dir(ray_session, tmp_path_factory):
+    """A 1-worker Ray Train run of 8 steps with W&B offline: prints at 2, 4, 6, 8, samples and
+    checkpoints at 4 and 8, fid_quick (seeded random Inception) at 4 and 8, the best kept."""
+    from stargan_ray.train import RunOptions, run_training
+
+    root = tmp_path_factory.mktemp("dashboards")
+    train_dir, val_dir = generate(root / "data", img_size=32, num_domains=2, n_train=4, n_val=2)
+    cfg = tiny_eval_config(train_dir, val_dir, **{
+        "train.total_iters": 8, "train.print_every": 2, "train.sample_every": 4,
+        "train.save_every": 4, "train.eval_every": 4, "train.keep_best": True,
+        "train.keep_checkpoints": 5, "eval.quick_sources": 2, "eval.quick_outs": 2})
+    run_training(cfg, RunOptions(num_workers=1, cpus_per_worker=1.0, storage=str(root / "runs"),
+                                 name="dash", max_failures=0, wandb="offline"))
+    return root / "runs" / "dash"
+
+
+@pytest.mark.ray
+def test_checkpoints_are_model_artifacts_with_latest_and_best(run_dir):
+    records = wandb_records(_offline_run(run_dir))
+    artifacts = [a for a in _of_type(records, "artifact") if a.type == "model"]
+    assert {a.name for a in artifacts} == {artifact_name("dash")}
+    meta = [json.loads(a.metadata) for a in artifacts]
+    # Every checkpoint the run saved, in order; W&B gives each new version `latest`, so the
+    # alias ends on the newest state (the best/ copy of a step is the same state).
+    saved = [m["step"] for m in meta if Path(m["checkpoint"]).parent == run_dir]
+    assert saved == [4, 8] and all("latest" in a.aliases for a in artifacts)
+    assert [m["step"] for m in meta] == sorted(m["step"] for m in meta)
+    best = json.loads((run_dir / "best" / "best.json").read_text())
+    best_meta = [m for a, m in zip(artifacts, meta) if "best" in a.aliases][-1]
+    assert best_meta["step"] == best["step"] and best_meta["fid_quick"] == best["fid_quick"]
+    assert Path(best_meta["checkpoint"]).parent == run_dir / "best"
+    assert all(np.isfinite(m["fid_quick"]) for m in meta)  # each save step was an eval step
+    for a, m in zip(artifacts, meta):
+        (entry,) = a.manifest.contents
+        folder = Path(m["checkpoint"])
+        assert entry.path == "checkpoint.pt" and not entry.ref  # local storage: a copy
+        assert entry.size == (folder / "checkpoint.pt").stat().st_size
+        assert folder.parent in (run_dir, run_dir / "best") and folder.name.endswith(
+            f"{m['step']:08d}")
+
+
+@pytest.mark.ray
+def test_sample_grids_are_wandb_images_at_the_sample_steps(run_dir):
+    history = _history(wandb_records(_offline_run(run_dir)))
+    images = {(row["_step"], key) for row in history for key, value in row.items()
+              if isinstance(value, dict) and value.get("_type") == "image-file"}
+    assert images == {(s, f"samples/{k}") for s in (4, 8) for k in ("reference", "latent")}
+
+
+@pytest.mark.ray
+def test_tensorboard_holds_the_losses_the_grids_and_fid_quick(run_dir):
+    acc = _accumulator(run_dir)
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in records] == [2, 4, 6, 8]
+    for tag in (*D_LATENT, *G_LATENT):
+        events = acc.Scalars(tag)
+        assert [e.step for e in events] == [2, 4, 6, 8], tag
+        np.testing.assert_allclose([e.value for e in events], [r[tag] for r in records],
+                                   rtol=1e-6, err_msg=tag)
+    assert [e.step for e in acc.Scalars("fid_quick")] == [4, 8]
+    for name in ("reference", "latent"):
+        events = acc.Images(f"samples/{name}")
+        assert [e.step for e in events] == [4, 8]
+        for e in events:  # the pixels of the PNG the run saved
+            shown = np.asarray(Image.open(io.BytesIO(e.encoded_image_string)).convert("RGB"))
+            saved = np.asarray(Image.open(run_dir / "samples" / f"{e.step:06d}_{name}.png"))
+            assert shown.shape == saved.shape and np.array_equal(shown, saved)
+
+
+# ---------------------------------------------------------------- by reference, no Ray
+
+
+def test_object_storage_checkpoints_are_references(tmp_path, monkeypatch):
+    """An s3:// checkpoint is recorded by its URI (query left out), nothing copied or read."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = wandb.init(project="stargan-ray-test", name="refs", dir=str(tmp_path),
+                     settings=wandb.Settings(silent=True, console="off"))
+    artifacts = CheckpointArtifacts(run, "refs")
+    uri = "s3://bucket/runs/refs/checkpoint_00000008?endpoint_override=127.0.0.1:9&scheme=http"
+    artifacts.log(uri, 8, ("latest", "best"), fid_quick=12.5)
+    artifacts.close()
+    run.finish()
+    wandb.teardown()  # finish() may return before wandb's service has written the records
+    (artifact,) = _of_type(wandb_records(_offline_run(tmp_path)), "artifact")
+    (entry,) = artifact.manifest.contents
+    assert entry.ref == "s3://bucket/runs/refs/checkpoint_00000008/checkpoint.pt"
+    assert entry.path == "checkpoint.pt" and not entry.local_path and entry.size == 0
+    assert set(artifact.aliases) == {"latest", "best"} and artifact.type == "model"
+    assert json.loads(artifact.metadata)["fid_quick"] == 12.5
+
+
+# ---------------------------------------------------------------- eval's table
+
+
+def test_task_rows_follow_the_official_task_order():
+    results = {"FID_latent/b2a": 2.0, "FID_latent/a2b": 1.0, "FID_latent/mean": 1.5,
+               "KID_latent/a2b": 0.1, "LPIPS_latent/a2b": 0.3}
+    assert task_rows(results, ["a", "b"]) == [["latent", "b", "a", 2.0, None, None],
+                                              ["latent", "a", "b", 1.0, 0.1, 0.3]]
+
+
+def test_eval_logs_a_wandb_table_and_tensorboard_scalars(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("STARGAN_RAY_CACHE", str(tmp_path / "cache"))
+    train_dir, val_dir = generate(tmp_path / "data", img_size=32, num_domains=2, n_train=4,
+                                  n_val=2)
+    cfg = tiny_eval_config(train_dir, val_dir, **{"eval.kid_subsets": 4})
+    state = TrainState.create(cfg, "cpu", seed=0)
+    state.step = 6
+    ckpt = save_checkpoint(state, tmp_path / "ckpt" / "checkpoint.pt")
+    out = tmp_path / "eval"
+    assert cli.main(["eval", "--checkpoint", str(ckpt), "--num-workers", "0", "--device", "cpu",
+                     "--mode", "latent", "--out", str(out), "--wandb", "offline"]) == 0
+    wandb.teardown()  # as the process's exit would: the service writes the records out
+    written = json.loads((out / "FID_00006_latent.json").read_text())
+    lpips = json.loads((out / "LPIPS_00006_latent.json").read_text())
+
+    offline = _offline_run(out)
+    (row,) = [r for r in _history(wandb_records(offline)) if "eval/tasks" in r]
+    assert row["_step"] == 6 and row["eval/tasks"]["_type"] == "table-file"
+    assert row["FID_latent/mean"] == pytest.approx(written["FID_latent/mean"])
+    table = json.loads((offline / "files" / row["eval/tasks"]["path"]).read_text())
+    assert table["columns"] == ["mode", "source", "target", "FID", "KID", "LPIPS"]
+    domains = [p.name for p in sorted(Path(val_dir).iterdir())]
+    expected = [["latent", s, t, written[f"FID_latent/{s}2{t}"], written[f"KID_latent/{s}2{t}"],
+                 lpips[f"LPIPS_latent/{s}2{t}"]]
+                for t in domains for s in domains if s != t]
+    assert table["data"] == expected
+
+    acc = _accumulator(out)
+    (event,) = acc.Scalars("FID_latent/mean")
+    assert event.step == 6 and event.value == pytest.approx(written["FID_latent/mean"], rel=1e-6)
+
+
+# ---------------------------------------------------------------- wandb:// checkpoints
+
+
+@pytest.mark.parametrize("command", [
+    ["translate", "in.png", "--to", "0", "--out", "OUT"],
+    ["export", "--format", "torchscript", "--out", "OUT/m.pt"],
+    ["serve"],
+])
+def test_wandb_checkpoints_offline_fail_with_one_line(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    argv = [a.replace("OUT", str(tmp_path / "out")) for a in command]
+    assert cli.main([*argv, "--checkpoint", "wandb://me/proj/model-afhq:best"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(
+        "stargan-ray: error: --checkpoint wandb://me/proj/model-afhq:best: W&B is offline")
+
+
+def test_a_malformed_or_unreachable_wandb_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert cli.main(["translate", "x.png", "--to", "0", "--out", str(tmp_path / "o"),
+                     "--checkpoint", "wandb://me/model-afhq"]) == 2
+    assert "expected wandb://ENTITY/PROJECT/NAME:ALIAS" in capsys.readouterr().err
+    # No key and a server that refuses connections: the W&B API's own error, on one line.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    assert cli.main(["translate", "x.png", "--to", "0", "--out", str(tmp_path / "o"),
+                     "--checkpoint", "wandb://me/proj/model-afhq:latest"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot fetch the W&B artifact" in err
