@@ -22,7 +22,8 @@ from .helpers import free_port
 S = 32
 DOMAINS = ["circle", "square", "triangle"]  # the synthetic set's names for 3 domains
 MAX_BATCH = 8
-LIMITS = {"max_bytes": 300_000, "max_pixels": 1_000_000, "max_outputs": 6}
+LIMITS = {"max_bytes": 300_000, "max_pixels": 1_000_000, "max_outputs": 6,
+          "max_video_frames": 12, "max_video_seconds": 2.0, "max_frame_pixels": 64 * 64}
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -76,6 +77,9 @@ def test_config_files_need_a_token_or_no_auth(tmp_path, monkeypatch):
     assert opts.token_sha256 == token_sha256(TOKEN) and opts.exact_batching
     monkeypatch.setenv("STARGAN_RAY_SERVE_TOKEN", TOKEN)
     assert options_from_args({"checkpoint": "c.pt"}).token_sha256 == token_sha256(TOKEN)
+    clips = options_from_args({"checkpoint": "c.pt", "max_video_frames": 50,
+                               "max_video_seconds": "2.5"}).limits
+    assert (clips.max_video_frames, clips.max_video_seconds) == (50, 2.5)
 
 
 def test_batched_jobs_equal_each_job_alone_with_exact_batching(checkpoint):
@@ -147,10 +151,10 @@ def server(ray_session, checkpoint):
     serve.shutdown()
 
 
-def post(url, files=None, data=None, timeout=60, headers=AUTH):
+def post(url, files=None, data=None, timeout=60, headers=AUTH, route="/translate"):
     import requests
 
-    return requests.post(f"{url}/translate", files=files, data=data, timeout=timeout,
+    return requests.post(f"{url}{route}", files=files, data=data, timeout=timeout,
                          headers=headers)
 
 
@@ -405,3 +409,127 @@ def test_batches_form_only_when_the_generator_is_free():
     assert calls == [[0], list(range(1, 9)), [9, 10]]
     assert first == (0, 1, 1)
     assert rest == [(i * 10, 8, 2) for i in range(1, 9)] + [(90, 2, 3), (100, 2, 3)]
+
+
+# ---------------------------------------------------------------- POST /translate_video
+
+
+def clip_bytes(tmp_path, frames=6, fps=10.0, size=(48, 40), seed=0) -> bytes:
+    """A small H.264 clip of smooth moving gradients (width, height = size)."""
+    from stargan_ray.video import write_video
+
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    rng = np.random.default_rng(seed)
+    shots = [np.stack([(xx * 5 + 20 * t) % 256, (yy * 6) % 256, np.full_like(xx, 40 * t)], -1)
+             .astype(np.uint8) for t in range(frames)]
+    shots = [np.clip(f + rng.integers(0, 8, f.shape), 0, 255).astype(np.uint8) for f in shots]
+    return write_video(tmp_path / f"clip-{frames}-{fps}-{w}x{h}.mp4", shots, fps).read_bytes()
+
+
+def decode_clip(data: bytes, tmp_path, name="out.mp4"):
+    from stargan_ray.video import open_video
+
+    (tmp_path / name).write_bytes(data)
+    info, frames = open_video(tmp_path / name)
+    return info, np.stack(list(frames))
+
+
+def test_clip_limits_hold_while_decoding_and_a_missing_extra_is_one_line(monkeypatch):
+    """A clip whose header does not tell its length is stopped at the first frame past a limit;
+    a server without the [video] extra answers 501 naming the install command."""
+    import sys
+
+    from stargan_ray.serve.clips import OverLimit, counting, video_support
+
+    prepare = counting(lambda frame: frame, fps=10.0, limits=Limits(max_video_frames=3))
+    for i in range(3):
+        assert prepare(i) == i
+    with pytest.raises(OverLimit, match="at least 4 frames, more than the limit of 3 frames"):
+        prepare(3)
+    prepare = counting(lambda frame: frame, fps=2.0, limits=Limits(max_video_seconds=1.0))
+    prepare(0), prepare(1)
+    with pytest.raises(OverLimit, match="at least 1.50 s long, more than the limit of 1 s"):
+        prepare(2)
+    assert video_support() is None
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import raises ImportError
+    missing = video_support()
+    assert missing.status == 501 and missing.field == "video"
+    assert "pip install 'stargan-ray[video]'" in missing.message and "\n" not in missing.message
+
+
+@pytest.mark.ray
+def test_a_clip_translates_to_an_mp4_with_its_frame_count_and_rate(server, checkpoint, tmp_path):
+    from stargan_ray.video_translate import translate_video
+
+    clip = clip_bytes(tmp_path, frames=6, fps=10.0)
+    r = post(server, files={"video": ("clip.mp4", clip, "video/mp4")},
+             data={"domain": "square", "seed": "3", "psi": "0.8"}, route="/translate_video")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "video/mp4" and r.headers["x-frames"] == "6"
+    info, got = decode_clip(r.content, tmp_path)
+    assert info.fps == 10.0 and info.size == (S, S) and got.shape == (6, S, S, 3)
+    # the clip in-process, as `translate` writes it: the same frames (one encoder, one model)
+    tr = Translator.from_checkpoint(checkpoint, batch_size=MAX_BATCH)
+    (tmp_path / "in.mp4").write_bytes(clip)
+    means = []
+    for seed in (3, 4):
+        out = tmp_path / f"local-{seed}.mp4"
+        translate_video(tr, tmp_path / "in.mp4", tr.latent_styles(1, [seed], 0.8), [out])
+        _, want = decode_clip(out.read_bytes(), tmp_path, f"copy-{seed}.mp4")
+        means.append(np.abs(got.astype(int) - want.astype(int)).mean())
+    assert means[0] < 1.0 and means[1] > 5 * means[0] + 1, means  # seed 3's style, not seed 4's
+    # README's curl line, run as written (but for the host, the token and the names)
+    import subprocess
+
+    (tmp_path / "clip.mp4").write_bytes(clip)
+    subprocess.run(["curl", "-sS", "--fail-with-body", "-H", f"Authorization: Bearer {TOKEN}",
+                    "-F", f"video=@{tmp_path / 'clip.mp4'}", "-F", "domain=square", "-F", "seed=3",
+                    "-F", "psi=0.8", f"{server}/translate_video", "-o", str(tmp_path / "c.mp4")],
+                   check=True, timeout=120)
+    np.testing.assert_array_equal(decode_clip((tmp_path / "c.mp4").read_bytes(), tmp_path)[1],
+                                  got)
+    ref = post(server, files={"video": ("c.mp4", clip), "reference": ("r.png", photo_bytes())},
+               data={"domain": "circle"}, route="/translate_video")
+    assert ref.status_code == 200, ref.text
+    assert decode_clip(ref.content, tmp_path, "ref.mp4")[1].shape == (6, S, S, 3)
+
+
+@pytest.mark.ray
+def test_clips_past_a_limit_or_not_a_video_get_4xx_naming_it(server, tmp_path):
+    ok = clip_bytes(tmp_path)
+    noise = np.random.default_rng(1).integers(0, 256, 320_000, dtype=np.uint8).tobytes()
+    cases = [
+        ("13 frames", clip_bytes(tmp_path, frames=13, fps=25.0), {}, 413,
+         "video: 13 frames, more than the limit of 12 frames"),
+        ("3 s", clip_bytes(tmp_path, frames=6, fps=2.0), {}, 413,
+         "video: 3.00 s long, more than the limit of 2 s"),
+        ("frame size", clip_bytes(tmp_path, frames=3, size=(80, 64)), {}, 413,
+         "video: frames of 80 x 64 pixels, more than the limit of 4096 pixels per frame"),
+        ("upload size", noise, {}, 413, "more than the limit of 300000"),
+        ("not a video", b"<html>hello</html>", {}, 400, "video: not a readable video"),
+        ("truncated", ok[:len(ok) // 2], {}, 400, "video: cannot decode the video: decoding "
+                                                    "stopped after"),
+        ("empty", b"", {}, 400, "video: missing or empty"),
+        ("two seeds", ok, {"seed": "0-1"}, 400, "seed: expected one non-negative integer"),
+        ("seed and reference", ok, {"seed": "1", "reference": photo_bytes()}, 400, "not both"),
+        ("unknown domain", ok, {"domain": "cat"}, 400, "unknown domain 'cat'"),
+        ("unknown field", ok, {"seeds": "1"}, 400, "seeds: unknown field"),
+    ]
+    for what, video, extra, status, words in cases:
+        files = {"video": ("clip.mp4", video)}
+        if "reference" in extra:
+            files["reference"] = ("r.jpg", extra.pop("reference"))
+        r = post(server, files=files, data={"domain": "circle", **extra},
+                 route="/translate_video")
+        assert r.status_code == status, (what, r.status_code, r.text)
+        assert r.headers["content-type"] == "application/json", what
+        assert words in r.json()["error"], (what, r.json())
+    no_token = post(server, files={"video": ("c.mp4", ok)}, data={"domain": "circle"},
+                    headers={}, route="/translate_video")
+    assert no_token.status_code == 401 and no_token.json()["field"] == "token"
+    limits = get(server + "/domains").json()
+    assert (limits["max_video_frames"], limits["max_video_seconds"],
+            limits["max_frame_pixels"]) == (12, 2.0, 4096)
+    assert post(server, files={"video": ("c.mp4", ok)}, data={"domain": "circle"},
+                route="/translate_video").status_code == 200

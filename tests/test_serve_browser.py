@@ -129,3 +129,49 @@ def test_page_uploads_a_photo_and_shows_outputs(server, browser, tmp_path):
         resources
     if os.environ.get("STARGAN_SERVE_SCREENSHOT"):
         browser.save_screenshot(os.environ["STARGAN_SERVE_SCREENSHOT"])
+
+
+@pytest.mark.ray
+def test_page_translates_a_clip_and_shows_the_video(server, browser, tmp_path):
+    """A clip over the frame limit shows the server's error; a short one comes back in a
+    <video> element whose source the browser loaded (H.264 mp4 played by chromium)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from stargan_ray.video import write_video
+
+    rng = np.random.default_rng(5)
+    frames = [np.asarray(draw_image("circle", 32, rng)) for _ in range(13)]
+    short = write_video(tmp_path / "short.mp4", frames[:6], 8.0)
+    long = write_video(tmp_path / "long.mp4", frames, 8.0)  # 13 frames: over the limit of 12
+
+    wait = WebDriverWait(browser, 120)
+    browser.get(server + "/")
+    browser.find_element(By.ID, "token").send_keys(test_serve.TOKEN, Keys.TAB)
+    domain = browser.find_element(By.ID, "domain")
+    wait.until(lambda _: len(Select(domain).options) == 3)
+    limits = browser.find_element(By.ID, "video-limits").text
+    assert "at most 2 s, 12 frames, 4096 pixels per frame" in limits, limits
+    error, button = browser.find_element(By.ID, "error"), browser.find_element(By.ID,
+                                                                               "translate-video")
+    video_input = browser.find_element(By.ID, "video-input")
+    assert video_input.get_attribute("accept") == "video/*" and not button.is_enabled()
+
+    video_input.send_keys(str(long))
+    button.click()
+    wait.until(lambda _: error.is_displayed())
+    assert "video: 13 frames, more than the limit of 12 frames" in error.text, error.text
+
+    Select(domain).select_by_visible_text("square")
+    video_input.send_keys(str(short))
+    button.click()
+    ready = "const v = document.getElementById('video-output'); " \
+            "return [v.hidden, v.readyState, v.duration, v.videoWidth]"
+    wait.until(lambda d: d.execute_script(ready)[1] >= 1 or error.is_displayed())
+    assert not error.is_displayed(), error.text
+    hidden, state, duration, width = browser.execute_script(ready)
+    assert not hidden and state >= 1 and duration > 0 and width == 32
+    assert browser.find_element(By.ID, "video-status").text == "6 frames at 8 fps"
+    src = browser.execute_script("return document.getElementById('video-output').src")
+    assert src.startswith("blob:")

@@ -1,7 +1,8 @@
 """The HTTP side: a FastAPI app as the Serve ingress, in front of the Translator deployment.
 
 Routes: GET / (the web page) and /page/<name> (its script and style, from a fixed list),
-GET /domains, GET /healthz, POST /translate. The ingress decodes and checks uploads and encodes
+GET /domains, GET /healthz, POST /translate, POST /translate_video (a clip in, an H.264 mp4
+out; clips.py). The ingress decodes and checks uploads and encodes
 PNGs; only the Translator replicas hold the model. Bad requests get a 4xx JSON body
 {"error": "<field>: <problem>", "field": "<field>"} and change nothing on the server.
 With a token configured, every route but the page's own files needs `Authorization: Bearer
@@ -24,10 +25,12 @@ from starlette.exceptions import HTTPException
 
 from ..inference import image_to_tensor
 from .batching import Job
-from .inputs import (BadRequest, Limits, check_bearer, parse_domain, parse_psi, parse_seeds,
-                     parse_steps, read_image, too_many)
+from .clips import ClipJob, upload_suffix, video_support
+from .inputs import (BadRequest, Limits, check_bearer, parse_domain, parse_psi, parse_seed,
+                     parse_seeds, parse_steps, read_image, too_many)
 
 FIELDS = ("image", "domain", "seeds", "reference", "psi", "steps")
+VIDEO_FIELDS = ("video", "domain", "seed", "reference", "psi")
 _PAGE_DIR = Path(__file__).parent / "page"
 # The page's files, read once: requests pick one by its key and never name a path.
 PAGE = {name: (kind, (_PAGE_DIR / name).read_bytes()) for name, kind in (
@@ -137,8 +140,12 @@ class Ingress:
     async def domains(self, request: Request) -> dict:
         self.authorize(request)
         info = await self.info()
+        limits = self.limits
         return {"domains": info["domains"], "img_size": info["img_size"],
-                "max_outputs": self.limits.max_outputs, "max_bytes": self.limits.max_bytes}
+                "max_outputs": limits.max_outputs, "max_bytes": limits.max_bytes,
+                "max_video_frames": limits.max_video_frames,
+                "max_video_seconds": limits.max_video_seconds,
+                "max_frame_pixels": limits.max_frame_pixels}
 
     @api.get("/healthz")
     async def healthz(self, request: Request) -> dict:
@@ -162,6 +169,48 @@ class Ingress:
         return JSONResponse({"domain": info["domains"][job.domain], "outputs": [
             {"label": label, "png": base64.b64encode(png_bytes(p)).decode("ascii")}
             for label, p in zip(labels, outputs)]}, headers=headers)
+
+    @api.post("/translate_video")
+    async def translate_video(self, request: Request) -> Response:
+        """A clip in one style: the same frame count and rate, H.264 mp4 at the model's size."""
+        self.authorize(request)
+        missing = video_support()  # before reading a body this server cannot use
+        if missing is not None:
+            raise BadRequest(missing.field, missing.message, missing.status)
+        form = await read_form(request, self.limits)
+        result = await self.translator.run_clip.remote(await self.clip_job(form))
+        if result.error is not None:
+            raise BadRequest(result.error.field, result.error.message, result.error.status)
+        return Response(result.mp4, media_type="video/mp4", headers={
+            "X-Frames": str(result.frames), "X-Fps": f"{result.fps:g}"})
+
+    async def clip_job(self, form: FormData) -> ClipJob:
+        """The ClipJob a form asks for: a video file, a domain, one seed or one reference."""
+        unknown = sorted(set(form.keys()) - set(VIDEO_FIELDS))
+        if unknown:
+            raise BadRequest(unknown[0], f"unknown field; the fields are {', '.join(VIDEO_FIELDS)}")
+        info, limits = await self.info(), self.limits
+        videos = [v for v in form.getlist("video") if isinstance(v, UploadFile)]
+        data = await file_fields(form, "video")
+        if len(data) != 1 or not data[0]:
+            raise BadRequest("video", "missing or empty; send one clip as a multipart file field "
+                                      "named 'video'" if len(data) < 2 else
+                             f"{len(data)} files sent; send one clip")
+        domain = parse_domain(text_field(form, "domain"), info["domains"])
+        references = await file_fields(form, "reference")
+        seed_text, psi_text = text_field(form, "seed"), text_field(form, "psi")
+        if len(references) > 1:
+            raise BadRequest("reference", f"{len(references)} files sent; a clip takes one style")
+        if references and (seed_text or (psi_text and psi_text.strip())):
+            raise BadRequest("seed" if seed_text else "psi", "give a seed (and psi) or one "
+                                                             "reference image, not both")
+        seed = parse_seed(seed_text)
+        reference = None
+        if references:
+            image = read_image(references[0], "reference", limits)
+            reference = image_to_tensor(image, info["img_size"]).numpy()
+        return ClipJob(data[0], upload_suffix(videos[0].filename), domain, seed, reference,
+                       parse_psi(psi_text), limits)
 
     async def job(self, form: FormData) -> tuple[Job, list[str]]:
         """The Job a form asks for and a label per output; BadRequest names what is wrong."""

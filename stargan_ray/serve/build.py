@@ -110,7 +110,8 @@ def read_token(token_file: str | None, flag: str = "--token-file") -> str | None
 
 _ARGS = {"checkpoint", "experiment", "set", "replicas", "autoscale", "gpus_per_replica",
          "cpus_per_replica", "max_batch", "max_bytes", "max_pixels", "max_outputs",
-         "exact_batching", "token_file", "no_auth"}
+         "max_video_frames", "max_video_seconds", "max_frame_pixels", "exact_batching",
+         "token_file", "no_auth"}
 
 
 def _config_token(args: dict[str, Any]) -> str | None:
@@ -137,10 +138,11 @@ def options_from_args(args: dict[str, Any]) -> ServeOptions:
         from ..checkpoint import read_config
 
         cfg = with_overrides(read_config(checkpoint), overrides)
-    limits = Limits(**{k: int(args[k]) for k in ("max_bytes", "max_pixels", "max_outputs")
-                       if k in args})
     token = _config_token(args)
     try:
+        limits = Limits(**{k: float(args[k]) if k == "max_video_seconds" else int(args[k])
+                           for k in ("max_bytes", "max_pixels", "max_outputs", "max_video_frames",
+                                     "max_video_seconds", "max_frame_pixels") if k in args})
         return ServeOptions(
             checkpoint, cfg, replicas=int(args.get("replicas", 1)),
             autoscale=parse_autoscale(args["autoscale"]) if args.get("autoscale") else None,

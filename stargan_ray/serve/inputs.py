@@ -20,11 +20,15 @@ MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes any 64-bit value; keep
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request limits: the whole body in bytes, each image in pixels, outputs per request."""
+    """Per-request limits: the whole body in bytes, each image in pixels, outputs per request;
+    a clip's frames, seconds and pixels per frame (POST /translate_video)."""
 
     max_bytes: int = 20 * 2**20
     max_pixels: int = 40_000_000  # a 48 MP phone photo is refused, 8K x 5K is not
     max_outputs: int = 16
+    max_video_frames: int = 300
+    max_video_seconds: float = 10.0
+    max_frame_pixels: int = 1920 * 1080
 
 
 class BadRequest(Exception):
@@ -124,6 +128,16 @@ def parse_seeds(text: str | None, limits: Limits) -> list[int]:
         if len(seeds) > limits.max_outputs:
             raise too_many(len(seeds), limits)
     return seeds
+
+
+def parse_seed(text: str | None) -> int:
+    """A clip's one seed (default 0)."""
+    if text is None or not text.strip():
+        return 0
+    if not _DIGITS.fullmatch(text.strip()) or int(text) > MAX_SEED:
+        raise BadRequest("seed", f"expected one non-negative integer up to {MAX_SEED} (a clip "
+                                 f"takes one style), got {text!r}")
+    return int(text)
 
 
 def parse_psi(text: str | None) -> float:

@@ -8,6 +8,7 @@ arguments instead would copy them into every replica's config and the controller
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ from ray import serve
 from ..config import ExperimentConfig
 from ..inference import Translator
 from .batching import Batcher, Job, run_jobs
+from .clips import ClipJob, ClipResult, translate_clip
 
 DEFAULT_MAX_BATCH = 16
 BATCH_WAIT_S = 0.01  # how long a batch that is not full waits for more (generator free)
@@ -50,6 +52,7 @@ class TranslatorDeployment:
         self.device = device
         self.batcher = Batcher(functools.partial(run_jobs, self.translator, exact=exact),
                                max_batch, batch_wait_s)
+        self._clip_lock: asyncio.Lock | None = None
 
     def info(self) -> dict:
         """What the ingress and the page need to know about the model."""
@@ -64,3 +67,11 @@ class TranslatorDeployment:
         the call's number on this replica); the call runs in a thread, so that requests arriving
         meanwhile queue up for the next one."""
         return await self.batcher.submit(job)
+
+    async def run_clip(self, job: ClipJob) -> ClipResult:
+        """A clip translated in a thread, one clip at a time per replica (a clip holds the
+        generator for many calls; image batches go on beside it, in the Batcher's thread)."""
+        if self._clip_lock is None:  # made on the replica's event loop
+            self._clip_lock = asyncio.Lock()
+        async with self._clip_lock:
+            return await asyncio.to_thread(translate_clip, self.translator, job)

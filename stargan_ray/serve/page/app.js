@@ -6,6 +6,7 @@ let source = null;      // the chosen photo (File)
 let lastStyles = [];    // [{label, seed|ref}] of the shown outputs, for the slider
 let mixFrames = [];     // interpolated outputs, one per slider position
 let maxOutputs = 9;     // the server's limit per request (GET /domains)
+let clip = null;        // the chosen video (File)
 
 function showError(message) {
   $("error").textContent = message;
@@ -45,6 +46,10 @@ async function loadDomains() {
       $("domain").add(new Option(name, String(i)));
     }
     setStatus(`${info.domains.length} domains, ${info.img_size} px model`);
+    $("video-limits").textContent = `A short clip in the domain above, in one style (the seed ` +
+      `below, or the first reference image when styles come from references): at most ` +
+      `${info.max_video_seconds} s, ${info.max_video_frames} frames, ` +
+      `${info.max_frame_pixels} pixels per frame and ${(info.max_bytes / 2 ** 20).toFixed(1)} MB.`;
   } catch (err) {
     if (mine === domainsAsked) showError(`Cannot list the model's domains: ${err.message}`);
   }
@@ -152,6 +157,46 @@ function showMix() {
   $("mix-label").textContent = frame.label;
 }
 
+// POST /translate_video: the clip in one style comes back as an mp4 for the <video> element.
+async function runVideo() {
+  showError("");
+  $("translate-video").disabled = true;
+  $("video-status").textContent = "translating the clip ...";
+  try {
+    const form = new FormData();
+    form.append("video", clip);
+    form.append("domain", $("domain").value);
+    if (mode() === "reference") {
+      const ref = $("reference-input").files[0];
+      if (!ref) throw new Error("reference: choose a reference image");
+      form.append("reference", ref);
+    } else {
+      form.append("seed", $("video-seed").value);
+      form.append("psi", $("psi").value);
+    }
+    const response = await fetch("/translate_video",
+      { method: "POST", body: form, headers: authHeaders() });
+    if (!response.ok) throw new Error(await errorText(response));
+    const frames = response.headers.get("x-frames");
+    const fps = response.headers.get("x-fps");
+    const video = $("video-output");
+    if (video.src) URL.revokeObjectURL(video.src);
+    video.src = URL.createObjectURL(await response.blob());
+    video.hidden = false;
+    $("video-status").textContent = `${frames} frames at ${fps} fps`;
+  } catch (err) {
+    showError(err.message);
+    $("video-status").textContent = "";
+  } finally {
+    $("translate-video").disabled = false;
+  }
+}
+
+$("video-input").addEventListener("change", (e) => {
+  clip = e.target.files[0] || null;
+  $("translate-video").disabled = !clip;
+});
+$("translate-video").addEventListener("click", runVideo);
 $("image-input").addEventListener("change", (e) => chooseSource(e.target.files[0]));
 $("drop").addEventListener("dragover", (e) => { e.preventDefault(); $("drop").classList.add("over"); });
 $("drop").addEventListener("dragleave", () => $("drop").classList.remove("over"));
