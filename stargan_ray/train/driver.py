@@ -10,7 +10,7 @@ from ..config import ExperimentConfig
 from ..errors import UserError
 from .cluster import quiet_ray_data
 from .plan import (RunOptions, RunPlan, StartPoint, check_not_finished, newest_complete_checkpoint,
-                   plan_run, ray_storage, reconcile_snapshot)
+                   plan_run, ray_storage, reconcile_snapshot, storage_uri)
 from .worker import TrainingStopped, read_stop_marker, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,8 @@ def _build_trainer(cfg: ExperimentConfig, opts: RunOptions, run_dir: str, start:
         "wandb": opts.wandb,
         "threads_per_worker": max(1, int(opts.cpus_per_worker)),
         "start_checkpoint": {"step": start.step, "uri": start.uri} if start else None,
+        "init_from": ({"uri": storage_uri(opts.init_from), "map": list(opts.init_map)}
+                      if opts.init_from else None),
         # The table in the object store; each worker streams its own lanes (data/pipeline.py).
         "data": prepare_train_data(cfg),
         **(extra_loop_config or {}),

@@ -28,6 +28,7 @@ from ..config import from_dict
 from ..engine import Batch, TrainState, build_optimizers, train_step
 from ..errors import UserError
 from ..storage import filesystem, join, write_bytes
+from ..transfer import init_from
 from .best import keep_best
 from .plan import CHECKPOINT_PREFIX, StartPoint, folder_step, local_file
 
@@ -220,6 +221,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     _restore_newest(state, ray.train.get_checkpoint(),
                     StartPoint(start["step"], start["uri"]) if start else None)
     state.domains = tuple(loop_config["data"]["domains"])  # this run's data names them
+    init, init_note = loop_config.get("init_from"), None
+    if init and start is None and ray.train.get_checkpoint() is None:  # a new run, not a restart
+        with local_file(init["uri"]) as local:
+            init_note = init_from(state, local, init["map"])
     if world > 1:
         rows = len(lanes_of(rank, world, cfg.data.batch_size))
         state.grad_sync = make_grad_sync(world, rows, cfg.data.batch_size)
@@ -230,6 +235,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                              start_step=state.step, device=device)
     logger = RunLogger(cfg, loop_config, rank=rank, world=world, device=device)
     logger.event("start", step=state.step, pid=os.getpid(), workers=world)
+    if init_note:
+        logger.event("init_from", summary=init_note)
     _train(state, batches, logger, rank, world, loop_config)
     logger.finish()
 
