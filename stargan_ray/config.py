@@ -55,6 +55,11 @@ class LossConfig:
     ds_decay: str = "linear"  # linear (official) | cosine | step | none
     ds_step_every: int = 25000  # for ds_decay = "step": halve lambda_ds every this many steps
     r1_interval: int = 1  # lazy R1: every k-th D step, weight scaled by k (1 = official)
+    # Adaptive discriminator augmentation (augment.py): the target of r_t = E[sign(D(real))]
+    # (StyleGAN2-ADA's 0.6); 0 = off, the paper's training unchanged.
+    ada_target: float = 0.0
+    ada_interval: int = 4  # steps between two updates of the augmentation probability p
+    ada_kimg: float = 500.0  # thousands of images for p to move by 1 (its speed)
 
 
 @dataclass(frozen=True)
@@ -252,6 +257,11 @@ def validate(cfg: ExperimentConfig) -> None:
     _require(loss.ds_iter >= 1, "loss.ds_iter", "must be >= 1", loss.ds_iter)
     _require(loss.ds_step_every >= 1, "loss.ds_step_every", "must be >= 1", loss.ds_step_every)
     _require(loss.r1_interval >= 1, "loss.r1_interval", "must be >= 1", loss.r1_interval)
+    _require(0 <= loss.ada_target < 1, "loss.ada_target",
+             "must be in [0, 1) (0 turns adaptive augmentation off)", loss.ada_target)
+    _require(loss.ada_interval >= 1, "loss.ada_interval", "must be >= 1", loss.ada_interval)
+    _require(loss.ada_kimg > 0 and math.isfinite(loss.ada_kimg), "loss.ada_kimg", "must be > 0",
+             loss.ada_kimg)
     for key in ("lr", "f_lr", "weight_decay"):
         _require(getattr(o, key) >= 0, f"optim.{key}", "must be >= 0", getattr(o, key))
     for key in ("beta1", "beta2", "ema_beta"):

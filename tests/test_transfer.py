@@ -75,7 +75,8 @@ def test_a_named_checkpoint_maps_by_name_and_remaps_the_discriminator_rows(tmp_p
     state = TrainState.create(tiny_config(), "cpu", seed=2)  # 2 domains
     state.domains = ("c", "z")
     line = init_from(state, path)
-    assert "c->c" in line and "new (mean of the copied heads): z" in line and "not used: a, b" in line
+    assert "c->c" in line and "new (mean of the copied heads): z" in line
+    assert "not used: a, b" in line
     d, src_d = state.nets.discriminator.state_dict(), src.nets.discriminator.state_dict()
     last = max(int(k.split(".")[1]) for k in d if k.startswith("main."))
     for key, value in d.items():

@@ -61,6 +61,16 @@ def make_grad_sync(world_size: int, rows: int | None = None, total: int | None =
     return sync
 
 
+def make_sum_sync():
+    """Sum a tensor over all workers in place (ADA's sign statistics: integers, exact)."""
+    import torch.distributed as dist
+
+    def sync(tensor: torch.Tensor) -> None:
+        dist.all_reduce(tensor)
+
+    return sync
+
+
 class StatsWindow:
     """Sums of the step stats on the device between two logs, and the first non-finite step."""
 
@@ -225,9 +235,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if init and start is None and ray.train.get_checkpoint() is None:  # a new run, not a restart
         with local_file(init["uri"]) as local:
             init_note = init_from(state, local, init["map"])
+    state.rows = lanes_of(rank, world, cfg.data.batch_size)  # ADA draws by row, not by worker
     if world > 1:
         rows = len(lanes_of(rank, world, cfg.data.batch_size))
         state.grad_sync = make_grad_sync(world, rows, cfg.data.batch_size)
+        state.stat_sync = make_sum_sync()
     # The data stream is a function of (seed, step): this worker's lanes start at the restored
     # step, so a resumed, restarted or exploited run reads nothing before it and sees exactly the
     # batches an uninterrupted run would, whatever the worker count.
