@@ -40,7 +40,7 @@ def one_run(args: argparse.Namespace, data: Path, seed: int, ada: bool, cache: P
                  ("eval.feature_weights", "random"), ("train.seed", seed),
                  ("loss.ada_target", args.ada_target if ada else 0.0),
                  ("loss.ada_kimg", args.ada_kimg)]
-    overrides += [tuple(item.split("=", 1)) for item in args.set]
+    overrides += list(args.set)  # "section.key=value", parsed as TOML literals
     cfg = load_experiment(args.experiment, overrides)
     state = TrainState.create(cfg, "cpu")
     batches = local_batches(cfg)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    cfg = load_experiment(args.experiment, [tuple(s.split("=", 1)) for s in args.set])
+    cfg = load_experiment(args.experiment, list(args.set))
     results = []
     with tempfile.TemporaryDirectory(prefix="ada_small_") as tmp:
         data = Path(tmp) / "data"
