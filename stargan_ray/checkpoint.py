@@ -47,7 +47,7 @@ def state_dict(state) -> dict[str, Any]:
     rng = {"torch": torch.get_rng_state()}
     if state.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(state.device)
-    return {
+    out = {
         "format": FORMAT,
         "step": state.step,
         "config": state.cfg.to_dict(),
@@ -57,6 +57,9 @@ def state_dict(state) -> dict[str, Any]:
         "rng": rng,
         "domains": list(state.domains),
     }
+    if state.ada is not None:  # ADA's p and interval sums, only when it is on
+        out["ada"] = state.ada.state_dict()
+    return out
 
 
 def save_checkpoint(state, path: str | Path) -> Path:
@@ -198,6 +201,8 @@ def load_state_into(state, data: Mapping[str, Any]) -> None:
         opt.load_state_dict(data["optims"][name])
     state.step = int(data["step"])
     state.domains = tuple(data.get("domains", ()))  # absent in files from before they were kept
+    if state.ada is not None and data.get("ada"):
+        state.ada.load_state_dict(data["ada"])  # else p starts at 0 (ADA turned on now)
     rng = data["rng"]
     torch.set_rng_state(rng["torch"].cpu())
     # rng["loop"], in checkpoints written before the pipeline drew the latent codes, is unused.

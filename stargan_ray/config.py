@@ -56,6 +56,11 @@ class LossConfig:
     ds_decay: str = "linear"  # linear (official) | cosine | step | none
     ds_step_every: int = 25000  # for ds_decay = "step": halve lambda_ds every this many steps
     r1_interval: int = 1  # lazy R1: every k-th D step, weight scaled by k (1 = official)
+    # Adaptive discriminator augmentation (augment.py): the target of r_t = E[sign(D(real))]
+    # (StyleGAN2-ADA's 0.6); 0 = off, the paper's training unchanged.
+    ada_target: float = 0.0  # r_t's target for adaptive augmentation; 0 turns it off
+    ada_interval: int = 4  # steps between two updates of the augmentation probability p
+    ada_kimg: float = 500.0  # thousands of images for p to move by 1 (its speed)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,9 @@ the float32 matmul/convolution mode is set on entry to train_step and the previo
 setting restored on exit, so the engine never leaves global state changed behind it. See
 ``precision.float32_mode`` and ``precision.StepNetworks``.
 
+With ADA on (loss.ada_target > 0) every image D sees goes through augment.py's pipeline; off,
+none of its code runs and the step is the same, bitwise.
+
 This is the only module that calls backward().
 """
 
@@ -36,6 +39,7 @@ import torch
 from torch import nn
 
 from . import schedules
+from .augment import AdaState, ada_on, after_step, noise_for, pair, seen_by_d
 from .config import ExperimentConfig
 from .losses import GWeights, Stats, d_loss, g_loss
 from .models import EMA, TRAINED, Networks, build_networks, ema_copy, he_init
@@ -86,6 +90,13 @@ class TrainState:
     # experiment: "inductor" generates kernels; "aot_eager" traces the same graphs without code
     # generation, which tests use because inductor takes minutes to compile on a small CPU).
     compile_backend: str = "inductor"
+    # ADA's p and its interval sums (augment.py; saved in checkpoints); None when it is off.
+    ada: AdaState | None = None
+    # This worker's rows of the step's data.batch_size (data.layout.lanes_of): ADA draws its
+    # parameters for all rows of a step and keeps these. None: the batch is the whole step.
+    rows: range | None = None
+    # Sums a small tensor over all workers in place (ADA's sign statistics); None in one process.
+    stat_sync: Callable[[torch.Tensor], None] | None = None
     # The networks as train_step calls them (autocast / compiled views of nets); built on first
     # use, never saved: they share nets' parameters.
     _step_nets: "StepNetworks | None" = field(default=None, repr=False, compare=False)
@@ -118,7 +129,8 @@ class TrainState:
                 module.to(memory_format=torch.channels_last)
         nets_ema = ema_copy(nets)
         return cls(cfg=cfg, nets=nets, nets_ema=nets_ema, optims=build_optimizers(cfg, nets),
-                   step=0, device=device)
+                   step=0, device=device,
+                   ada=AdaState.create(device) if ada_on(cfg.loss) else None)
 
     def step_networks(self) -> "StepNetworks":
         cached = self._step_nets
@@ -223,6 +235,7 @@ def _iteration(state: TrainState, batch: Batch) -> Stats:
                        cfg.loss.lambda_cyc)
     r1_weight = schedules.r1_weight_at(cfg.loss, state.step)
     masks = nets.masks(x_real)
+    noise = _step_noise(state, len(batch))
 
     # Latent fake with its graph: the D step uses it detached, the latent G step reuses it.
     s_trg = mapping_network(batch.z_trg, y_trg)
@@ -233,15 +246,18 @@ def _iteration(state: TrainState, batch: Batch) -> Stats:
         x_fake_ref = generator(x_real, style_encoder(batch.x_ref, y_trg), masks=masks)
         x_fake2 = generator(x_real, mapping_network(batch.z_trg2, y_trg), masks=masks)
 
-    loss, d_latent = d_loss(run.for_d, x_real, y_org, y_trg, x_fake.detach(), r1_weight)
+    loss, d_latent = d_loss(run.for_d, x_real, y_org, y_trg, x_fake.detach(), r1_weight,
+                            pair(noise, 0))
     _step_optimizers(state, loss, ("discriminator",))
-    loss, d_ref = d_loss(run.for_d, x_real, y_org, y_trg, x_fake_ref, r1_weight)
+    loss, d_ref = d_loss(run.for_d, x_real, y_org, y_trg, x_fake_ref, r1_weight,
+                         pair(noise, 2))
     _step_optimizers(state, loss, ("discriminator",))
+    for_g = seen_by_d(run.for_g, noise, 4)
 
     with frozen(nets.discriminator):
         # G step with latent codes: steps G, F and E.
         s_org = style_encoder(x_real, y_org)
-        loss, g_latent = g_loss(run.for_g, x_real, y_trg, s_trg, x_fake, x_fake2, s_org,
+        loss, g_latent = g_loss(for_g, x_real, y_trg, s_trg, x_fake, x_fake2, s_org,
                                 nets.masks(x_fake), weights)
         _step_optimizers(state, loss, ("generator", "mapping_network", "style_encoder"))
         del x_fake, x_fake2, s_trg, s_org
@@ -253,8 +269,8 @@ def _iteration(state: TrainState, batch: Batch) -> Stats:
                                         style_encoder(x_real, y_org))
                 x_fake2 = generator(x_real, s_trg2, masks=masks)
             x_fake = generator(x_real, s_trg, masks=masks)
-            loss, g_ref = g_loss(run.for_g, x_real, y_trg, s_trg, x_fake, x_fake2, s_org,
-                                 nets.masks(x_fake), weights)
+            loss, g_ref = g_loss(seen_by_d(run.for_g, noise, 5), x_real, y_trg, s_trg, x_fake,
+                                 x_fake2, s_org, nets.masks(x_fake), weights)
             _step_optimizers(state, loss, ("generator",))
 
     update_ema(nets, state.nets_ema, cfg.optim.ema_beta)
@@ -265,6 +281,8 @@ def _iteration(state: TrainState, batch: Batch) -> Stats:
     # torch.full, not torch.tensor: a fill on the device instead of a host-to-device copy
     stats["G/lambda_ds"] = torch.full((), weights.lambda_ds, device=x_real.device)
     state.step += 1
+    if noise is not None:
+        _ada_after_step(state, stats, len(batch), noise.p)
     return stats
 
 
@@ -276,9 +294,8 @@ def _accumulated_iteration(state: TrainState, parts: list[Batch]) -> Stats:
     micro-batches' losses, and so are its gradients. Each of the four updates (D latent, D
     reference, G latent, G reference) accumulates its gradients over all micro-batches before
     one optimiser step, in the official order, so later updates see the earlier ones as in one
-    pass. The latent fakes are recomputed per update instead of kept with their graphs: G, F and
-    E do not change before the latent G step, and keeping graphs would hold the memory the cap is
-    there to save.
+    pass. The latent fakes are recomputed per update instead of kept with their graphs (G, F, E
+    do not change before the latent G step; graphs would hold the memory the cap is there to save).
     """
     cfg, nets = state.cfg, state.nets
     run = state.step_networks()
@@ -288,16 +305,17 @@ def _accumulated_iteration(state: TrainState, parts: list[Batch]) -> Stats:
                        cfg.loss.lambda_cyc)
     r1_weight = schedules.r1_weight_at(cfg.loss, state.step)
     masks = [nets.masks(b.x_src) for b in parts]
+    noises = _part_noises(state, parts)
 
     def d_latent(i: int, b: Batch):
         with torch.no_grad():
             x_fake = generator(b.x_src, mapping_network(b.z_trg, b.y_ref), masks=masks[i])
-        return d_loss(run.for_d, b.x_src, b.y_src, b.y_ref, x_fake, r1_weight)
+        return d_loss(run.for_d, b.x_src, b.y_src, b.y_ref, x_fake, r1_weight, pair(noises[i], 0))
 
     def d_ref(i: int, b: Batch):
         with torch.no_grad():
             x_fake = generator(b.x_src, style_encoder(b.x_ref, b.y_ref), masks=masks[i])
-        return d_loss(run.for_d, b.x_src, b.y_src, b.y_ref, x_fake, r1_weight)
+        return d_loss(run.for_d, b.x_src, b.y_src, b.y_ref, x_fake, r1_weight, pair(noises[i], 2))
 
     def g_latent(i: int, b: Batch):
         s_trg = mapping_network(b.z_trg, b.y_ref)
@@ -305,8 +323,8 @@ def _accumulated_iteration(state: TrainState, parts: list[Batch]) -> Stats:
         with torch.no_grad():
             x_fake2 = generator(b.x_src, mapping_network(b.z_trg2, b.y_ref), masks=masks[i])
         s_org = style_encoder(b.x_src, b.y_src)
-        return g_loss(run.for_g, b.x_src, b.y_ref, s_trg, x_fake, x_fake2, s_org,
-                      nets.masks(x_fake), weights)
+        return g_loss(seen_by_d(run.for_g, noises[i], 4), b.x_src, b.y_ref, s_trg, x_fake,
+                      x_fake2, s_org, nets.masks(x_fake), weights)
 
     def g_ref(i: int, b: Batch):
         with torch.no_grad():
@@ -315,8 +333,8 @@ def _accumulated_iteration(state: TrainState, parts: list[Batch]) -> Stats:
                                     style_encoder(b.x_src, b.y_src))
             x_fake2 = generator(b.x_src, s_trg2, masks=masks[i])
         x_fake = generator(b.x_src, s_trg, masks=masks[i])
-        return g_loss(run.for_g, b.x_src, b.y_ref, s_trg, x_fake, x_fake2, s_org,
-                      nets.masks(x_fake), weights)
+        return g_loss(seen_by_d(run.for_g, noises[i], 5), b.x_src, b.y_ref, s_trg, x_fake,
+                      x_fake2, s_org, nets.masks(x_fake), weights)
 
     stats: Stats = {}
     stats.update(_accumulate(state, parts, d_latent, ("discriminator",), "D/latent_"))
@@ -329,6 +347,8 @@ def _accumulated_iteration(state: TrainState, parts: list[Batch]) -> Stats:
     update_ema(nets, state.nets_ema, cfg.optim.ema_beta)
     stats["G/lambda_ds"] = torch.full((), weights.lambda_ds, device=parts[0].x_src.device)
     state.step += 1
+    if noises[0] is not None:
+        _ada_after_step(state, stats, sum(map(len, parts)), noises[0].p)
     return stats
 
 
@@ -344,6 +364,8 @@ def _accumulate(state: TrainState, parts: list[Batch],
         loss, group = loss_of(i, b)
         share = len(b) / total
         (loss * share).backward()
+        if "signs" in group:  # ADA: a sum over images, not a mean
+            stats[prefix + "signs"] = stats.get(prefix + "signs", 0) + group.pop("signs")
         for key, value in group.items():
             stats[prefix + key] = stats.get(prefix + key, 0) + value * share
     if state.grad_sync is not None:
@@ -351,3 +373,22 @@ def _accumulate(state: TrainState, parts: list[Batch],
     for name in names:
         state.optims[name].step()
     return stats
+
+
+def _step_noise(state: TrainState, n: int):
+    """ADA's draws for this step's rows; None when ADA is off."""
+    if state.ada is None:
+        return None
+    return noise_for(state.cfg, state.step, state.rows, n, state.ada.p, state.device)
+
+
+def _part_noises(state: TrainState, parts: list[Batch]) -> list:
+    """ADA's draws of each micro-batch: those of the whole batch, split (Nones when off)."""
+    noise = _step_noise(state, sum(map(len, parts)))
+    return noise.split(len(parts[0])) if noise is not None else [None] * len(parts)
+
+
+def _ada_after_step(state: TrainState, stats: Stats, n: int, p: torch.Tensor) -> None:
+    """Replace the D steps' sign sums in stats by ADA/p and ADA/r_t; p's update (augment.py)."""
+    signs = stats.pop("D/latent_signs") + stats.pop("D/ref_signs")  # 2 D steps of n images
+    stats.update(after_step(state.ada, state.cfg, state.step, signs, 2 * n, p, state.stat_sync))

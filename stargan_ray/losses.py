@@ -1,12 +1,14 @@
 """StarGAN v2 losses. The engine computes the generated images; these functions score them.
 
 d_loss / g_loss return (loss, stats) with the official stat names; stats are detached 0-dim
-tensors so that a training step never synchronises with the device just to log.
+tensors so that a training step never synchronises with the device just to log. With ADA
+(loss.ada_target > 0) the discriminator sees every image through augment.py's pipeline.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 from .models import Networks
 
 Stats = dict[str, torch.Tensor]
+Augment = Callable[[torch.Tensor], torch.Tensor]  # what D sees of an image (augment.py)
 
 
 def adv_loss(logits: torch.Tensor, target: float) -> torch.Tensor:
@@ -51,17 +54,28 @@ class GWeights:
 
 
 def d_loss(nets: Networks, x_real: torch.Tensor, y_org: torch.Tensor, y_trg: torch.Tensor,
-           x_fake: torch.Tensor, r1_weight: float) -> tuple[torch.Tensor, Stats]:
-    """Discriminator loss on a real batch and a (detached) fake batch; R1 when r1_weight > 0."""
+           x_fake: torch.Tensor, r1_weight: float,
+           augment: tuple[Augment, Augment] | None = None) -> tuple[torch.Tensor, Stats]:
+    """Discriminator loss on a real batch and a (detached) fake batch; R1 when r1_weight > 0.
+
+    augment (ADA, off when None): the (real, fake) augmentations D sees its inputs through. R1
+    stays the gradient at the real images before augmentation (as StyleGAN2-ADA), and the stats
+    gain "signs", the sum of sign(D(real)) that ADA's r_t is made of.
+    """
     discriminator = nets.discriminator
+    aug_real, aug_fake = augment or (None, None)
     if r1_weight > 0:
         x_real = x_real.detach().requires_grad_(True)
-    out = discriminator(x_real, y_org)
+    out = discriminator(x_real if aug_real is None else aug_real(x_real), y_org)
     loss_real = adv_loss(out, 1)
     loss_reg = r1_reg(out, x_real) if r1_weight > 0 else torch.zeros((), device=out.device)
-    loss_fake = adv_loss(discriminator(x_fake.detach(), y_trg), 0)
+    x_fake = x_fake.detach()
+    loss_fake = adv_loss(discriminator(x_fake if aug_fake is None else aug_fake(x_fake), y_trg), 0)
     loss = loss_real + loss_fake + r1_weight * loss_reg
-    return loss, {"real": loss_real.detach(), "fake": loss_fake.detach(), "reg": loss_reg.detach()}
+    stats = {"real": loss_real.detach(), "fake": loss_fake.detach(), "reg": loss_reg.detach()}
+    if augment is not None:
+        stats["signs"] = out.detach().sign().sum()
+    return loss, stats
 
 
 def g_loss(nets: Networks, x_real: torch.Tensor, y_trg: torch.Tensor, s_trg: torch.Tensor,
@@ -70,6 +84,7 @@ def g_loss(nets: Networks, x_real: torch.Tensor, y_trg: torch.Tensor, s_trg: tor
            weights: GWeights) -> tuple[torch.Tensor, Stats]:
     """Generator loss given x_fake = G(x_real, s_trg) and x_fake2 = G(x_real, s_trg2).
 
+    With ADA the engine passes nets whose discriminator augments its input (augment.Augmented).
     s_org = E(x_real, y_org) is the style used to reconstruct the source (cycle term);
     masks_rec are the FAN masks of x_fake (w_hpf > 0) or None.
     """

@@ -214,6 +214,7 @@ def test_the_train_loop_keeps_its_best_fid_quick_step(tmp_path, monkeypatch, fid
     reports = []
     monkeypatch.setattr(ray.train, "report", lambda metrics, checkpoint=None, **kw:
                         reports.append((metrics["step"], checkpoint is not None)))
+    monkeypatch.setattr(ray.train, "get_preemption_info", lambda: None)  # no notice
     cfg = tiny_config(**{"train.total_iters": 6, "train.save_every": 2, "train.eval_every": 3,
                          "train.print_every": 3, "train.sample_every": 100,
                          "train.keep_best": True})

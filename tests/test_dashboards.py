@@ -23,7 +23,7 @@ from stargan_ray.data.synthetic import generate
 from stargan_ray.engine import TrainState
 from stargan_ray.plots import D_LATENT, G_LATENT, read_jsonl
 
-from .conftest import tiny_eval_config
+from .helpers import tiny_eval_config
 
 BLOCK = 32768  # the .wandb log's block size
 

@@ -37,6 +37,9 @@ class _Recorder:
     def evaluation(self, step, metrics):
         self.steps["evaluation"].append(step)
 
+    def checkpoint_saved(self, checkpoint_dir, step, metrics, aliases):
+        self.steps.setdefault("saved", []).append(step)
+
     def event(self, kind, **fields):
         pass
 
@@ -47,6 +50,7 @@ def _run_loop(tmp_path, monkeypatch, cfg) -> tuple[_Recorder, list[tuple[int, bo
     reports = []
     monkeypatch.setattr(ray.train, "report", lambda metrics, checkpoint=None, **kw:
                         reports.append((metrics["step"], checkpoint is not None)))
+    monkeypatch.setattr(ray.train, "get_preemption_info", lambda: None)  # no notice
     recorder = _Recorder()
     out = worker.Outputs(recorder, samples=lambda state: {},
                          evaluate=lambda state: {"fid_quick": float(state.step)})

@@ -15,7 +15,7 @@ import pytest
 
 from stargan_ray.cli.serve import descendants
 
-from .conftest import save_synthetic_checkpoint
+from .helpers import save_synthetic_checkpoint
 from .test_serve import free_port
 
 TOKEN = "cli-token-0123456789abcdef"

@@ -79,27 +79,38 @@ def test_two_workers_with_batch_b_equal_one_worker_with_batch_2b(tmp_path):
             assert torch.allclose(ranks[0][f"ema_{name}"][key], p, rtol=0, atol=1e-6)
 
 
+ADA = {"loss.ada_target": 0.6, "loss.ada_interval": 1, "loss.ada_kimg": 0.1}  # p moves fast
+
+
 def _share_worker(rank: int, world: int, init_file: str, out_dir: str, train_dir: str,
-                  steps: int, batch_per_worker: int) -> None:
+                  steps: int, batch_per_worker: int, ada: bool = False) -> None:
     """One worker of a run with total batch 8 on the real data stream, in float64."""
     from stargan_ray.data.layout import lanes_of
     from stargan_ray.data.stream import local_batches
+    from stargan_ray.train.worker import make_sum_sync
 
     torch.set_num_threads(1)
     cfg = tiny_config(**{"data.batch_size": 8, "data.batch_per_worker": batch_per_worker,
-                         "data.train_dir": train_dir, "data.val_dir": train_dir})
+                         "data.train_dir": train_dir, "data.val_dir": train_dir,
+                         **(ADA if ada else {})})
     state = TrainState.create(cfg, "cpu", seed=5)
+    if ada:
+        from .test_augment import confident_d
+
+        confident_d(state)  # so that p rises
     _double(state, cfg)
+    state.rows = lanes_of(rank, world, 8)  # as the Ray worker: ADA draws by row
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                                 world_size=world)
         state.grad_sync = make_grad_sync(world, len(lanes_of(rank, world, 8)), 8)
+        state.stat_sync = make_sum_sync()
     batches = local_batches(cfg, world_rank=rank, world_size=world)
-    for _ in range(steps):
-        train_step(state, _to_double(next(batches)))
+    ps = [train_step(state, _to_double(next(batches))).get("ADA/p") for _ in range(steps)]
     if rank == 0:
-        torch.save({name: getattr(state.nets, name).state_dict() for name in TRAINED},
-                   Path(out_dir) / f"w{world}_b{batch_per_worker}.pt")
+        torch.save({name: getattr(state.nets, name).state_dict() for name in TRAINED}
+                   | ({"ada_p": torch.stack(ps + [state.ada.p])} if ada else {}),
+                   Path(out_dir) / f"w{world}_b{batch_per_worker}{'_ada' * ada}.pt")
     if world > 1:
         dist.destroy_process_group()
 
@@ -248,3 +259,35 @@ def test_a_non_finite_loss_stops_the_run_without_a_bad_checkpoint(ray_session, t
     for folder in checkpoints:
         state = load_train_state(folder)
         assert all(torch.isfinite(p).all() for _, m in state.nets.items() for p in m.parameters())
+
+
+def test_with_ada_1_and_2_workers_and_accumulation_train_the_same_model_and_p(tmp_path):
+    from .test_data_sampling import write_colour_tree
+
+    train_dir = str(write_colour_tree(tmp_path / "train", (40, 40)))
+    steps = 3
+    runs = [(1, 0), (2, 0), (1, 2)]
+    for world, cap in runs:
+        args = (world, str(tmp_path / f"init{world}_{cap}"), str(tmp_path), train_dir, steps, cap,
+                True)
+        if world == 1:
+            _share_worker(0, *args)
+        else:
+            mp.start_processes(_share_worker, args=args, nprocs=world, start_method="spawn")
+    results = {run: torch.load(tmp_path / f"w{run[0]}_b{run[1]}_ada.pt", weights_only=True)
+               for run in runs}
+    reference = results[(1, 0)]
+    assert 0 < reference["ada_p"][-1] < 1  # p moved: the sign statistics were gathered
+    _share_worker(0, 1, "", str(tmp_path), train_dir, steps, 0)  # without ADA: another model
+    without = torch.load(tmp_path / "w1_b0.pt", weights_only=True)
+    assert not torch.equal(without["discriminator"]["main.0.weight"],
+                           reference["discriminator"]["main.0.weight"])
+    for run in runs[1:]:
+        assert torch.equal(results[run]["ada_p"], reference["ada_p"]), run
+        for name in TRAINED:
+            for key, p in reference[name].items():
+                no_effect = name == "generator" and key.endswith(".bias") and (
+                    "conv" in key or key == "from_rgb.bias")
+                atol = 1e-5 if no_effect else 1e-10
+                assert torch.allclose(results[run][name][key], p, rtol=0, atol=atol), \
+                    (run, name, key, (results[run][name][key] - p).abs().max().item())

@@ -26,6 +26,15 @@ def add_parser(sub) -> None:
     p.add_argument("--resume-from", metavar="PATH",
                    help="start (a new or this run) from a stargan-ray checkpoint file or folder, "
                         "e.g. one written by import-official")
+    p.add_argument("--init-from", metavar="PATH",
+                   help="start a new run (step 0, fresh optimisers) from the networks of a "
+                        "stargan-ray checkpoint or an official 100000_nets_ema.ckpt (which has no "
+                        "discriminator: it starts fresh); other domains than the file's are fine")
+    p.add_argument("--map", action="append", default=[], metavar="OLD=NEW", dest="init_map",
+                   help="with --init-from: the run domain NEW (name or index) continues the file's "
+                        "domain OLD (name or index); repeat per domain. Domains with the same name "
+                        "on both sides map by themselves; unmapped run domains start from the mean "
+                        "of the copied heads")
     p.add_argument("--max-failures", type=nonnegative_int, default=3,
                    help="worker failures to recover from (restoring the last checkpoint)")
     p.add_argument("--force", action="store_true",
@@ -42,7 +51,8 @@ def options_from_args(args: argparse.Namespace):
     return RunOptions(num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker,
                       cpus_per_worker=args.cpus_per_worker, storage=args.storage, name=args.name,
                       resume=args.resume, max_failures=args.max_failures, wandb=args.wandb,
-                      resume_from=args.resume_from, force=args.force)
+                      resume_from=args.resume_from, force=args.force, init_from=args.init_from,
+                      init_map=tuple(args.init_map))
 
 
 def batch_line(cfg, num_workers: int) -> str:

@@ -10,7 +10,7 @@ from ..config import ExperimentConfig
 from ..errors import UserError
 from .checkpoints import newest_complete_checkpoint, prune_checkpoints
 from .cluster import quiet_ray_data
-from .plan import RunOptions, RunPlan, plan_run, ray_storage, reconcile_snapshot
+from .plan import RunOptions, RunPlan, plan_run, ray_storage, reconcile_snapshot, storage_uri
 from .run_lock import hold_run_folder
 from .spec import WorkerSpec
 from .worker import TrainingStopped, consume_stop_reason, train_loop_per_worker
@@ -52,7 +52,9 @@ def worker_spec(cfg: ExperimentConfig, opts: RunOptions, plan: RunPlan, *,
     return WorkerSpec(cfg=cfg, run_dir=plan.run_dir, run_name=wandb_name or opts.run_name(cfg),
                       data=prepare_train_data(cfg), start=plan.start, wandb=opts.wandb,
                       wandb_group=wandb_group,
-                      threads_per_worker=max(1, int(opts.cpus_per_worker)))
+                      threads_per_worker=max(1, int(opts.cpus_per_worker)),
+                      init_from=storage_uri(opts.init_from) if opts.init_from else None,
+                      init_map=tuple(opts.init_map))
 
 
 def build_trainer(spec: WorkerSpec, opts: RunOptions, *, callbacks: list | None = None):

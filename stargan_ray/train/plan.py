@@ -42,6 +42,10 @@ class RunOptions:
     wandb: str | None = None  # online | offline | disabled; None: WANDB_MODE or offline
     resume_from: str | None = None  # a checkpoint file or folder to start from (any run's)
     force: bool = False  # take the run folder's lock even from a run that may still be alive
+    # A new run's networks from a stargan-ray checkpoint or an official nets_ema file
+    # (transfer.py), with --map OLD=NEW pairs for its domains.
+    init_from: str | None = None
+    init_map: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # The CLI's argparse types refuse these too; this covers the Python API.
@@ -57,6 +61,11 @@ class RunOptions:
         if self.resume and self.resume_from:
             raise ConfigError("--resume-from: give either --resume (the run's own newest "
                               "checkpoint) or --resume-from PATH, not both")
+        if self.init_map and not self.init_from:
+            raise ConfigError("--map: maps the domains of an --init-from file; give --init-from")
+        if self.init_from and self.resume_from:
+            raise ConfigError("--init-from: starts a new run from a model's networks; "
+                              "--resume-from continues a checkpoint's run: give one of them")
 
     @property
     def worker_range(self) -> tuple[int, int]:
@@ -218,7 +227,23 @@ def plan_run(cfg: ExperimentConfig, opts: RunOptions, *, trial: TrialStart | Non
     else:
         start = None
     check_not_finished(start, cfg)
+    if opts.init_from:
+        notes.append(_check_init_from(cfg, opts, start))
     return RunPlan(run_dir, start, notes)
+
+
+def _check_init_from(cfg: ExperimentConfig, opts: RunOptions, start: StartPoint | None) -> str:
+    """--init-from: the file's networks fit cfg with its domain mapping (before Ray starts); the
+    line that says what is copied, mapped and new. A resumed run ignores it."""
+    if start is not None:
+        return f"--init-from ignored: the run continues from {start.label} (step {start.step})"
+    from ..data.synthetic import resolve_data_dirs
+    from ..data.table import domains_of
+    from ..transfer import check_init
+
+    domains = domains_of(resolve_data_dirs(cfg)[0], cfg.model.num_domains)
+    with local_file(storage_uri(opts.init_from)) as local:
+        return check_init(local, cfg, domains, opts.init_map)
 
 
 def _start_from_path(cfg: ExperimentConfig, resume_from: str, run_dir: str,

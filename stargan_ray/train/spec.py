@@ -28,6 +28,8 @@ class WorkerSpec:
     wandb: str | None = None  # online | offline | disabled; None: WANDB_MODE or offline
     wandb_group: str | None = None  # a Tune trial's sweep
     threads_per_worker: int = 1  # torch intra-op threads in each worker
+    init_from: str | None = None  # a new run's networks from this file (transfer.py), as a URI
+    init_map: tuple[str, ...] = ()  # --map OLD=NEW pairs for its domains
 
     def loop_config(self) -> dict[str, Any]:
         """The train_loop_config Ray passes to every worker."""

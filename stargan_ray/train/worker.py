@@ -27,6 +27,7 @@ from ..checkpoint import CHECKPOINT_FILE, load_state_into, safe_load, state_dict
 from ..engine import Batch, TrainState, build_optimizers, train_step
 from ..errors import UserError
 from ..storage import filesystem, join, write_bytes
+from ..transfer import init_from
 from .best import keep_best
 from .checkpoints import BEST_DIR, StartPoint, checkpoint_name, folder_step, local_file
 from .preemption import PreemptionWatch
@@ -60,6 +61,16 @@ def make_grad_sync(world_size: int, rows: int | None = None, total: int | None =
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
+
+    return sync
+
+
+def make_sum_sync():
+    """Sum a tensor over all workers in place (ADA's sign statistics: integers, exact)."""
+    import torch.distributed as dist
+
+    def sync(tensor: torch.Tensor) -> None:
+        dist.all_reduce(tensor)
 
     return sync
 
@@ -194,7 +205,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from ..data.layout import lanes_of
     from ..data.pipeline import worker_batches
     from .cluster import quiet_ray_data
     from .logger import RunLogger
@@ -207,12 +217,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, spec.threads_per_worker))
-    state = TrainState.create(cfg, device)  # the same seed on every rank: identical networks
-    _restore_newest(state, ray.train.get_checkpoint(), spec.start)
-    state.domains = tuple(spec.data["domains"])  # this run's data names them
-    if world > 1:
-        rows = len(lanes_of(rank, world, cfg.data.batch_size))
-        state.grad_sync = make_grad_sync(world, rows, cfg.data.batch_size)
+    state, init_note = _start_state(spec, rank, world, device)
     # The data stream is a function of (seed, step): this worker's lanes start at the restored
     # step, so a resumed, restarted or exploited run reads nothing before it and sees exactly the
     # batches an uninterrupted run would, whatever the worker count.
@@ -221,8 +226,34 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     logger = RunLogger(cfg, spec.run_dir, run_name=spec.run_name, wandb=spec.wandb,
                        wandb_group=spec.wandb_group, rank=rank)
     logger.event("start", step=state.step, pid=os.getpid(), workers=world)
+    if init_note:
+        logger.event("init_from", summary=init_note)
     _train(state, batches, _outputs(logger, cfg, device, rank, world), spec, rank, world)
     logger.finish()
+
+
+def _start_state(spec: WorkerSpec, rank: int, world: int,
+                 device: torch.device) -> tuple[TrainState, str | None]:
+    """This worker's TrainState: restored (a restart or the plan's start) or, for a new run with
+    spec.init_from, from another model's networks (the note says what was copied); its rows and
+    the all-reduces of a group."""
+    import ray.train
+
+    from ..data.layout import lanes_of
+
+    cfg = spec.cfg
+    state = TrainState.create(cfg, device)  # the same seed on every rank: identical networks
+    _restore_newest(state, ray.train.get_checkpoint(), spec.start)
+    state.domains = tuple(spec.data["domains"])  # this run's data names them
+    init_note = None
+    if spec.init_from and spec.start is None and ray.train.get_checkpoint() is None:
+        with local_file(spec.init_from) as local:  # a new run, not a restart
+            init_note = init_from(state, local, spec.init_map)
+    state.rows = lanes_of(rank, world, cfg.data.batch_size)  # ADA draws by row, not by worker
+    if world > 1:
+        state.grad_sync = make_grad_sync(world, len(state.rows), cfg.data.batch_size)
+        state.stat_sync = make_sum_sync()
+    return state, init_note
 
 
 def _outputs(logger, cfg, device, rank: int, world: int) -> Outputs:
