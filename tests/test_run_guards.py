@@ -246,7 +246,8 @@ def test_a_full_disk_during_a_save_stops_the_run_with_one_line(tmp_path, monkeyp
     assert not (run_dir / "checkpoint_00000004").exists()
     reason = consume_stop_reason(str(run_dir))
     assert reason is not None and "\n" not in reason
-    assert reason.startswith("disk full: saving checkpoint_00000004 failed (No space left on device")
+    assert reason.startswith("disk full: saving checkpoint_00000004 failed "
+                             "(No space left on device")
     assert " MiB; free that much, then run the same command with --resume" in reason
     assert float(reason.split("needs ")[1].split(" MiB")[0]) > 0.1  # the tiny model's size
     assert consume_stop_reason(str(run_dir)) is None  # consumed: reported once
