@@ -76,8 +76,7 @@ def _train_cli(tmp_path, *args: str) -> list[str]:
     from stargan_ray.config import to_toml
 
     experiment = tmp_path / "tiny.toml"
-    experiment.write_text(to_toml(tiny_config(**{"data.train_dir": "synthetic:2",
-                                                 "data.val_dir": "synthetic:2"})))
+    experiment.write_text(to_toml(tiny_config()))  # the toy's synthetic data
     return ["train", "--experiment", str(experiment), *args]
 
 
