@@ -180,7 +180,7 @@ def _checkpoint_lambdas(run_dir) -> list[float]:
     from stargan_ray.checkpoint import read_config
 
     return [read_config(p / "checkpoint.pt").loss.lambda_ds
-            for p in sorted(run_dir.glob("checkpoint_*"))]
+            for p in sorted(run_dir.glob("checkpoint_*")) if p.is_dir()]  # not Ray's snapshot
 
 
 @pytest.mark.ray
