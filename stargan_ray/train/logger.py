@@ -2,9 +2,10 @@
 the training loop makes the sample grids (samples.py) and the quick evaluation (quick_eval.py) and
 hands them over.
 
-Only rank 0 writes; every method may be called on every rank. W&B runs offline unless configured and never fails or delays a
-run: an online run whose server cannot be reached is logged offline instead (one console line says
-how to upload it), and an error while logging turns W&B off with one warning.
+Only rank 0 writes; every method may be called on every rank. W&B runs offline unless configured
+and never fails or delays a run: an online run whose server cannot be reached is logged offline
+instead (one console line says how to upload it), and an error while logging turns W&B off with
+one warning.
 """
 
 from __future__ import annotations
@@ -183,8 +184,8 @@ class RunLogger:
             self._wandb_log({f"samples/{k}": wandb.Image(v) for k, v in images.items()}, step)
 
     def evaluation(self, step: int, metrics: dict[str, float]) -> None:
-        """The step's quick evaluation (train.quick_eval): to W&B and TensorBoard (and Ray's
-        report, by the loop)."""
+        """The step's quick evaluation (train.quick_eval): to W&B and TensorBoard (the loop
+        reports it to Ray)."""
         if self.rank == 0 and metrics:
             self._wandb_log(metrics, step)
             if self._tb is not None:

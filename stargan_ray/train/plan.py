@@ -154,8 +154,8 @@ def check_storage(storage: str) -> None:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as err:
-        raise ConfigError(f"--storage {storage}: cannot write in {existing} ({err.strerror or err});"
-                          " give a writable folder") from None
+        raise ConfigError(f"--storage {storage}: cannot write in {existing} "
+                          f"({err.strerror or err}); give a writable folder") from None
 
 
 def check_run_name(name: str, from_flag: bool = True) -> str:

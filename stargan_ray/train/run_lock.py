@@ -115,7 +115,8 @@ def _take(lock: str, run_dir: str, me: Owner, force: bool) -> str | None:
             f"run folder {run_dir} is held by another run ({holder.describe()}, {RUN_LOCK}); "
             "wait for it to end, choose another --name, or pass --force if that run is gone")
     write_bytes(lock, json.dumps(asdict(me)).encode())
-    why = "forced" if force and holder is not None and not owner_gone(holder) else "its owner is gone"
+    forced = force and holder is not None and not owner_gone(holder)
+    why = "forced" if forced else "its owner is gone"
     who = holder.describe() if holder is not None else "none"
     return f"took over the lock of run folder {run_dir} ({who}; {why})"
 
@@ -134,7 +135,7 @@ def hold_run_folder(run_dir: str, *, force: bool = False,
         return
     lock, me = join(run_dir, RUN_LOCK), Owner.me()
     took_over = _take(lock, run_dir, me, force)
-    if is_uri(lock) and (_read(lock) or me).token != me.token:
+    if (_read(lock) or me).token != me.token:  # a start at the same moment won the race
         holder = _read(lock)
         raise RunFolderHeld(f"run folder {run_dir} was taken by another run starting at the same "
                             f"time ({holder.describe() if holder else 'unknown'}, {RUN_LOCK})")
