@@ -286,6 +286,52 @@ def _iteration(state: TrainState, batch: Batch) -> Stats:
     return stats
 
 
+class _MicroLosses:
+    """The four losses of one micro-batch i, as _accumulated_iteration's updates take them."""
+
+    def __init__(self, state: TrainState, parts: list[Batch], weights: GWeights) -> None:
+        self.run, self.nets, self.weights = state.step_networks(), state.nets, weights
+        self.r1_weight = schedules.r1_weight_at(state.cfg.loss, state.step)
+        self.masks = [state.nets.masks(b.x_src) for b in parts]
+        self.noises = _part_noises(state, parts)
+
+    def d_latent(self, i: int, b: Batch):
+        g = self.run.for_g
+        with torch.no_grad():
+            x_fake = g.generator(b.x_src, g.mapping_network(b.z_trg, b.y_ref), masks=self.masks[i])
+        return d_loss(self.run.for_d, b.x_src, b.y_src, b.y_ref, x_fake, self.r1_weight,
+                      pair(self.noises[i], 0))
+
+    def d_ref(self, i: int, b: Batch):
+        g = self.run.for_g
+        with torch.no_grad():
+            x_fake = g.generator(b.x_src, g.style_encoder(b.x_ref, b.y_ref), masks=self.masks[i])
+        return d_loss(self.run.for_d, b.x_src, b.y_src, b.y_ref, x_fake, self.r1_weight,
+                      pair(self.noises[i], 2))
+
+    def g_latent(self, i: int, b: Batch):
+        g = self.run.for_g
+        s_trg = g.mapping_network(b.z_trg, b.y_ref)
+        x_fake = g.generator(b.x_src, s_trg, masks=self.masks[i])
+        with torch.no_grad():
+            x_fake2 = g.generator(b.x_src, g.mapping_network(b.z_trg2, b.y_ref),
+                                  masks=self.masks[i])
+        s_org = g.style_encoder(b.x_src, b.y_src)
+        return g_loss(seen_by_d(g, self.noises[i], 4), b.x_src, b.y_ref, s_trg, x_fake,
+                      x_fake2, s_org, self.nets.masks(x_fake), self.weights)
+
+    def g_ref(self, i: int, b: Batch):
+        g = self.run.for_g
+        with torch.no_grad():
+            s_trg, s_trg2, s_org = (g.style_encoder(b.x_ref, b.y_ref),
+                                    g.style_encoder(b.x_ref2, b.y_ref),
+                                    g.style_encoder(b.x_src, b.y_src))
+            x_fake2 = g.generator(b.x_src, s_trg2, masks=self.masks[i])
+        x_fake = g.generator(b.x_src, s_trg, masks=self.masks[i])
+        return g_loss(seen_by_d(g, self.noises[i], 5), b.x_src, b.y_ref, s_trg, x_fake,
+                      x_fake2, s_org, self.nets.masks(x_fake), self.weights)
+
+
 def _accumulated_iteration(state: TrainState, parts: list[Batch]) -> Stats:
     """The iteration of _iteration over micro-batches: same updates, up to float rounding.
 
@@ -298,57 +344,22 @@ def _accumulated_iteration(state: TrainState, parts: list[Batch]) -> Stats:
     do not change before the latent G step; graphs would hold the memory the cap is there to save).
     """
     cfg, nets = state.cfg, state.nets
-    run = state.step_networks()
-    generator, mapping_network, style_encoder = (run.for_g.generator, run.for_g.mapping_network,
-                                                 run.for_g.style_encoder)
     weights = GWeights(cfg.loss.lambda_sty, schedules.lambda_ds_at(cfg.loss, state.step),
                        cfg.loss.lambda_cyc)
-    r1_weight = schedules.r1_weight_at(cfg.loss, state.step)
-    masks = [nets.masks(b.x_src) for b in parts]
-    noises = _part_noises(state, parts)
-
-    def d_latent(i: int, b: Batch):
-        with torch.no_grad():
-            x_fake = generator(b.x_src, mapping_network(b.z_trg, b.y_ref), masks=masks[i])
-        return d_loss(run.for_d, b.x_src, b.y_src, b.y_ref, x_fake, r1_weight, pair(noises[i], 0))
-
-    def d_ref(i: int, b: Batch):
-        with torch.no_grad():
-            x_fake = generator(b.x_src, style_encoder(b.x_ref, b.y_ref), masks=masks[i])
-        return d_loss(run.for_d, b.x_src, b.y_src, b.y_ref, x_fake, r1_weight, pair(noises[i], 2))
-
-    def g_latent(i: int, b: Batch):
-        s_trg = mapping_network(b.z_trg, b.y_ref)
-        x_fake = generator(b.x_src, s_trg, masks=masks[i])
-        with torch.no_grad():
-            x_fake2 = generator(b.x_src, mapping_network(b.z_trg2, b.y_ref), masks=masks[i])
-        s_org = style_encoder(b.x_src, b.y_src)
-        return g_loss(seen_by_d(run.for_g, noises[i], 4), b.x_src, b.y_ref, s_trg, x_fake,
-                      x_fake2, s_org, nets.masks(x_fake), weights)
-
-    def g_ref(i: int, b: Batch):
-        with torch.no_grad():
-            s_trg, s_trg2, s_org = (style_encoder(b.x_ref, b.y_ref),
-                                    style_encoder(b.x_ref2, b.y_ref),
-                                    style_encoder(b.x_src, b.y_src))
-            x_fake2 = generator(b.x_src, s_trg2, masks=masks[i])
-        x_fake = generator(b.x_src, s_trg, masks=masks[i])
-        return g_loss(seen_by_d(run.for_g, noises[i], 5), b.x_src, b.y_ref, s_trg, x_fake,
-                      x_fake2, s_org, nets.masks(x_fake), weights)
-
+    losses = _MicroLosses(state, parts, weights)
     stats: Stats = {}
-    stats.update(_accumulate(state, parts, d_latent, ("discriminator",), "D/latent_"))
-    stats.update(_accumulate(state, parts, d_ref, ("discriminator",), "D/ref_"))
+    stats.update(_accumulate(state, parts, losses.d_latent, ("discriminator",), "D/latent_"))
+    stats.update(_accumulate(state, parts, losses.d_ref, ("discriminator",), "D/ref_"))
     with frozen(nets.discriminator):
-        stats.update(_accumulate(state, parts, g_latent,
+        stats.update(_accumulate(state, parts, losses.g_latent,
                                  ("generator", "mapping_network", "style_encoder"), "G/latent_"))
         with frozen(nets.style_encoder):
-            stats.update(_accumulate(state, parts, g_ref, ("generator",), "G/ref_"))
+            stats.update(_accumulate(state, parts, losses.g_ref, ("generator",), "G/ref_"))
     update_ema(nets, state.nets_ema, cfg.optim.ema_beta)
     stats["G/lambda_ds"] = torch.full((), weights.lambda_ds, device=parts[0].x_src.device)
     state.step += 1
-    if noises[0] is not None:
-        _ada_after_step(state, stats, sum(map(len, parts)), noises[0].p)
+    if losses.noises[0] is not None:
+        _ada_after_step(state, stats, sum(map(len, parts)), losses.noises[0].p)
     return stats
 
 
