@@ -143,6 +143,25 @@ def max_param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
     return max((pa - pb).abs().max().item() for pa, pb in zip(a.parameters(), b.parameters()))
 
 
+def confident_d(state):
+    """Shift D's output up: an untrained D calls most images fake (r_t near -1), and p would
+    stay at 0; a D that calls every real image real (r_t = 1) makes p rise."""
+    with torch.no_grad():
+        state.nets.discriminator.main[-1].bias.add_(10.0)
+    return state
+
+
+def assert_identical_networks(a, b) -> None:
+    """Two TrainStates hold bit-for-bit the same networks and EMA copies."""
+    for name in TRAINED:
+        for pa, pb in zip(getattr(a.nets, name).parameters(), getattr(b.nets, name).parameters()):
+            assert torch.equal(pa, pb), name
+    for name in EMA:
+        for pa, pb in zip(getattr(a.nets_ema, name).parameters(),
+                          getattr(b.nets_ema, name).parameters()):
+            assert torch.equal(pa, pb), name
+
+
 def assert_equal_states(a, b) -> None:
     """Two TrainStates hold the same networks and EMA copies (within 1e-6)."""
     for name in TRAINED:

@@ -13,9 +13,10 @@ from stargan_ray.augment import (_U_GATES, CALLS, N_NORMAL, N_UNIFORM, AdaState,
                                  augment, step_noise)
 from stargan_ray.checkpoint import save_checkpoint
 from stargan_ray.engine import TrainState, train_step
-from stargan_ray.models import EMA, TRAINED
+from stargan_ray.models import TRAINED
 
-from .helpers import load_train_state, random_batch, tiny_config
+from .helpers import (assert_identical_networks, confident_d, load_train_state, random_batch,
+                      tiny_config)
 
 
 def _only(name: str, n: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,29 +111,11 @@ def test_p_moves_toward_the_target_every_interval_and_stays_in_0_1():
                                               _drive(AdaState.create("cpu"), cfg, [0.9] * 12)]
 
 
-def confident_d(state):
-    """Shift D's output up: an untrained D calls most images fake (r_t near -1), and p would
-    stay at 0; a D that calls every real image real (r_t = 1) makes p rise."""
-    with torch.no_grad():
-        state.nets.discriminator.main[-1].bias.add_(10.0)
-    return state
-
-
 def _run(state, steps):
     stats = []
     for _ in range(steps):
         stats.append(train_step(state, random_batch(state.cfg, seed=state.step)))
     return stats
-
-
-def _assert_equal_networks(a, b):
-    for name in TRAINED:
-        for pa, pb in zip(getattr(a.nets, name).parameters(), getattr(b.nets, name).parameters()):
-            assert torch.equal(pa, pb), name
-    for name in EMA:
-        for pa, pb in zip(getattr(a.nets_ema, name).parameters(),
-                          getattr(b.nets_ema, name).parameters()):
-            assert torch.equal(pa, pb), name
 
 
 def test_off_by_default_and_p_pinned_at_zero_trains_bitwise_like_off():
@@ -144,7 +127,7 @@ def test_off_by_default_and_p_pinned_at_zero_trains_bitwise_like_off():
     on = TrainState.create(tiny_config(**{"loss.ada_target": 0.999, "loss.ada_interval": 1}), "cpu")
     stats = _run(on, 2)
     assert stats[1]["ADA/p"].item() == 0 and -1 <= stats[1]["ADA/r_t"].item() <= 1
-    _assert_equal_networks(off, on)
+    assert_identical_networks(off, on)
 
 
 def test_ada_trains_differently_and_resumes_exactly_with_p_in_the_checkpoint(tmp_path):
@@ -160,7 +143,7 @@ def test_ada_trains_differently_and_resumes_exactly_with_p_in_the_checkpoint(tmp
         assert torch.equal(getattr(resumed.ada, key), value), key
     _run(resumed, 2)
     assert torch.equal(resumed.ada.p, straight.ada.p)
-    _assert_equal_networks(straight, resumed)
+    assert_identical_networks(straight, resumed)
     off = confident_d(TrainState.create(tiny_config(), "cpu"))
     _run(off, 5)
     assert not torch.equal(off.nets.discriminator.main[0].weight,

@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
@@ -14,19 +13,12 @@ from stargan_ray.checkpoint import (CheckpointError, import_official, load_ema_n
                                     save_checkpoint)
 from stargan_ray.config import load_experiment
 from stargan_ray.engine import TrainState, train_step
-from stargan_ray.models import EMA, TRAINED, build_networks, ema_copy
+from stargan_ray.models import TRAINED, build_networks, ema_copy
 
-from .helpers import load_train_state, official_files, random_batch, tiny_config
+from .helpers import (assert_identical_networks, load_train_state, official_files, random_batch,
+                      tiny_config)
 
 
-def _assert_same_state(a, b):
-    for name in TRAINED:
-        for pa, pb in zip(getattr(a.nets, name).parameters(), getattr(b.nets, name).parameters()):
-            assert torch.equal(pa, pb), name
-    for name in EMA:
-        for pa, pb in zip(getattr(a.nets_ema, name).parameters(),
-                          getattr(b.nets_ema, name).parameters()):
-            assert torch.equal(pa, pb), name
 
 
 def _run(state, steps):
@@ -51,7 +43,7 @@ def test_save_load_continue_equals_an_uninterrupted_run(tmp_path):
         for k in sa["state"]:
             assert torch.equal(sa["state"][k]["exp_avg_sq"], sb["state"][k]["exp_avg_sq"])
     _run(resumed, 2)
-    _assert_same_state(uninterrupted, resumed)
+    assert_identical_networks(uninterrupted, resumed)
     assert read_config(tmp_path / "ckpt") == cfg  # a folder holding checkpoint.pt works too
 
 

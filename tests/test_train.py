@@ -18,8 +18,9 @@ from stargan_ray.engine import TrainState, build_optimizers, train_step
 from stargan_ray.models import EMA, TRAINED
 from stargan_ray.train import TrainingStopped, latest_checkpoint, make_grad_sync, run_training
 
-from .helpers import (assert_equal_states, load_train_state, random_batch, read_events,
-                      registered_steps, run_options, tiny_config, wait_until, write_colour_tree)
+from .helpers import (assert_equal_states, confident_d, load_train_state, random_batch,
+                      read_events, registered_steps, run_options, tiny_config, wait_until,
+                      write_colour_tree)
 
 # ---------------------------------------------------------------- equivalence (torch.distributed)
 
@@ -95,8 +96,6 @@ def _share_worker(rank: int, world: int, init_file: str, out_dir: str, train_dir
                          **(ADA if ada else {})})
     state = TrainState.create(cfg, "cpu", seed=5)
     if ada:
-        from .test_augment import confident_d
-
         confident_d(state)  # so that p rises
     _double(state, cfg)
     state.rows = lanes_of(rank, world, 8)  # as the Ray worker: ADA draws by row
@@ -115,35 +114,46 @@ def _share_worker(rank: int, world: int, init_file: str, out_dir: str, train_dir
         dist.destroy_process_group()
 
 
-def test_the_total_batch_trains_the_same_model_on_1_to_4_workers_and_with_accumulation(tmp_path):
-
-    train_dir = str(write_colour_tree(tmp_path / "train", (40, 40)))
-    steps = 3
-    # (workers, data.batch_per_worker); 3 workers get shares of 3, 3 and 2 rows (as an elastic
-    # run may), averaged by rows
-    runs = [(1, 0), (2, 0), (4, 0), (1, 2), (3, 0)]
+def _share_runs(tmp_path, train_dir: str, runs: list[tuple[int, int]], steps: int = 3,
+                ada: bool = False) -> dict[tuple[int, int], dict]:
+    """{(workers, data.batch_per_worker): the trained state dicts} of _share_worker groups."""
     for world, cap in runs:
-        args = (world, str(tmp_path / f"init{world}_{cap}"), str(tmp_path), train_dir, steps, cap)
+        args = (world, str(tmp_path / f"init{world}_{cap}"), str(tmp_path), train_dir, steps, cap,
+                ada)
         if world == 1:
             _share_worker(0, *args)
         else:
             mp.start_processes(_share_worker, args=args, nprocs=world, start_method="spawn")
-    results = {run: torch.load(tmp_path / f"w{run[0]}_b{run[1]}.pt", weights_only=True)
-               for run in runs}
+    suffix = "_ada" if ada else ""
+    return {run: torch.load(tmp_path / f"w{run[0]}_b{run[1]}{suffix}.pt", weights_only=True)
+            for run in runs}
+
+
+def _assert_same_model(result: dict, reference: dict, run) -> None:
+    for name in TRAINED:
+        for key, p in reference[name].items():
+            # Biases that feed an instance norm have a true gradient of 0; Adam turns the
+            # summation-order noise of their gradients into updates of up to ~lr (see
+            # test_engine's accumulation test). Every other parameter agrees to 1e-10.
+            no_effect = name == "generator" and key.endswith(".bias") and (
+                "conv" in key or key == "from_rgb.bias")
+            atol = 1e-5 if no_effect else 1e-10
+            assert torch.allclose(result[name][key], p, rtol=0, atol=atol), \
+                (run, name, key, (result[name][key] - p).abs().max().item())
+
+
+def test_the_total_batch_trains_the_same_model_on_1_to_4_workers_and_with_accumulation(tmp_path):
+
+    train_dir = str(write_colour_tree(tmp_path / "train", (40, 40)))
+    # (workers, data.batch_per_worker); 3 workers get shares of 3, 3 and 2 rows (as an elastic
+    # run may), averaged by rows
+    runs = [(1, 0), (2, 0), (4, 0), (1, 2), (3, 0)]
+    results = _share_runs(tmp_path, train_dir, runs)
     reference = results[(1, 0)]
     fresh = TrainState.create(tiny_config(), "cpu", seed=5).nets.generator.from_rgb.weight
     assert (reference["generator"]["from_rgb.weight"] - fresh.double()).abs().max() > 1e-4
     for run in runs[1:]:
-        for name in TRAINED:
-            for key, p in reference[name].items():
-                # Biases that feed an instance norm have a true gradient of 0; Adam turns the
-                # summation-order noise of their gradients into updates of up to ~lr (see
-                # test_engine's accumulation test). Every other parameter agrees to 1e-10.
-                no_effect = name == "generator" and key.endswith(".bias") and (
-                    "conv" in key or key == "from_rgb.bias")
-                atol = 1e-5 if no_effect else 1e-10
-                assert torch.allclose(results[run][name][key], p, rtol=0, atol=atol), \
-                    (run, name, key, (results[run][name][key] - p).abs().max().item())
+        _assert_same_model(results[run], reference, run)
 
 
 # ---------------------------------------------------------------- Ray Train runs
@@ -262,32 +272,14 @@ def test_a_non_finite_loss_stops_the_run_without_a_bad_checkpoint(ray_session, t
 
 
 def test_with_ada_1_and_2_workers_and_accumulation_train_the_same_model_and_p(tmp_path):
-    from .test_data_sampling import write_colour_tree
-
     train_dir = str(write_colour_tree(tmp_path / "train", (40, 40)))
-    steps = 3
     runs = [(1, 0), (2, 0), (1, 2)]
-    for world, cap in runs:
-        args = (world, str(tmp_path / f"init{world}_{cap}"), str(tmp_path), train_dir, steps, cap,
-                True)
-        if world == 1:
-            _share_worker(0, *args)
-        else:
-            mp.start_processes(_share_worker, args=args, nprocs=world, start_method="spawn")
-    results = {run: torch.load(tmp_path / f"w{run[0]}_b{run[1]}_ada.pt", weights_only=True)
-               for run in runs}
+    results = _share_runs(tmp_path, train_dir, runs, ada=True)
     reference = results[(1, 0)]
     assert 0 < reference["ada_p"][-1] < 1  # p moved: the sign statistics were gathered
-    _share_worker(0, 1, "", str(tmp_path), train_dir, steps, 0)  # without ADA: another model
-    without = torch.load(tmp_path / "w1_b0.pt", weights_only=True)
+    without = _share_runs(tmp_path, train_dir, [(1, 0)])[(1, 0)]  # without ADA: another model
     assert not torch.equal(without["discriminator"]["main.0.weight"],
                            reference["discriminator"]["main.0.weight"])
     for run in runs[1:]:
         assert torch.equal(results[run]["ada_p"], reference["ada_p"]), run
-        for name in TRAINED:
-            for key, p in reference[name].items():
-                no_effect = name == "generator" and key.endswith(".bias") and (
-                    "conv" in key or key == "from_rgb.bias")
-                atol = 1e-5 if no_effect else 1e-10
-                assert torch.allclose(results[run][name][key], p, rtol=0, atol=atol), \
-                    (run, name, key, (results[run][name][key] - p).abs().max().item())
+        _assert_same_model(results[run], reference, run)
