@@ -49,6 +49,21 @@ def _alive_nodes(address: str, env: dict[str, str]) -> str:
     return check.stdout.strip() if check.returncode == 0 else ""
 
 
+def _join(address: str, env: dict[str, str], tries: int = 3) -> subprocess.Popen:
+    """The second node. Started again with other ports when it has not joined within 60 s: a port
+    of its randomly placed ranges may be taken (seen once in a full suite, after another
+    two-node test)."""
+    for _ in range(tries):
+        node = _start([f"--address={address}", "--num-cpus=2", *_node_ports()], env)
+        try:
+            wait_until(lambda: _alive_nodes(address, env) == "2", "the second node to join",
+                       timeout_s=60, every_s=2)
+            return node
+        except AssertionError:
+            end_processes(node)
+    raise AssertionError(f"hang guard: the second node did not join in {tries} tries of 60 s")
+
+
 @pytest.fixture
 def two_nodes():
     """A head (3 CPUs) and a second node (2 CPUs) with their own ports and temp dir; yields
@@ -66,9 +81,7 @@ def two_nodes():
     try:
         wait_until(lambda: _alive_nodes(address, env), "the head to come up", timeout_s=120,
                    every_s=2)
-        node = _start([f"--address={address}", "--num-cpus=2", *_node_ports()], env)
-        wait_until(lambda: _alive_nodes(address, env) == "2", "the second node to join",
-                   timeout_s=120, every_s=2)
+        node = _join(address, env)
         yield address, env, node
     finally:  # the processes of both nodes, and any worker or job they started
         end_processes(node, head, env_entry=f"RAY_AUTH_TOKEN_PATH={token_path}")
