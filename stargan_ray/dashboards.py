@@ -48,18 +48,12 @@ class EventWriter(ScalarWriter):
 
     def add_images(self, step: int, images: dict[str, Any], prefix: str = "samples/") -> None:
         """Each PIL image as the image `{prefix}{name}` at step (HWC, uint8)."""
-        if not self._tried:
-            self._writer = self._open(step)
-        if self._writer is None:
-            return
-        try:
+        def write(writer) -> None:
             for name, image in images.items():
                 pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
-                self._writer.add_image(f"{prefix}{name}", pixels, step, dataformats="HWC")
-            self._writer.flush()
-        except Exception as err:
-            _warn_once("TensorBoard images", err)
-            self.close()
+                writer.add_image(f"{prefix}{name}", pixels, step, dataformats="HWC")
+
+        self._write(step, write, "TensorBoard images")
 
 
 # ---------------------------------------------------------------- W&B checkpoint artifacts

@@ -244,17 +244,25 @@ class ScalarWriter:
     def add_scalars(self, step: int, metrics: dict[str, Any]) -> None:
         """One scalar per finite number of metrics at step. The first call sets purge_step, so a
         resumed run hides what an earlier attempt logged from that step on."""
+        def write(writer) -> None:
+            for key, value in metrics.items():
+                if key != "step" and _finite(value):
+                    writer.add_scalar(key, float(value), step)
+
+        self._write(step, write, "TensorBoard logging")
+
+    def _write(self, step: int, write, what: str) -> None:
+        """write(writer), then flush; the writer is opened on the first call (purge_step = step).
+        A failure warns once (what) and closes the writer: logging never fails a run."""
         if not self._tried:
             self._writer = self._open(step)
         if self._writer is None:
             return
         try:
-            for key, value in metrics.items():
-                if key != "step" and _finite(value):
-                    self._writer.add_scalar(key, float(value), step)
+            write(self._writer)
             self._writer.flush()
         except Exception as err:
-            _warn_once("TensorBoard logging", err)
+            _warn_once(what, err)
             self.close()
 
     def close(self) -> None:
