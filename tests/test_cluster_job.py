@@ -1,8 +1,8 @@
 """`ray job submit` path: a real local head on loopback, a toy training submitted as a job.
 
 The head runs with token authentication and a token of its own, in a file that the head and the
-submitting client are both pointed to (RAY_AUTH_TOKEN_PATH), exactly as the README tells users to
-do. Nothing relies on a ~/.ray/auth_token that an earlier `ray.init` may have left behind.
+submitting client are both pointed to (RAY_AUTH_TOKEN_PATH), exactly as docs/cluster.md tells
+users to do. Nothing relies on a ~/.ray/auth_token that an earlier `ray.init` may have left behind.
 """
 
 from __future__ import annotations

@@ -24,7 +24,10 @@ DOCS = ROOT / "docs"
 REGENERATE = "run `python tools/gen_reference.py` and commit docs/reference/"
 # The pages whose commands this test runs; your_data.md has tests/test_docs_your_data.py.
 PAGES = ("index.md", "getting_started.md", "troubleshooting.md", "architecture.md",
-         "contributing.md")
+         "contributing.md", "training.md", "cluster.md", "data.md", "tune.md", "evaluation.md",
+         "using.md", "parity.md", "speed.md")
+README_MAX_LINES = 300
+SHELL_OPERATORS = {"&&", "||", "|", ";", ">", ">>", "<", "&"}
 BUILD_TIMEOUT_S = 120  # a hang guard: the build takes about a second
 
 
@@ -103,15 +106,69 @@ def test_a_broken_link_fails_the_build(tmp_path):
     assert result.returncode != 0 and "missing.md" in result.stderr
 
 
+def _commands(block: str) -> list[str]:
+    """The command lines of a bash block: comments dropped, and lines joined where a command goes
+    on (a trailing backslash, or a quotation still open at the end of the line)."""
+    found, pending = [], ""
+    for line in block.splitlines():
+        line = line.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        pending = f"{pending} {line}" if pending else line
+        if pending.endswith("\\"):
+            pending = pending[:-1].rstrip()
+            continue
+        try:
+            shlex.split(pending, comments=True)
+        except ValueError:  # no closing quotation yet
+            continue
+        found.append(pending)
+        pending = ""
+    assert not pending, f"a shown command does not end: {pending}"
+    return found
+
+
+def _bash_blocks(text: str) -> list[tuple[bool, list[str]]]:
+    """(needs something the tests lack, command lines) for each bash block of a page."""
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        needs = block.lstrip().startswith("# needs:")
+        found.append((needs, _commands(block)))
+    return found
+
+
 def _blocks() -> list[tuple[str, bool, list[str]]]:
     """(page, needs something the tests lack, command lines) for each bash block of PAGES."""
-    found = []
-    for name in PAGES:
-        for block in re.findall(r"```bash\n(.*?)```", (DOCS / name).read_text(), re.S):
-            lines = [line.strip() for line in block.splitlines() if line.strip()]
-            needs = bool(lines) and lines[0].startswith("# needs:")
-            found.append((name, needs, [line for line in lines if not line.startswith("#")]))
-    return found
+    return [(name, needs, lines) for name in PAGES
+            for needs, lines in _bash_blocks((DOCS / name).read_text())]
+
+
+def _simple_commands(line: str) -> list[list[str]]:
+    """A shell line split at its operators (&&, |, ;, redirections) into its commands."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    commands, current, redirected = [], [], False
+    for token in lexer:
+        if token in SHELL_OPERATORS:
+            if current:
+                commands.append(current)
+            current, redirected = [], token in (">", ">>", "<")
+        elif not redirected:  # the word after a redirection is its file, not a command
+            current.append(token)
+    if current:
+        commands.append(current)
+    return commands
+
+
+def _parse_only(line: str) -> None:
+    """A command the tests cannot run: the shell parses it, and every `stargan-ray` command in
+    it (also after `ray job submit ... --` or an environment assignment) parses with the CLI."""
+    for argv in _simple_commands(line):
+        if "stargan-ray" in argv:
+            try:
+                build_parser().parse_args(argv[argv.index("stargan-ray") + 1:])
+            except SystemExit:
+                pytest.fail(f"the shown command does not parse: {line}")
 
 
 def _run_known(argv: list[str], tmp_path: Path) -> None:
@@ -136,12 +193,13 @@ def test_every_command_on_the_pages_runs_or_parses(tmp_path, monkeypatch, capsys
     assert sum(len(lines) for _, _, lines in blocks) >= 6
     for page, needs, lines in blocks:
         for line in lines:
-            argv = shlex.split(line)
-            if argv[0] == "stargan-ray":
+            argv = shlex.split(line, comments=True)
+            if needs:
+                _parse_only(line)  # exits 2 on an unknown flag
+            elif argv[0] == "stargan-ray":
                 build_parser().parse_args(argv[1:])  # exits 2 on an unknown flag
-                if not needs:
-                    code = main(argv[1:])
-                    assert code == 0, (page, line, capsys.readouterr().err)
+                code = main(argv[1:])
+                assert code == 0, (page, line, capsys.readouterr().err)
             elif argv[0] == "make":
                 made = subprocess.run(["make", "-n", *argv[1:]], cwd=ROOT, capture_output=True,
                                       text=True, timeout=BUILD_TIMEOUT_S)
@@ -163,3 +221,19 @@ def test_the_architecture_page_names_every_room():
     named = set(re.findall(r"^\| `(stargan_ray/[\w./]+)` \|", (DOCS / "architecture.md").read_text(),
                            re.M))
     assert named == rooms
+
+
+def test_the_readme_is_short_undated_and_its_commands_parse():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= README_MAX_LINES, "move the detail to a page under docs/"
+    dated = re.findall(r"\b20\d\d-\d\d(?:-\d\d)?\b", text)
+    assert dated == [], f"dated run records belong on the pages under docs/: {dated}"
+    blocks = _bash_blocks(text)
+    shown = [line for _, lines in blocks for line in lines]
+    assert "make demo" in shown[0] and "make test" in shown[1], "the two commands come first"
+    assert sum("stargan-ray" in line for line in shown) >= 5, shown
+    for line in shown:
+        _parse_only(line)
+    for page in re.findall(r"\]\(docs/([\w/]+\.md)(?:#[\w-]+)?\)", text):
+        assert (DOCS / page).is_file(), page
+

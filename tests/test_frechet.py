@@ -14,7 +14,7 @@ import pytest
 from stargan_ray.metrics import frechet
 
 DIM = 2048
-REL = 1e-6  # the README's bound for every method against sqrtm
+REL = 1e-6  # docs/evaluation.md's bound for every method against sqrtm
 
 
 def _basis(rng: np.random.Generator, spectrum: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "stargan_ray"
 
-# Plain torch: what a user can read, test and run in one process (README.md, "Layout").
+# Plain torch: what a user can read, test and run in one process (docs/architecture.md, "Rooms").
 CORE = [
     "stargan_ray.errors", "stargan_ray.config", "stargan_ray.config_bounds", "stargan_ray.storage",
     "stargan_ray.models",

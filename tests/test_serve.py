@@ -479,7 +479,7 @@ def test_a_clip_translates_to_an_mp4_with_its_frame_count_and_rate(server, check
         _, want = decode_clip(out.read_bytes(), tmp_path, f"copy-{seed}.mp4")
         means.append(np.abs(got.astype(int) - want.astype(int)).mean())
     assert means[0] < 1.0 and means[1] > 5 * means[0] + 1, means  # seed 3's style, not seed 4's
-    # README's curl line, run as written (but for the host, the token and the names)
+    # the curl line of docs/using.md, run as written (but for the host, the token and the names)
     import subprocess
 
     (tmp_path / "clip.mp4").write_bytes(clip)
