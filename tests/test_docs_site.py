@@ -237,3 +237,11 @@ def test_the_readme_is_short_undated_and_its_commands_parse():
     for page in re.findall(r"\]\(docs/([\w/]+\.md)(?:#[\w-]+)?\)", text):
         assert (DOCS / page).is_file(), page
 
+
+
+def test_every_flag_of_every_command_has_help():
+    missing = [f"{name} {action.option_strings[0] if action.option_strings else action.dest}"
+               for name, command in _subcommands().items() for action in command._actions
+               if not isinstance(action, argparse._HelpAction)
+               and not (action.help or "").strip()]
+    assert missing == [], f"give these arguments help text in stargan_ray/cli/: {missing}"

@@ -115,9 +115,12 @@ def add_alignment_args(parser: argparse.ArgumentParser, wing_default: str | None
 def add_resource_args(parser: argparse.ArgumentParser, *, what: str = "run",
                       cpus_minimum: float = 0.0, wandb_help: str = "") -> None:
     """--storage, --gpus-per-worker, --cpus-per-worker, --wandb: where a Ray job runs and logs."""
-    parser.add_argument("--gpus-per-worker", type=nonnegative_float, default=0.0)
+    parser.add_argument("--gpus-per-worker", type=nonnegative_float, default=0.0,
+                        help="GPUs each Ray Train worker takes; 0: CPU only, a fraction shares a "
+                             "GPU (default: %(default)s)")
     parser.add_argument("--cpus-per-worker", default=1.0,
-                        type=positive_float if cpus_minimum > 0 else nonnegative_float)
+                        type=positive_float if cpus_minimum > 0 else nonnegative_float,
+                        help="CPUs each Ray Train worker takes (default: %(default)s)")
     parser.add_argument("--storage", default="runs",
                         help=f"{what} storage: a local or shared path, or a URI such as "
                              "s3://bucket/runs")

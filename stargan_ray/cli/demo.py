@@ -22,8 +22,11 @@ def add_parser(sub) -> None:
     add_experiment_args(p)
     p.add_argument("--out", default="outputs/demo", help="folder for runs (default outputs/demo)")
     p.add_argument("--name", help="run name (default: demo-<date>-<time>)")
-    p.add_argument("--num-workers", type=positive_int, default=2)
-    p.add_argument("--wandb", choices=("online", "offline", "disabled"), default=None)
+    p.add_argument("--num-workers", type=positive_int, default=2,
+                   help="Ray workers on the CPU, for the training and the evaluation "
+                        "(default: %(default)s)")
+    p.add_argument("--wandb", choices=("online", "offline", "disabled"), default=None,
+                   help="W&B mode of the training run (default: $WANDB_MODE, else offline)")
     p.set_defaults(func=run)
 
 

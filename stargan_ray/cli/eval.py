@@ -38,7 +38,9 @@ def add_parser(sub) -> None:
     p.add_argument("--num-workers", type=_workers_arg, default="auto",
                    help="Ray workers (one GPU each on cuda); 0 runs in this process; auto (the "
                         "default): one per GPU of the cluster when it has several, else 0")
-    p.add_argument("--mode", choices=("latent", "reference", "both"), default="both")
+    p.add_argument("--mode", choices=("latent", "reference", "both"), default="both",
+                   help="latent: styles from random codes; reference: styles from val images of "
+                        "the target domain; both (default)")
     p.add_argument("--feature-weights", choices=("pretrained", "random"),
                    help="random: seeded random Inception/AlexNet, for smoke tests only")
     add_device_arg(p)

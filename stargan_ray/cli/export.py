@@ -20,7 +20,9 @@ def add_parser(sub) -> None:
                     "TorchScript one file with forward() and reference(). Needs "
                     "`pip install stargan-ray[export]` for ONNX.")
     add_model_source_args(p)
-    p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript"),
+                   help="onnx: two graphs, --out and its .reference.onnx beside it; torchscript: "
+                        "one file with forward() and reference()")
     p.add_argument("--out", required=True, help="file to write (.onnx / .pt)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_device_arg(p)
