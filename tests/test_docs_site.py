@@ -245,3 +245,14 @@ def test_every_flag_of_every_command_has_help():
                if not isinstance(action, argparse._HelpAction)
                and not (action.help or "").strip()]
     assert missing == [], f"give these arguments help text in stargan_ray/cli/: {missing}"
+
+
+def test_a_shown_command_with_an_unknown_flag_fails():
+    page = ("```bash\n# needs: a cluster\nray job submit --address http://HEAD:8265 -- \\\n"
+            "    stargan-ray train --experiment toy --no-such-flag && echo done\n```\n")
+    [(needs, lines)] = _bash_blocks(page)
+    assert needs and lines == ["ray job submit --address http://HEAD:8265 -- stargan-ray train "
+                               "--experiment toy --no-such-flag && echo done"]
+    with pytest.raises(pytest.fail.Exception, match="does not parse"):
+        _parse_only(lines[0])
+    _parse_only(lines[0].replace(" --no-such-flag", ""))
