@@ -22,10 +22,11 @@ from stargan_ray.cli import build_parser, main
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 REGENERATE = "run `python tools/gen_reference.py` and commit docs/reference/"
-# The pages whose commands this test runs; your_data.md has tests/test_docs_your_data.py.
+# The pages whose commands this test runs or parses (a test checks that no page is left out).
 PAGES = ("index.md", "getting_started.md", "troubleshooting.md", "architecture.md",
          "contributing.md", "training.md", "cluster.md", "data.md", "tune.md", "evaluation.md",
-         "using.md", "parity.md", "speed.md")
+         "using.md", "parity.md", "speed.md", "ray.md")
+OWN_TESTS = {"your_data.md": "tests/test_docs_your_data.py"}
 README_MAX_LINES = 300
 SHELL_OPERATORS = {"&&", "||", "|", ";", ">", ">>", "<", "&"}
 BUILD_TIMEOUT_S = 120  # a hang guard: the build takes about a second
@@ -256,3 +257,9 @@ def test_a_shown_command_with_an_unknown_flag_fails():
     with pytest.raises(pytest.fail.Exception, match="does not parse"):
         _parse_only(lines[0])
     _parse_only(lines[0].replace(" --no-such-flag", ""))
+
+
+def test_every_page_has_its_commands_checked():
+    pages = {page.name for page in DOCS.glob("*.md")}
+    unchecked = sorted(pages - set(PAGES) - set(OWN_TESTS))
+    assert unchecked == [], f"add these pages to PAGES in tests/test_docs_site.py: {unchecked}"
