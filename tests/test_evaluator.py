@@ -1,9 +1,12 @@
-"""The evaluation protocol: task order, JSON layout, real-statistics cache, shard independence."""
+"""The evaluation protocol: task order, JSON layout, real-statistics cache, shard independence,
+nothing kept in a training worker between its quick evaluations."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import weakref
 
 import numpy as np
 import pytest
@@ -190,3 +193,27 @@ def test_an_evaluation_batch_larger_than_free_memory_is_refused_before_it_runs(s
         evaluator.evaluate(nets, huge, step=1, out_dir=tmp_path / "o",
                            opts=EvalOptions(cache_dir=tmp_path / "cache", progress=False))
     assert not (tmp_path / "o").exists() and not (tmp_path / "cache").exists()
+
+
+def test_quick_eval_keeps_no_feature_network_and_gives_the_cached_value(setup, tmp_path,
+                                                                        monkeypatch):
+    """What the training loop calls between its steps: no Inception network is referenced once
+    it returns (the process's cache held one, with its buffers, until the next evaluation), and
+    the value is that of fid_quick with the cached networks."""
+    from stargan_ray.metrics.fid import InceptionFeatures, cached_inception
+    from stargan_ray.train.quick_eval import quick_eval
+
+    _, cfg, nets = setup
+    monkeypatch.setenv("STARGAN_RAY_CACHE", str(tmp_path))  # real statistics: tmp/fid_stats
+    cached_inception.cache_clear()
+    gc.collect()
+    def inception_nets():  # type(): isinstance would touch every object's attributes
+        return [o for o in gc.get_objects() if issubclass(type(o), InceptionFeatures)]
+
+    before = weakref.WeakSet(inception_nets())
+    value = quick_eval(nets, cfg, "cpu")["fid_quick"]
+    gc.collect()
+    alive = [o for o in inception_nets() if o not in before]
+    assert alive == [] and cached_inception.cache_info().currsize == 0
+    assert value == evaluator.fid_quick(nets, cfg, cache_dir=tmp_path / "fid_stats")
+    assert cached_inception.cache_info().currsize == 1  # the CLI's path still reuses its network

@@ -54,7 +54,7 @@ from . import lpips as lpipslib
 from .eval_plan import (MODES, EvalData, Item, Job, Task, chunks, image_count, make_tasks,
                         plan_items, resolve_dirs, result_file, seeded_generator, source_indices)
 from .eval_worker import EvalWorker, ItemResult
-from .memory import check_memory, decode_bytes, generator_bytes, inception_bytes
+from .memory import check_memory, decode_bytes, generator_bytes, give_back, inception_bytes
 from .options import EvalOptions
 from .sharding import Shard, agree_on_misses, merge_lpips, merge_moments
 from .weights import FeatureWeights
@@ -167,6 +167,17 @@ def _check_memory(cfg: ExperimentConfig, device: str, kept_outputs: int) -> None
                  "lower eval.batch_size or data.val_batch_size")
 
 
+def _feature_networks(weights: FeatureWeights, device: str, folded: bool, lpips: bool,
+                      keep: bool) -> tuple[nn.Module, nn.Module | None]:
+    """Inception and (for LPIPS) AlexNet: the process's cached ones, or with keep=False new ones
+    that nothing references once the evaluation returns (EvalOptions.keep_networks)."""
+    if keep:
+        return (fidlib.cached_inception(weights, device, folded),
+                lpipslib.cached_lpips(weights, device) if lpips else None)
+    return (fidlib.build_inception(weights, device, folded),
+            lpipslib.build_lpips(weights, device) if lpips else None)
+
+
 def collect(nets_ema: Networks, cfg: ExperimentConfig, *, modes: Sequence[str],
             weights: FeatureWeights, opts: EvalOptions = EvalOptions(),
             max_sources: int | None = None, num_outs: int | None = None, lpips: bool = True
@@ -190,8 +201,8 @@ def collect(nets_ema: Networks, cfg: ExperimentConfig, *, modes: Sequence[str],
 
     nets_device = opts.device if opts.num_workers == 0 else "cpu"  # Ray gets CPU state dicts
     folded = cfg.eval.inception_folded
-    inception = fidlib.cached_inception(weights, nets_device, folded)
-    lpips_net = lpipslib.cached_lpips(weights, nets_device) if lpips else None
+    inception, lpips_net = _feature_networks(weights, nets_device, folded, lpips,
+                                             opts.keep_networks)
 
     cache_root = Path(opts.cache_dir) if opts.cache_dir is not None else default_cache_dir()
     real, cache, cache_paths = _cached_real(data, tasks, cfg.model.img_size,
@@ -325,7 +336,8 @@ def _kid(real: fidlib.FeatureMoments, fake: fidlib.FeatureMoments, cfg: Experime
 def fid_quick(nets_ema: Networks, cfg: ExperimentConfig, *, num_workers: int = 0,
               device: torch.device | str = "cpu", cache_dir: str | Path | None = None,
               progress: bool = False, shard: tuple[int, int] | None = None,
-              reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+              reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              keep_networks: bool = True) -> float:
     """Mean latent FID over tasks from eval.quick_sources sources x eval.quick_outs outputs.
 
     For training curves and Tune trials: cheap, comparable between runs of one experiment, not
@@ -335,9 +347,18 @@ def fid_quick(nets_ema: Networks, cfg: ExperimentConfig, *, num_workers: int = 0
     e.g. an all-reduce): every rank of the world calls this together, runs a strided share of the
     sources (and of the real images not in its cache), and gets the value of one process, up to
     the order of float64 additions (metrics/sharding.py).
+
+    keep_networks=False (training workers): the feature networks are built for this call and
+    dropped after it, and the freed memory goes back to the system (memory.give_back), instead
+    of staying in the process until the next evaluation; the value is the same.
     """
-    opts = EvalOptions(num_workers, str(device), cache_dir, progress, shard=Shard.of(shard, reduce))
-    results = evaluate(nets_ema, cfg, step=0, mode="latent", quick=True, opts=opts)
+    opts = EvalOptions(num_workers, str(device), cache_dir, progress,
+                       shard=Shard.of(shard, reduce), keep_networks=keep_networks)
+    try:
+        results = evaluate(nets_ema, cfg, step=0, mode="latent", quick=True, opts=opts)
+    finally:
+        if not keep_networks:
+            give_back(device)
     return float(results["FID_latent/mean"])
 
 

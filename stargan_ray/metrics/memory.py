@@ -14,6 +14,8 @@ Plain torch: no Ray.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 from pathlib import Path
 
@@ -81,6 +83,21 @@ def check_memory(device: torch.device | str, host: int, on_device: int, what: st
                               f"the {_size(have)} available on {where}; {fix}")
 
 
+def give_back(device: torch.device | str) -> None:
+    """Return the memory an evaluation freed to the system: collect reference cycles, on CUDA
+    release the caching allocator's unused blocks, and trim glibc's heap (malloc keeps freed
+    pages of large activations otherwise: after three toy fid_quick calls in one process and the
+    network dropped, trimming took its RSS from 1075 to 801 MB). A no-op without glibc."""
+    gc.collect()
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl)
+        pass
+
+
 def _size(n: int) -> str:
     for unit, scale in (("TB", 2**40), ("GB", 2**30), ("MB", 2**20)):
         if n >= scale:
@@ -89,4 +106,4 @@ def _size(n: int) -> str:
 
 
 __all__ = ["available_bytes", "decode_bytes", "inception_bytes", "generator_bytes",
-           "check_memory"]
+           "check_memory", "give_back"]

@@ -32,6 +32,8 @@ def quick_eval(nets_ema: Networks, cfg: ExperimentConfig, device: torch.device |
     except ImportError:
         return {}
     sharded = world > 1
+    # keep_networks=False: the Inception network and its buffers would otherwise stay in every
+    # training worker (and its GPU) until the next evaluation (benchmarks/soak.py)
     value = fid_quick(nets_ema, cfg, device=device, shard=(rank, world) if sharded else None,
-                      reduce=sum_over_ranks(device) if sharded else None)
+                      reduce=sum_over_ranks(device) if sharded else None, keep_networks=False)
     return {"fid_quick": value}
