@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import common  # noqa: E402
 import gpu_suite  # noqa: E402
 import gpu_train  # noqa: E402
+import soak  # noqa: E402
 import step as steplib  # noqa: E402
 
 
@@ -140,3 +141,33 @@ def test_gpu_train_smoke_runs_ray_train_and_prints_its_figures(ray_session, tmp_
     assert float(gflop) == pytest.approx(counted / cfg.data.batch_size / 1e9, abs=1e-3)
     assert float(tflops) == pytest.approx(run["tflops"], rel=1e-3)
     assert float(hours) == pytest.approx(run["schedule_hours"], abs=0.01)
+
+
+@pytest.mark.ray
+def test_soak_smoke_samples_every_process_of_the_run_against_the_step(ray_session, tmp_path):
+    """benchmarks/soak.py --smoke on the session's Ray: the two Train workers, Ray's own
+    processes and this driver are sampled, samples map onto the run's steps in order, every
+    evaluation cycle has its phase point, and the reports agree with the samples."""
+    result = soak.main(["--smoke", "--storage", str(tmp_path / "run"), "--json",
+                        str(tmp_path / "soak.json"), "--markdown", str(tmp_path / "soak.md")])
+    lines = (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
+    raw = [json.loads(line) for line in lines]
+    assert len(raw) == result["samples"] >= 3
+    workers = {p["pid"] for s in raw for p in s["procs"] if p["role"] == "train_worker"}
+    assert len(workers) == 2  # one Train worker group, no restart
+    roles = {p["role"] for s in raw for p in s["procs"]}
+    assert {"driver", "controller", "ray_system"} <= roles
+    assert all(0 < p["uss"] <= p["rss"] for s in raw for p in s["procs"])
+    steps = [c["step"] for c in result["curve"] if c["step"] is not None]
+    assert steps == sorted(steps) and 0 <= steps[0] and steps[-1] <= 12
+    assert [c["cycle"] for c in result["cycles"]] == [0, 1, 2]  # 12 steps, fid_quick every 4
+    for c in result["cycles"]:
+        parts = sum(v for k, v in c.items() if k.endswith("_rss") and not k.startswith("total"))
+        assert c["total_rss"] == pytest.approx(parts)
+        assert c["session"] > 0  # Ray's logs of this session
+    summary = result["summary"]
+    assert summary["first_eval_keeps_mb"]["total_rss"] == pytest.approx(
+        result["cycles"][1]["total_rss"] - result["cycles"][0]["total_rss"])
+    assert set(summary["growth_mb_per_1000_steps"]) >= {"total_rss", "train_worker_rss", "shm"}
+    assert json.loads((tmp_path / "soak.json").read_text())["cycles"] == result["cycles"]
+    assert "| total_rss |" in (tmp_path / "soak.md").read_text()
