@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from stargan_ray.inference import Translator, image_to_tensor, to_pixels
+from stargan_ray.inference import MAX_SEED, Translator, image_to_tensor, latent_codes, to_pixels
 from stargan_ray.serve.batching import Job, run_jobs
-from stargan_ray.serve.inputs import BadRequest, Limits, parse_seeds
+from stargan_ray.serve.inputs import BadRequest, Limits, parse_seed, parse_seeds
 
 from .helpers import free_port
 
@@ -57,9 +57,25 @@ def test_seeds_parse_like_translate_and_refuse_bad_values():
     assert parse_seeds(None, limits) == [0]
     for bad, why in [("x", "non-negative integers"), ("-1", "non-negative integers"),
                      ("3-1", "runs downwards"), ("0-99", "7 is"), (str(2**64), "largest seed"),
-                     ("0-9999999999999", "more than the limit")]:
+                     ("0-4000000000", "more than the limit")]:
         with pytest.raises(BadRequest, match=why if why != "7 is" else "100 outputs"):
             parse_seeds(bad, limits)
+
+
+def test_the_largest_seed_is_the_last_with_a_code_of_its_own():
+    """inference.MAX_SEED bounds translate's --seeds and the API's seeds and seed alike: torch's
+    generator keeps 32 bits of a seed, so a larger one would repeat a smaller one's style."""
+    limits = Limits(max_outputs=6)
+    assert parse_seeds(f"{MAX_SEED - 1}-{MAX_SEED}", limits) == [MAX_SEED - 1, MAX_SEED]
+    assert parse_seed(str(MAX_SEED)) == MAX_SEED
+    with pytest.raises(BadRequest, match=f"{MAX_SEED + 1} is above the largest seed {MAX_SEED}"):
+        parse_seeds(str(MAX_SEED + 1), limits)
+    with pytest.raises(BadRequest, match=f"seed: expected one non-negative integer up to "
+                                         f"{MAX_SEED}"):
+        parse_seed(str(MAX_SEED + 1))
+    codes = latent_codes([5, 5 + MAX_SEED + 1, MAX_SEED, 0], 16)
+    assert torch.equal(codes[0], codes[1])  # what a seed past MAX_SEED would give
+    assert not torch.equal(codes[2], codes[3])
 
 
 def test_config_files_need_a_token_or_no_auth(tmp_path, monkeypatch):
@@ -250,6 +266,9 @@ def bad_requests():
          "seeds: expected non-negative integers"),
         ("negative seed", {"files": img, "data": {"domain": "circle", "seeds": "-5"}}, 400,
          "seeds: expected non-negative"),
+        ("seed past the largest", {"files": img, "data": {"domain": "circle",
+                                                          "seeds": str(MAX_SEED + 1)}}, 400,
+         f"seeds: {MAX_SEED + 1} is above the largest seed {MAX_SEED}"),
         ("too many outputs", {"files": img, "data": {"domain": "circle", "seeds": "0-6"}}, 400,
          "7 outputs asked for, more than the limit of 6"),
         ("too many steps", {"files": img, "data": {"domain": "circle", "seeds": "0,1",
@@ -285,8 +304,10 @@ def test_bad_inputs_get_4xx_json_naming_the_problem_and_the_server_keeps_serving
                                   headers={"content-type": "image/png", **AUTH}, timeout=30)
     assert not_multipart.status_code == 400 and "multipart/form-data" in not_multipart.text
     assert get(server + "/healthz").json()["status"] == "ok"
-    ok = post(server, files={"image": ("p.png", photo_bytes(fmt="PNG"))}, data={"domain": "0"})
+    ok = post(server, files={"image": ("p.png", photo_bytes(fmt="PNG"))},
+              data={"domain": "0", "seeds": str(MAX_SEED)})  # the largest seed, to the generator
     assert ok.status_code == 200 and ok.headers["content-type"] == "image/png"
+    assert ok.headers["x-output-label"] == f"seed{MAX_SEED}"
 
 
 @pytest.mark.ray
