@@ -3,14 +3,19 @@
     .venv/bin/python benchmarks/serve.py --requests 64            # random toy-size model
     .venv/bin/python benchmarks/serve.py --checkpoint CKPT --concurrency 1,8,32
 
-For batching on (--max-batch) and off (max batch 1) the app of `stargan-ray serve` runs on a
-loopback port with one Translator replica and default flags otherwise; at each concurrency C, C
+For batching on (--max-batch, with each --batch-fill wait under load: the app's 100 ms and the
+10 ms of a replica at light load, i.e. no fill wait) and off (max batch 1) the app of `stargan-ray
+serve` runs on a loopback port with one Translator replica and default flags otherwise; at each
+concurrency C, C
 client threads (each with its own keep-alive session, as a real client) send --requests POST
 /translate requests in all (one 160 x 120 JPEG, one seeded output each). Reported: requests/s,
 p50/p95 latency, requests per generator call (requests over the distinct X-Batch-Id values the
 responses name), and the overhead ratio: the served time per C requests (C / requests/s) over one
 in-process translation of the same C jobs (batching on: one run_jobs call over them, as the
-replica batches; off: each job alone), timed with the replica's thread count.
+replica batches; off: each job alone), timed with the replica's thread count. From the replica
+(TranslatorDeployment.batch_stats): the fraction of the time its generator ran, and how long a
+request waited there for its call and how long a call took, against the mean latency the client
+saw; then GET /healthz at the top concurrency, the HTTP path without the model.
 
 Then the lone-request bar (--lone-experiment, default afhq at 256 px, random weights): one request
 for one output through a fresh app with default flags, against the generator call for that image
