@@ -3,14 +3,19 @@
     .venv/bin/python benchmarks/serve.py --requests 64            # random toy-size model
     .venv/bin/python benchmarks/serve.py --checkpoint CKPT --concurrency 1,8,32
 
-For batching on (--max-batch) and off (max batch 1) the app of `stargan-ray serve` runs on a
-loopback port with one Translator replica and default flags otherwise; at each concurrency C, C
+For batching on (--max-batch, with each --batch-fill wait under load: the app's 100 ms and the
+10 ms of a replica at light load, i.e. no fill wait) and off (max batch 1) the app of `stargan-ray
+serve` runs on a loopback port with one Translator replica and default flags otherwise; at each
+concurrency C, C
 client threads (each with its own keep-alive session, as a real client) send --requests POST
 /translate requests in all (one 160 x 120 JPEG, one seeded output each). Reported: requests/s,
 p50/p95 latency, requests per generator call (requests over the distinct X-Batch-Id values the
 responses name), and the overhead ratio: the served time per C requests (C / requests/s) over one
 in-process translation of the same C jobs (batching on: one run_jobs call over them, as the
-replica batches; off: each job alone), timed with the replica's thread count.
+replica batches; off: each job alone), timed with the replica's thread count. From the replica
+(TranslatorDeployment.batch_stats): the fraction of the time its generator ran, and how long a
+request waited there for its call and how long a call took, against the mean latency the client
+saw; then GET /healthz at the top concurrency, the HTTP path without the model.
 
 Then the lone-request bar (--lone-experiment, default afhq at 256 px, random weights): one request
 for one output through a fresh app with default flags, against the generator call for that image
@@ -35,7 +40,7 @@ from PIL import Image
 from common import free_port
 from stargan_ray.inference import Translator, image_to_tensor
 from stargan_ray.serve.batching import Job, run_jobs
-from stargan_ray.serve.translator import BATCH_WAIT_S
+from stargan_ray.serve.translator import BATCH_FILL_S, BATCH_WAIT_S
 
 
 def photo(seed: int) -> bytes:
@@ -79,7 +84,7 @@ def load(url: str, images: list[bytes], concurrency: int, n: int) -> dict:
     wall = time.perf_counter() - start
     lat = sorted(r[0] for r in results)
     return {"rps": n / wall, "p50": lat[len(lat) // 2], "p95": lat[int(0.95 * (len(lat) - 1))],
-            "batch": n / len({r[1] for r in results})}
+            "mean": statistics.mean(lat), "batch": n / len({r[1] for r in results})}
 
 
 def in_process(tr: Translator, jobs: list[Job], batched: bool, reps: int = 3) -> float:
@@ -142,34 +147,76 @@ def lone_request(url: str, ckpt: Path, reps: int) -> tuple[float, float]:
     return statistics.median(served[1:]), statistics.median(local[1:])
 
 
+def stats(app: str, reset: bool = True) -> dict:
+    """The replica's batching.BatchStats summary since the last reset."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("Translator", app_name=app)
+    return handle.batch_stats.remote(reset).result()
+
+
+def http_path(url: str, concurrency: int, n: int) -> float:
+    """GET /healthz per second at `concurrency`: the HTTP path (client, proxy, ingress) alone."""
+    import threading
+
+    import requests
+
+    local = threading.local()
+
+    def one(_: int) -> None:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        assert local.session.get(f"{url}/healthz", timeout=600).status_code == 200
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(n)))
+    return n / (time.perf_counter() - start)
+
+
 def levels_table(url: str, ckpt: str, args, images: list[bytes]) -> list[tuple]:
-    """Each (max_batch, concurrency) level: served figures and the in-process comparison."""
+    """Each (max_batch, wait, fill, concurrency) level: served figures, where a request waited
+    and the in-process comparison."""
     from ray import serve
 
     from stargan_ray.serve import ServeOptions, build_app
 
     rows = []
-    for max_batch, wait in [(args.max_batch, w) for w in args.waits] + [(1, args.waits[0])]:
+    setups = [(args.max_batch, args.batch_wait, f) for f in args.fills] + [(1, 0.0, 0.0)]
+    for max_batch, wait, fill in setups:
         opts = ServeOptions(ckpt, max_batch=max_batch, cpus_per_replica=args.cpus_per_replica,
-                            batch_wait_s=wait)
+                            batch_wait_s=wait, batch_fill_s=fill)
         serve.run(build_app(opts), name="bench", route_prefix="/")
         load(url, images, 4, 16)  # warm-up: first calls, mean styles, connections
         tr = Translator.from_checkpoint(ckpt, batch_size=max_batch)
         for c in args.levels:
+            stats("bench")
             served = load(url, images, c, max(args.requests, c))
+            served.update(replica=stats("bench"))
             jobs = [Job(image_to_tensor(Image.open(io.BytesIO(images[i % 8])).convert("RGB"),
                                         tr.img_size).numpy(), 0, [i]) for i in range(c)]
             local = in_process(tr, jobs, batched=max_batch > 1)
-            ratio = (c / served["rps"]) / local
-            rows.append((max_batch, wait, c, served))
-            print(f"max_batch {max_batch:2d} wait {wait * 1000:3.0f} ms  concurrency {c:2d}: "
-                  f"{served['rps']:6.1f} req/s  "
-                  f"p50 {served['p50'] * 1000:6.0f} ms  p95 {served['p95'] * 1000:6.0f} ms  "
-                  f"{served['batch']:4.1f} req/call | in-process {c} jobs "
-                  f"{local * 1000:6.0f} ms ({c / local:6.1f} req/s)  overhead x{ratio:.2f}",
-                  flush=True)
+            rows.append((max_batch, wait, fill, c, served))
+            print_level(max_batch, wait, fill, c, served, local)
+        if max_batch == 1 and args.levels:
+            c = max(args.levels)
+            print(f"HTTP path alone, GET /healthz at concurrency {c}: "
+                  f"{http_path(url, c, max(args.requests, c)):6.1f} req/s", flush=True)
         serve.delete("bench")
     return rows
+
+
+def print_level(max_batch: int, wait: float, fill: float, c: int, served: dict,
+                local: float) -> None:
+    rep = served["replica"]
+    setup = f"max_batch {max_batch:2d} wait {wait * 1000:3.0f} fill {fill * 1000:3.0f} ms" \
+        if max_batch > 1 else f"max_batch {max_batch:2d}{'':21s}"
+    print(f"{setup}  c {c:2d}: {served['rps']:6.1f} req/s  "
+          f"p50 {served['p50'] * 1000:5.0f} p95 {served['p95'] * 1000:5.0f} ms  "
+          f"{served['batch']:4.1f} req/call | replica: generator busy {rep['busy']:4.0%}, "
+          f"queued {rep['queued_s'] * 1000:4.0f} + call {rep['call_s'] * 1000:4.0f} ms of "
+          f"{served['mean'] * 1000:5.0f} | in-process {c} jobs {c / local:6.1f} req/s  "
+          f"overhead x{(c / served['rps']) / local:.2f}", flush=True)
 
 
 def main() -> None:
@@ -182,15 +229,18 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--cpus-per-replica", type=float, default=1.0)
-    p.add_argument("--batch-wait", default=str(BATCH_WAIT_S),
-                   help="batch_wait_timeout_s values to compare with batching on, e.g. 0.01,0.05 "
-                        "(the first also runs max batch 1; the default is the app's)")
+    p.add_argument("--batch-wait", type=float, default=BATCH_WAIT_S,
+                   help="a batch's wait for more after a request that found the replica idle "
+                        "(the default is the app's)")
+    p.add_argument("--batch-fill", default=f"{BATCH_FILL_S},{BATCH_WAIT_S}",
+                   help="a batch's wait for more under load, values to compare (the default: the "
+                        "app's, and the wait at light load as before, i.e. no longer wait)")
     p.add_argument("--lone-experiment", default="afhq",
                    help="the lone-request bar's random model ('' skips it)")
     p.add_argument("--lone-reps", type=int, default=3)
     args = p.parse_args()
     args.levels = [int(c) for c in args.concurrency.split(",")]
-    args.waits = [float(w) for w in args.batch_wait.split(",")]
+    args.fills = [float(f) for f in args.batch_fill.split(",")]
 
     import ray
     from ray import serve
@@ -221,8 +271,8 @@ def main() -> None:
 
 
 def report_bars(rows: list[tuple], lone: tuple[float, float] | None, args) -> None:
-    on = {c: served for mb, wait, c, served in rows
-          if mb == args.max_batch and wait == BATCH_WAIT_S}
+    on = {c: served for mb, wait, fill, c, served in rows
+          if mb == args.max_batch and wait == BATCH_WAIT_S and fill == BATCH_FILL_S}
     if 32 in on:
         fill = on[32]["batch"]
         print(f"bar: requests per call at concurrency 32 {fill:.1f} >= max_batch / 2 = "

@@ -78,6 +78,11 @@ def to_pixels(images: torch.Tensor) -> np.ndarray:
 # ---------------------------------------------------------------- latent codes
 
 
+# torch's CPU generator (mt19937) keeps only the low 32 bits of a seed (manual_seed takes 64):
+# seeds s and s + 2**32 draw the same code, so the largest seed is the last with a code of its own
+MAX_SEED = 2**32 - 1
+
+
 def latent_codes(seeds: Sequence[int], latent_dim: int) -> torch.Tensor:
     """(K, latent_dim): code k from a generator seeded with seeds[k] alone (batch-independent)."""
     return torch.stack([torch.randn((latent_dim,), generator=torch.Generator().manual_seed(s))
@@ -248,4 +253,4 @@ class Translator:
 
 
 __all__ = ["Translator", "image_to_tensor", "load_image_tensor", "to_pixels", "latent_codes",
-           "domain_names", "MEAN_STYLE_SEED", "BATCH_SIZE"]
+           "domain_names", "MEAN_STYLE_SEED", "MAX_SEED", "BATCH_SIZE"]

@@ -28,7 +28,6 @@ from .video import VIDEO_EXTENSIONS, is_video
 
 GRID_MAX_ROWS = 64  # a grid shows the first this many inputs (a row each)
 GRID_MAX_OUTPUTS = 64  # ... and the first this many outputs of each
-MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes up to this (and negatives, unused here)
 _DIGITS = re.compile("[0-9]+")
 MAX_OUTPUTS = 10_000  # outputs of one `translate` command unless --no-limit
 
@@ -398,4 +397,4 @@ __all__ = ["Source", "expand_inputs", "Seeds", "Request", "parse_domains", "outp
            "check_names", "all_outputs", "Alignment", "source_loader", "build_aligner",
            "load_references",
            "style_chunks", "TranslateFiles", "Written", "grid_header", "save_grid",
-           "GRID_MAX_ROWS", "GRID_MAX_OUTPUTS", "MAX_SEED", "MAX_OUTPUTS"]
+           "GRID_MAX_ROWS", "GRID_MAX_OUTPUTS", "MAX_OUTPUTS"]

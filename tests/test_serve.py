@@ -13,15 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
-from stargan_ray.inference import Translator, image_to_tensor, to_pixels
+from stargan_ray.inference import MAX_SEED, Translator, image_to_tensor, latent_codes, to_pixels
 from stargan_ray.serve.batching import Job, run_jobs
-from stargan_ray.serve.inputs import BadRequest, Limits, parse_seeds
+from stargan_ray.serve.inputs import BadRequest, Limits, parse_seed, parse_seeds
 
 from .helpers import free_port
 
 S = 32
 DOMAINS = ["circle", "square", "triangle"]  # the synthetic set's names for 3 domains
 MAX_BATCH = 8
+FILL_S = 5.0
 LIMITS = {"max_bytes": 300_000, "max_pixels": 1_000_000, "max_outputs": 6,
           "max_video_frames": 12, "max_video_seconds": 2.0, "max_frame_pixels": 64 * 64}
 TOKEN = "test-token-0123456789abcdef"
@@ -56,9 +57,25 @@ def test_seeds_parse_like_translate_and_refuse_bad_values():
     assert parse_seeds(None, limits) == [0]
     for bad, why in [("x", "non-negative integers"), ("-1", "non-negative integers"),
                      ("3-1", "runs downwards"), ("0-99", "7 is"), (str(2**64), "largest seed"),
-                     ("0-9999999999999", "more than the limit")]:
+                     ("0-4000000000", "more than the limit")]:
         with pytest.raises(BadRequest, match=why if why != "7 is" else "100 outputs"):
             parse_seeds(bad, limits)
+
+
+def test_the_largest_seed_is_the_last_with_a_code_of_its_own():
+    """inference.MAX_SEED bounds translate's --seeds and the API's seeds and seed alike: torch's
+    generator keeps 32 bits of a seed, so a larger one would repeat a smaller one's style."""
+    limits = Limits(max_outputs=6)
+    assert parse_seeds(f"{MAX_SEED - 1}-{MAX_SEED}", limits) == [MAX_SEED - 1, MAX_SEED]
+    assert parse_seed(str(MAX_SEED)) == MAX_SEED
+    with pytest.raises(BadRequest, match=f"{MAX_SEED + 1} is above the largest seed {MAX_SEED}"):
+        parse_seeds(str(MAX_SEED + 1), limits)
+    with pytest.raises(BadRequest, match=f"seed: expected one non-negative integer up to "
+                                         f"{MAX_SEED}"):
+        parse_seed(str(MAX_SEED + 1))
+    codes = latent_codes([5, 5 + MAX_SEED + 1, MAX_SEED, 0], 16)
+    assert torch.equal(codes[0], codes[1])  # what a seed past MAX_SEED would give
+    assert not torch.equal(codes[2], codes[3])
 
 
 def test_config_files_need_a_token_or_no_auth(tmp_path, monkeypatch):
@@ -143,8 +160,10 @@ def server(ray_session, checkpoint):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     from stargan_ray.serve.inputs import token_sha256
 
+    # under load a batch waits up to FILL_S to fill: long, so that whether 32 concurrent requests
+    # fill their calls does not depend on how fast this machine is (the last call waits it out)
     opts = ServeOptions(str(checkpoint), max_batch=MAX_BATCH, cpus_per_replica=1,
-                        batch_wait_s=0.05, limits=Limits(**LIMITS),
+                        batch_wait_s=0.05, batch_fill_s=FILL_S, limits=Limits(**LIMITS),
                         token_sha256=token_sha256(TOKEN))
     serve.run(build_app(opts), name="stargan-ray-test", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
@@ -247,6 +266,9 @@ def bad_requests():
          "seeds: expected non-negative integers"),
         ("negative seed", {"files": img, "data": {"domain": "circle", "seeds": "-5"}}, 400,
          "seeds: expected non-negative"),
+        ("seed past the largest", {"files": img, "data": {"domain": "circle",
+                                                          "seeds": str(MAX_SEED + 1)}}, 400,
+         f"seeds: {MAX_SEED + 1} is above the largest seed {MAX_SEED}"),
         ("too many outputs", {"files": img, "data": {"domain": "circle", "seeds": "0-6"}}, 400,
          "7 outputs asked for, more than the limit of 6"),
         ("too many steps", {"files": img, "data": {"domain": "circle", "seeds": "0,1",
@@ -282,8 +304,10 @@ def test_bad_inputs_get_4xx_json_naming_the_problem_and_the_server_keeps_serving
                                   headers={"content-type": "image/png", **AUTH}, timeout=30)
     assert not_multipart.status_code == 400 and "multipart/form-data" in not_multipart.text
     assert get(server + "/healthz").json()["status"] == "ok"
-    ok = post(server, files={"image": ("p.png", photo_bytes(fmt="PNG"))}, data={"domain": "0"})
+    ok = post(server, files={"image": ("p.png", photo_bytes(fmt="PNG"))},
+              data={"domain": "0", "seeds": str(MAX_SEED)})  # the largest seed, to the generator
     assert ok.status_code == 200 and ok.headers["content-type"] == "image/png"
+    assert ok.headers["x-output-label"] == f"seed{MAX_SEED}"
 
 
 @pytest.mark.ray
@@ -303,10 +327,12 @@ def test_32_concurrent_requests_are_batched_and_match_the_same_requests_one_at_a
     # the generator calls the 32 requests took: each call's size as its requests report it
     calls = {call: size for _, size, call in concurrent}
     assert sum(calls.values()) == 32, calls
-    # batched: calls shared between requests (how many depends on when they reach the replica;
-    # test_batches_form_only_when_the_generator_is_free checks the batching rule without timing)
-    assert max(calls.values()) > 1 and len(calls) < 32, \
-        f"{len(calls)} calls for 32 requests: {sorted(calls.values())}"
+    # batched into full calls: the first request found the replica idle and waited 50 ms for
+    # company; the others arrived under load and wait up to FILL_S for MAX_BATCH requests (the
+    # rules themselves: test_under_load_a_batch_waits_to_fill_and_a_lone_request_does_not)
+    assert len(calls) <= 32 // MAX_BATCH + 2, \
+        f"{len(calls)} calls for 32 requests, fewer than {MAX_BATCH / 2:g} requests per call " \
+        f"on average: {sorted(calls.values())}"
     assert all(size == 1 for _, size, _ in alone)
     for i, ((got, _, _), (want, _, _)) in enumerate(zip(concurrent, alone)):
         assert len(got) == len(want) == (2 if i % 4 == 0 else 1)
@@ -409,6 +435,47 @@ def test_batches_form_only_when_the_generator_is_free():
     assert calls == [[0], list(range(1, 9)), [9, 10]]
     assert first == (0, 1, 1)
     assert rest == [(i * 10, 8, 2) for i in range(1, 9)] + [(90, 2, 3), (100, 2, 3)]
+
+
+def test_under_load_a_batch_waits_to_fill_and_a_lone_request_does_not():
+    """A request that finds the replica idle goes after wait_s (0 here) although fill_s is an
+    hour; one that arrives while a call runs starts a batch that waits for max_batch requests,
+    also those arriving after that call has ended."""
+    import asyncio
+    import threading
+
+    from stargan_ray.serve.batching import Batcher
+
+    hold, started, calls = threading.Event(), threading.Event(), []
+
+    def fn(items):
+        calls.append(list(items))
+        started.set()
+        assert hold.wait(60), "the test never released the call"
+        return [item * 10 for item in items]
+
+    async def scenario():
+        batcher = Batcher(fn, max_batch=4, wait_s=0.0, fill_s=3600.0)
+        hold.set()
+        lone = await asyncio.wait_for(batcher.submit(0), 60)  # not the hour of fill_s
+        hold.clear()
+        started.clear()
+        running = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.to_thread(started.wait, 60)
+        loaded = [asyncio.ensure_future(batcher.submit(2))]  # while call 2 runs
+        await asyncio.sleep(0)
+        hold.set()
+        await asyncio.wait_for(running, 60)
+        for i in (3, 4, 5):  # after call 2 has ended, one by one
+            loaded.append(asyncio.ensure_future(batcher.submit(i)))
+            await asyncio.sleep(0.01)
+        done = await asyncio.wait_for(asyncio.gather(*loaded), 60)
+        return lone, done, batcher.stats.summary()
+
+    lone, done, stats = asyncio.run(scenario())
+    assert calls == [[0], [1], [2, 3, 4, 5]]
+    assert lone == (0, 1, 1) and done == [(i * 10, 4, 3) for i in (2, 3, 4, 5)]
+    assert stats["calls"] == 3 and stats["requests"] == 6 and stats["per_call"] == 2
 
 
 # ---------------------------------------------------------------- POST /translate_video

@@ -64,8 +64,8 @@ def add_parser(sub) -> None:
                    help="target domain: a name of the model's domains, its index, or all")
     styles = p.add_mutually_exclusive_group()
     styles.add_argument("--seeds", type=seed_list, default=None,
-                        help="latent seeds, e.g. 0,1,2 or 0-9 (each 0 to 2^64 - 1, the range of "
-                             "torch.Generator.manual_seed): one output each (default: 0)")
+                        help="latent seeds, e.g. 0,1,2 or 0-9 (each 0 to 2^32 - 1; torch's "
+                             "generator keeps 32 bits of a seed): one output each (default: 0)")
     styles.add_argument("--ref", nargs="+", action="extend", metavar="IMAGE",
                         help="reference images: one output each, in the reference's style")
     p.add_argument("--psi", type=psi_value, default=None,
@@ -104,8 +104,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference import Translator
-    from ..translate import (GRID_MAX_ROWS, MAX_SEED, check_names, expand_inputs, grid_header,
+    from ..inference import MAX_SEED, Translator
+    from ..translate import (GRID_MAX_ROWS, check_names, expand_inputs, grid_header,
                              load_references, parse_domains, save_grid)
 
     device = resolve_device(args.device)
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
                           "as they are")
     if args.seeds is not None and args.seeds.largest > MAX_SEED:
         raise ConfigError(f"--seeds: {args.seeds.largest} is above the largest seed {MAX_SEED} "
-                          "(2^64 - 1, the range of torch.Generator.manual_seed)")
+                          "(2^32 - 1: above it, seeds repeat the styles of smaller ones)")
     cfg, path = model_config(args, "translate")
     translator = Translator.from_checkpoint(path, cfg, device, args.batch_size)
     if not translator.domains_named:

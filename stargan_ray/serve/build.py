@@ -16,7 +16,7 @@ from ray.serve import Application
 from ..config import ExperimentConfig, load_experiment, with_overrides
 from ..errors import ConfigError
 from .inputs import Limits, token_sha256
-from .translator import BATCH_WAIT_S, DEFAULT_MAX_BATCH
+from .translator import BATCH_FILL_S, BATCH_WAIT_S, DEFAULT_MAX_BATCH
 
 INGRESS_CPUS = 0.5  # decoding uploads and encoding PNGs; the model is in the Translator
 INGRESS_MAX_ONGOING = 256  # it only awaits the Translator, so it can hold many requests
@@ -35,7 +35,8 @@ class ServeOptions:
     gpus_per_replica: float = 0.0
     cpus_per_replica: float = 1.0
     max_batch: int = DEFAULT_MAX_BATCH
-    batch_wait_s: float = BATCH_WAIT_S
+    batch_wait_s: float = BATCH_WAIT_S  # a batch's wait for more at light load (Batcher)
+    batch_fill_s: float = BATCH_FILL_S  # ... and under load
     limits: Limits = field(default_factory=Limits)
     exact_batching: bool = False  # fixed-shape generator calls: outputs independent of batches
     token_sha256: str | None = None  # SHA-256 of the bearer token the API requires; None: open
@@ -72,7 +73,7 @@ def build_app(opts: ServeOptions) -> Application:
 
     translator = TranslatorDeployment.options(**scaling(opts)).bind(
         opts.checkpoint, opts.cfg, opts.device, opts.max_batch, opts.batch_wait_s,
-        opts.exact_batching)
+        opts.exact_batching, opts.batch_fill_s)
     return Ingress.options(max_ongoing_requests=INGRESS_MAX_ONGOING,
                            ray_actor_options={"num_cpus": INGRESS_CPUS}).bind(
         translator, opts.limits, opts.token_sha256)

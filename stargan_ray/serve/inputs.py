@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from ..inference import MAX_SEED
+
 _DIGITS = re.compile("[0-9]{1,30}")
-MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes any 64-bit value; keep to non-negative
 
 
 @dataclass(frozen=True)

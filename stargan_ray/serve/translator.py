@@ -19,11 +19,12 @@ from ray import serve
 
 from ..config import ExperimentConfig
 from ..inference import Translator
-from .batching import Batcher, Job, run_jobs
+from .batching import Batcher, BatchStats, Job, run_jobs
 from .clips import ClipJob, ClipResult, translate_clip
 
 DEFAULT_MAX_BATCH = 16
-BATCH_WAIT_S = 0.01  # how long a batch that is not full waits for more (generator free)
+BATCH_WAIT_S = 0.01  # how long a batch waits for more after a request that found the replica idle
+BATCH_FILL_S = 0.1  # ... after one that arrived under load (batching.Batcher says why)
 
 
 def load_translator(checkpoint: str, cfg: ExperimentConfig | None, device: str,
@@ -45,13 +46,14 @@ class TranslatorDeployment:
 
     def __init__(self, checkpoint: str, cfg: ExperimentConfig | None = None,
                  device: str = "cpu", max_batch: int = DEFAULT_MAX_BATCH,
-                 batch_wait_s: float = BATCH_WAIT_S, exact: bool = False):
+                 batch_wait_s: float = BATCH_WAIT_S, exact: bool = False,
+                 batch_fill_s: float = BATCH_FILL_S):
         self.exact = exact
         self.translator = load_translator(checkpoint, cfg, device, max_batch)
         self.names = list(self.translator.domains)
         self.device = device
         self.batcher = Batcher(functools.partial(run_jobs, self.translator, exact=exact),
-                               max_batch, batch_wait_s)
+                               max_batch, batch_wait_s, batch_fill_s)
         self._clip_lock: asyncio.Lock | None = None
 
     def info(self) -> dict:
@@ -67,6 +69,14 @@ class TranslatorDeployment:
         the call's number on this replica); the call runs in a thread, so that requests arriving
         meanwhile queue up for the next one."""
         return await self.batcher.submit(job)
+
+    def batch_stats(self, reset: bool = False) -> dict:
+        """What the generator calls held since the replica started (or the last reset):
+        batching.BatchStats.summary (for benchmarks)."""
+        summary = self.batcher.stats.summary()
+        if reset:
+            self.batcher.stats = BatchStats()
+        return summary
 
     async def run_clip(self, job: ClipJob) -> ClipResult:
         """A clip translated in a thread, one clip at a time per replica (a clip holds the
