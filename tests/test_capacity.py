@@ -12,7 +12,9 @@ from stargan_ray import cli
 from stargan_ray.errors import ConfigError, UserError
 from stargan_ray.train import RunOptions
 from stargan_ray.train.capacity import (Cluster, Request, capacity_problem, serve_request,
-                                        train_request, units_that_fit, wait_for_capacity)
+                                        train_request, tune_request, units_that_fit,
+                                        wait_for_capacity)
+from stargan_ray.tune import SweepOptions
 
 CPU_ONLY = Cluster([{"CPU": 8.0, "memory": 1e10}])
 TWO_GPU_NODES = Cluster([{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}])
@@ -68,6 +70,18 @@ def test_serve_replicas_are_checked_the_same_way():
     problem = capacity_problem(serve_request(Opts), CPU_ONLY)
     assert problem == ("--autoscale MIN 20 x --cpus-per-replica 1 = 20 CPU, but the cluster has "
                        "8 CPU in all and no autoscaler is configured to add more")
+
+
+def test_a_sweep_asks_for_one_trial_s_workers():
+    request = tune_request(SweepOptions(workers_per_trial=2, gpus_per_worker=1.0,
+                                        cpus_per_worker=0.0))
+    assert capacity_problem(request, TWO_GPU_NODES) is None
+    problem = capacity_problem(request, CPU_ONLY)
+    assert problem is not None and problem.startswith("--gpus-per-worker 1: each worker needs")
+    request = tune_request(SweepOptions(workers_per_trial=3, gpus_per_worker=1.0))
+    assert capacity_problem(request, TWO_GPU_NODES) == (
+        "--workers-per-trial 3 x --gpus-per-worker 1 = 3 GPU, but the cluster has 2 GPU in all "
+        "and no autoscaler is configured to add more")
 
 
 class Autoscaled:
@@ -185,3 +199,18 @@ def test_train_waits_for_a_published_autoscaler_then_stops_after_wait(ray_sessio
         "for 1 worker(s) of 1 CPU, 1 GPU; the cluster has " + err.split("the cluster has ")[-1]
         .strip()]
     assert "room for 0" in err and not list(storage.glob("*/checkpoint_*"))
+
+
+@pytest.mark.ray
+def test_tune_refuses_gpus_no_node_has_before_writing_the_sweep(ray_session, tmp_path, capsys):
+    import ray
+
+    most = max((n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
+    storage = tmp_path / "sweeps"
+    rc = cli.main(["tune", "--space", "quick", "--storage", str(storage), "--name", "s",
+                   "--gpus-per-worker", str(most + 1)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith(
+        f"stargan-ray: error: --gpus-per-worker {most + 1:g}: each worker needs"), err
+    assert not (storage / "s").exists()  # a sweep that never started leaves no folder

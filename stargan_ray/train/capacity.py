@@ -188,6 +188,15 @@ def train_request(opts: Any) -> Request:
                    {"CPU": "--cpus-per-worker", "GPU": "--gpus-per-worker"})
 
 
+def tune_request(opts: Any) -> Request:
+    """What one trial of a sweep (SweepOptions) asks for: its Train workers, one bundle each
+    (the trial's own data-pipeline CPU is left out: a fraction beside them)."""
+    return Request(opts.workers_per_trial,
+                   {"CPU": opts.cpus_per_worker, "GPU": opts.gpus_per_worker},
+                   "--workers-per-trial", "worker",
+                   {"CPU": "--cpus-per-worker", "GPU": "--gpus-per-worker"})
+
+
 def serve_request(opts: Any) -> Request:
     """What a Serve app (ServeOptions) asks for: its minimum replica count, one bundle each."""
     count = opts.autoscale[0] if opts.autoscale else opts.replicas
@@ -197,4 +206,4 @@ def serve_request(opts: Any) -> Request:
 
 
 __all__ = ["Cluster", "Request", "capacity_problem", "cluster_description", "check_capacity",
-           "units_that_fit", "wait_for_capacity", "train_request", "serve_request"]
+           "units_that_fit", "wait_for_capacity", "train_request", "tune_request", "serve_request"]
