@@ -108,7 +108,7 @@ def test_a_request_for_an_autoscaler_says_so_and_goes_on_when_the_nodes_join():
     cluster, lines = Autoscaled(join_at_s=[20.0, 40.0]), []
     cluster.wait(_workers(2, 1.0), 120, lines)
     assert lines == ["stargan-ray: waiting up to 120 s (--wait) for the autoscaler to add nodes: "
-                     "the run asks for 2 worker(s) of 1 CPU, 1 GPU; the cluster has 1 live "
+                     "asked for 2 worker(s) of 1 CPU, 1 GPU; the cluster has 1 live "
                      "node(s) with 4 CPU, 0 GPU in all, room for 0"]
     assert 40.0 <= cluster.now < 120.0
     # the autoscaler was asked for the two bundles, and the standing request was cleared
@@ -119,8 +119,8 @@ def test_a_request_the_autoscaler_does_not_meet_in_time_is_one_line_naming_the_n
     cluster, lines = Autoscaled(join_at_s=[20.0, 500.0]), []
     with pytest.raises(UserError) as err:
         cluster.wait(_workers(2, 1.0), 60, lines)
-    assert str(err.value) == ("--wait 60: the autoscaler did not add the nodes in time: the run "
-                              "asks for 2 worker(s) of 1 CPU, 1 GPU; the cluster has 2 live "
+    assert str(err.value) == ("--wait 60: the autoscaler did not add the nodes in time: "
+                              "asked for 2 worker(s) of 1 CPU, 1 GPU; the cluster has 2 live "
                               "node(s) with 12 CPU, 1 GPU in all, room for 1")
     assert len(lines) == 1 and cluster.now == pytest.approx(60.0)
     assert cluster.asked[-1] == []  # no request left behind for nodes nobody will use
@@ -145,7 +145,7 @@ def test_units_are_placed_whole_on_one_node():
     assert capacity_problem(request, Cluster(split)) is None  # the totals alone would pass
     with pytest.raises(ConfigError) as err:
         wait_for_capacity(request, 60, describe=lambda: Cluster(split), ask=None)
-    assert str(err.value) == ("--num-workers 4: the run asks for 4 worker(s) of 1 CPU (each on "
+    assert str(err.value) == ("--num-workers 4: asked for 4 worker(s) of 1 CPU (each on "
                               "one node); the cluster has 3 live node(s) with 4.5 CPU in all, "
                               "room for 3 (no autoscaler is configured to add more)")
 
@@ -192,10 +192,10 @@ def test_train_waits_for_a_published_autoscaler_then_stops_after_wait(ray_sessio
     assert rc == 2, err
     waiting = [line for line in out.splitlines() if "--wait" in line]
     assert len(waiting) == 1 and waiting[0].startswith(
-        "stargan-ray: waiting up to 3 s (--wait) for the autoscaler to add nodes: the run asks "
+        "stargan-ray: waiting up to 3 s (--wait) for the autoscaler to add nodes: asked "
         "for 1 worker(s) of 1 CPU, 1 GPU; the cluster has "), out
     assert err.strip().splitlines() == [
-        "stargan-ray: error: --wait 3: the autoscaler did not add the nodes in time: the run asks "
+        "stargan-ray: error: --wait 3: the autoscaler did not add the nodes in time: asked "
         "for 1 worker(s) of 1 CPU, 1 GPU; the cluster has " + err.split("the cluster has ")[-1]
         .strip()]
     assert "room for 0" in err and not list(storage.glob("*/checkpoint_*"))

@@ -155,11 +155,11 @@ def wait_for_capacity(request: Request, wait_s: float, *,
     if units_that_fit(request, cluster.nodes) >= request.count:
         return
     if not cluster.autoscaling:  # enough in all, but split so that no node takes the rest
-        raise ConfigError(f"{request.count_flag} {request.count}: the run asks for "
+        raise ConfigError(f"{request.count_flag} {request.count}: asked for "
                           f"{_asked(request)} (each on one node); the cluster has "
                           f"{_there(request, cluster)} (no autoscaler is configured to add more)")
     note(f"stargan-ray: waiting up to {_num(wait_s)} s (--wait) for the autoscaler to add "
-         f"nodes: the run asks for {_asked(request)}; the cluster has {_there(request, cluster)}")
+         f"nodes: asked for {_asked(request)}; the cluster has {_there(request, cluster)}")
     ask = ask or _request_resources
     deadline = clock() + wait_s
     ask([dict(request.per_unit)] * request.count)
@@ -171,8 +171,8 @@ def wait_for_capacity(request: Request, wait_s: float, *,
                 return
     finally:
         ask([])
-    raise UserError(f"--wait {_num(wait_s)}: the autoscaler did not add the nodes in time: the "
-                    f"run asks for {_asked(request)}; the cluster has {_there(request, cluster)}")
+    raise UserError(f"--wait {_num(wait_s)}: the autoscaler did not add the nodes in time: "
+                    f"asked for {_asked(request)}; the cluster has {_there(request, cluster)}")
 
 
 def _request_resources(bundles: list[dict]) -> None:
