@@ -46,8 +46,11 @@ def _node_ports() -> list[str]:
 
 def _alive_nodes(address: str, env: dict[str, str]) -> str:
     """How many nodes the cluster at address counts alive ("" while it does not answer)."""
-    check = subprocess.run([sys.executable, "-c", CHECK, address], env=env, capture_output=True,
-                           text=True)
+    try:  # ray.init waits forever on a head that died (its raylet can crash at start-up)
+        check = subprocess.run([sys.executable, "-c", CHECK, address], env=env,
+                               capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return ""
     return check.stdout.strip() if check.returncode == 0 else ""
 
 
@@ -74,15 +77,21 @@ def head_node():
     token_path = Path(temp_dir) / "auth_token"
     token_path.write_text(secrets.token_hex(32))
     env = ray_auth_env(token_path)
-    port = free_port()
-    head = _start(["--head", f"--port={port}", "--num-cpus=3", f"--temp-dir={temp_dir}",
-                   "--include-dashboard=false", f"--ray-client-server-port={free_port()}",
-                   *_node_ports()], env)
-    address = f"127.0.0.1:{port}"
     marker = f"RAY_AUTH_TOKEN_PATH={token_path}"
+    head = None
     try:
-        wait_until(lambda: _alive_nodes(address, env), "the head to come up", timeout_s=120,
-                   every_s=2)
+        for _ in range(3):  # a loaded machine can crash the raylet at start-up: other ports
+            port = free_port()
+            head = _start(["--head", f"--port={port}", "--num-cpus=3", f"--temp-dir={temp_dir}",
+                           "--include-dashboard=false",
+                           f"--ray-client-server-port={free_port()}", *_node_ports()], env)
+            address = f"127.0.0.1:{port}"
+            if wait_until(lambda: _alive_nodes(address, env) or head.poll() is not None,
+                          "the head to come up", timeout_s=120, every_s=2) is not True:
+                break
+            end_processes(head, env_entry=marker)
+        else:
+            raise AssertionError("hang guard: the head did not come up in 3 tries")
         yield address, env, marker
     finally:  # the processes of every node, and any worker or job they started
         end_processes(head, env_entry=marker)
