@@ -207,3 +207,20 @@ def test_a_tiny_training_run_draws_its_losses(ray_session, tmp_path):
     assert [s for s, _ in scalars["G/latent_cyc"]] == [2, 4]
     np.testing.assert_allclose([v for _, v in scalars["G/latent_cyc"]],
                                [r["G/latent_cyc"] for r in records], rtol=1e-6)
+
+
+def test_a_worker_group_of_another_size_records_a_resize_with_the_same_total_batch(tmp_path):
+    run_dir = tmp_path / "r"
+    logger = RunLogger(tiny_config(**{"data.batch_size": 5}), str(run_dir), run_name="t",
+                       wandb="disabled", rank=0)
+    logger.start(0, 11, 1)
+    logger.start(10, 12, 1)  # a restart with the same count: no resize
+    logger.start(20, 13, 2)  # grown
+    logger.start(25, 14, 1)  # shrunk
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    resizes = [{k: v for k, v in e.items() if k not in ("event", "time")}
+               for e in events if e["event"] == "resize"]
+    assert resizes == [
+        {"step": 20, "workers_before": 1, "workers": 2, "batch_size": 5, "rows_per_worker": [2, 3]},
+        {"step": 25, "workers_before": 2, "workers": 1, "batch_size": 5, "rows_per_worker": [5]}]
+    assert [e["workers"] for e in events if e["event"] == "start"] == [1, 1, 2, 1]

@@ -128,6 +128,22 @@ def add_resource_args(parser: argparse.ArgumentParser, *, what: str = "run",
                         help=f"W&B mode{wandb_help} (default: $WANDB_MODE, else offline)")
 
 
+WAIT_DEFAULT_S = 600.0  # a cloud GPU node takes minutes to boot, pull the image and join
+
+
+def add_wait_arg(parser: argparse.ArgumentParser, unit: str) -> None:
+    """--wait SECONDS: how long a request that only an autoscaler's new nodes can hold waits."""
+    parser.add_argument("--wait", type=nonnegative_float, default=WAIT_DEFAULT_S,
+                        metavar="SECONDS",
+                        help=f"when the live nodes cannot hold the {unit}s but the cluster's "
+                             "autoscaler may add nodes that can: say so in one line, ask the "
+                             "autoscaler for them and wait this long for them to join, then "
+                             "stop with a one-line error naming the numbers (default: "
+                             f"{WAIT_DEFAULT_S:g}, minutes for a cloud GPU node to boot and "
+                             "join; 0: do not wait). A request nothing can ever hold fails at "
+                             "once")
+
+
 # ---------------------------------------------------------------- shared argument checks
 # argparse types fail with one usage line and exit code 2; the check_* functions raise
 # ConfigError, which main() prints as one line with exit code 2.

@@ -20,7 +20,8 @@ import sys
 import time
 
 from ..errors import ConfigError
-from .common import add_model_source_args, nonnegative_float, positive_float, positive_int
+from .common import (add_model_source_args, add_wait_arg, nonnegative_float, positive_float,
+                     positive_int)
 
 APP_NAME = "stargan-ray"
 
@@ -68,6 +69,7 @@ def add_parser(sub) -> None:
     p.add_argument("--cpus-per-replica", type=positive_float, default=1.0,
                    help="CPUs per model replica; torch uses that many threads "
                         "(default: %(default)s)")
+    add_wait_arg(p, "replica")
     p.add_argument("--max-batch", type=positive_int, default=16,
                    help="requests batched into one generator call per replica; 1 turns "
                         "batching off (default: %(default)s)")
@@ -172,7 +174,7 @@ def start_and_wait(args: argparse.Namespace, opts, run_processes: dict[int, str]
     import ray
 
     from ..serve.build import deploy
-    from ..train.capacity import check_capacity, serve_request
+    from ..train.capacity import serve_request, wait_for_capacity
     from ..train.cluster import start_local_ray
 
     if not ray.is_initialized():
@@ -182,7 +184,8 @@ def start_and_wait(args: argparse.Namespace, opts, run_processes: dict[int, str]
             replicas = opts.autoscale[1] if opts.autoscale else opts.replicas
             needed = math.ceil(replicas * opts.cpus_per_replica + 1)
             start_local_ray(max(os.cpu_count() or 1, needed), configure_logging=False)
-    check_capacity(serve_request(opts))  # replicas no node can ever hold: one line, no wait
+    # replicas no node can ever hold: one line at once; ones for an autoscaler: up to --wait
+    wait_for_capacity(serve_request(opts), args.wait, note=lambda line: print(line, flush=True))
     from ray import serve
 
     serve.start(http_options={"host": args.host, "port": args.port})

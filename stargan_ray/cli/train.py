@@ -7,8 +7,8 @@ import json
 import sys
 from dataclasses import asdict
 
-from .common import (add_experiment_args, add_resource_args, experiment_from_args,
-                     nonnegative_int, worker_count)
+from .common import (add_experiment_args, add_resource_args, add_wait_arg, experiment_from_args,
+                     nonnegative_int, positive_float, worker_count)
 
 
 def add_parser(sub) -> None:
@@ -18,8 +18,14 @@ def add_parser(sub) -> None:
                    help="Ray Train workers (one per GPU); MIN-MAX: elastic, starts with what the "
                         "cluster gives (at least MIN), shrinks when nodes are lost and grows when "
                         "they join, with the same total batch (data.batch_size)")
+    p.add_argument("--resize-check-every", type=positive_float, default=60.0, metavar="SECONDS",
+                   dest="resize_check_s",
+                   help="with --num-workers MIN-MAX: how often Ray Train looks for room for more "
+                        "workers (a joined node) while the run is healthy; growing restarts the "
+                        "workers from the last checkpoint (default: 60, Ray's)")
     # any positive minimum: --cpus-per-worker must be > 0
     add_resource_args(p, what="run", cpus_minimum=1e-9)
+    add_wait_arg(p, "worker")
     p.add_argument("--name", help="run name, a plain folder name (default: the experiment name)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run from its newest complete checkpoint")
@@ -52,7 +58,7 @@ def options_from_args(args: argparse.Namespace):
                       cpus_per_worker=args.cpus_per_worker, storage=args.storage, name=args.name,
                       resume=args.resume, max_failures=args.max_failures, wandb=args.wandb,
                       resume_from=args.resume_from, force=args.force, init_from=args.init_from,
-                      init_map=tuple(args.init_map))
+                      init_map=tuple(args.init_map), resize_check_s=args.resize_check_s)
 
 
 def batch_line(cfg, num_workers: int) -> str:
@@ -69,7 +75,7 @@ def batch_line(cfg, num_workers: int) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..config import to_toml
     from ..train import TrainingInterrupted, init_ray, plan_run, run_training
-    from ..train.capacity import check_capacity, train_request
+    from ..train.capacity import train_request, wait_for_capacity
     from ..train.run_lock import hold_run_folder
 
     cfg = experiment_from_args(args)
@@ -92,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
         # Held before Ray starts, so a second run on the name is refused at once.
         with hold_run_folder(plan.run_dir, force=opts.force, note=print):
             init_ray(opts)
-            check_capacity(train_request(opts))  # a request no node can ever hold: one line
+            # a request no node can ever hold: one line; one for an autoscaler: --wait
+            wait_for_capacity(train_request(opts), args.wait,
+                              note=lambda line: print(line, flush=True))
             result = run_training(cfg, opts, plan=plan, note=None)
     except TrainingInterrupted as err:
         print(f"stargan-ray: {err}", file=sys.stderr, flush=True)

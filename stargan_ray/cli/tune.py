@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import (add_experiment_args, add_resource_args, experiment_from_args,
+from .common import (add_experiment_args, add_resource_args, add_wait_arg, experiment_from_args,
                      positive_int)
 
 
@@ -21,6 +21,7 @@ def add_parser(sub) -> None:
     # --cpus-per-worker 0 is allowed: each trial has a data pipeline CPU of its own.
     add_resource_args(p, what="sweep", cpus_minimum=0.0,
                       wandb_help=", one run per trial grouped by sweep")
+    add_wait_arg(p, "trial's worker")
     p.add_argument("--max-concurrent", type=positive_int,
                    help="trials at once (default: the space's, else what the cluster fits)")
     p.add_argument("--name", help="sweep name (default: EXPERIMENT-SPACE)")
@@ -41,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     opts = SweepOptions(storage=args.storage, name=args.name, num_samples=args.num_samples,
                         workers_per_trial=args.workers_per_trial,
                         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
-                        max_concurrent=args.max_concurrent, resume=args.resume, wandb=args.wandb)
+                        max_concurrent=args.max_concurrent, resume=args.resume, wandb=args.wandb,
+                        wait_s=args.wait)
     if args.dry_run:
         opts.sweep_name(cfg, space)  # the name is checked as a real sweep checks it
         base = check_space(space, cfg)

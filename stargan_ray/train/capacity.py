@@ -10,10 +10,12 @@ clusters); cluster_description reads the real one from Ray.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 
 Resources = Mapping[str, float]
 
@@ -113,10 +115,85 @@ def check_capacity(request: Request, cluster: Cluster | None = None) -> None:
         raise ConfigError(problem)
 
 
+def units_that_fit(request: Request, nodes: Sequence[Resources]) -> int:
+    """How many of the request's units the nodes hold now (each unit on one node; units are
+    alike, so counting per node is exact)."""
+    wanted = {k: v for k, v in request.per_unit.items() if v > 0}
+    if not wanted:
+        return request.count if nodes else 0
+    return sum(min(math.floor(node.get(k, 0) / v + 1e-9) for k, v in wanted.items())
+               for node in nodes)
+
+
+def _asked(request: Request) -> str:
+    parts = ", ".join(f"{_num(v)} {k}" for k, v in sorted(request.per_unit.items()) if v > 0)
+    return f"{request.count} {request.unit}(s) of {parts or 'no resources'}"
+
+
+def _there(request: Request, cluster: Cluster) -> str:
+    keys = sorted(k for k, v in request.per_unit.items() if v > 0)
+    have = ", ".join(f"{_num(sum(n.get(k, 0) for n in cluster.nodes))} {k}" for k in keys)
+    return (f"{len(cluster.nodes)} live node(s) with {have or 'no such resources'} in all, room "
+            f"for {units_that_fit(request, cluster.nodes)}")
+
+
+def wait_for_capacity(request: Request, wait_s: float, *,
+                      describe: Callable[[], Cluster] = cluster_description,
+                      ask: Callable[[list[dict]], None] | None = None,
+                      note: Callable[[str], None] = print, poll_s: float = 5.0,
+                      clock: Callable[[], float] = time.monotonic,
+                      sleep: Callable[[float], None] = time.sleep) -> None:
+    """Return once the live nodes hold the request; raise ConfigError at once when nothing the
+    cluster has or may add ever will (capacity_problem), and UserError when an autoscaler may
+    add the nodes but they are not there after wait_s. Before waiting, one line through note
+    says so; ask (Ray's request_resources) tells the autoscaler what to start and is cleared
+    after, so that no standing request keeps nodes up once the run has placed its own."""
+    cluster = describe()
+    problem = capacity_problem(request, cluster)
+    if problem:
+        raise ConfigError(problem)
+    if units_that_fit(request, cluster.nodes) >= request.count:
+        return
+    if not cluster.autoscaling:  # enough in all, but split so that no node takes the rest
+        raise ConfigError(f"{request.count_flag} {request.count}: asked for "
+                          f"{_asked(request)} (each on one node); the cluster has "
+                          f"{_there(request, cluster)} (no autoscaler is configured to add more)")
+    note(f"stargan-ray: waiting up to {_num(wait_s)} s (--wait) for the autoscaler to add "
+         f"nodes: asked for {_asked(request)}; the cluster has {_there(request, cluster)}")
+    ask = ask or _request_resources
+    deadline = clock() + wait_s
+    ask([dict(request.per_unit)] * request.count)
+    try:
+        while clock() < deadline:
+            sleep(min(poll_s, max(0.0, deadline - clock())))
+            cluster = describe()
+            if units_that_fit(request, cluster.nodes) >= request.count:
+                return
+    finally:
+        ask([])
+    raise UserError(f"--wait {_num(wait_s)}: the autoscaler did not add the nodes in time: "
+                    f"asked for {_asked(request)}; the cluster has {_there(request, cluster)}")
+
+
+def _request_resources(bundles: list[dict]) -> None:
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[{k: v for k, v in b.items() if v > 0} for b in bundles])
+
+
 def train_request(opts: Any) -> Request:
     """What a Train run (RunOptions) asks for: its minimum worker count of one bundle each."""
     per_worker = opts.resources()["resources_per_worker"]
     return Request(opts.worker_range[0], per_worker, "--num-workers", "worker",
+                   {"CPU": "--cpus-per-worker", "GPU": "--gpus-per-worker"})
+
+
+def tune_request(opts: Any) -> Request:
+    """What one trial of a sweep (SweepOptions) asks for: its Train workers, one bundle each
+    (the trial's own data-pipeline CPU is left out: a fraction beside them)."""
+    return Request(opts.workers_per_trial,
+                   {"CPU": opts.cpus_per_worker, "GPU": opts.gpus_per_worker},
+                   "--workers-per-trial", "worker",
                    {"CPU": "--cpus-per-worker", "GPU": "--gpus-per-worker"})
 
 
@@ -129,4 +206,4 @@ def serve_request(opts: Any) -> Request:
 
 
 __all__ = ["Cluster", "Request", "capacity_problem", "cluster_description", "check_capacity",
-           "train_request", "serve_request"]
+           "units_that_fit", "wait_for_capacity", "train_request", "tune_request", "serve_request"]

@@ -74,7 +74,8 @@ def build_trainer(spec: WorkerSpec, opts: RunOptions, *, callbacks: list | None 
         torch_config=TorchConfig(backend=resources["backend"]),
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources["num_workers"], use_gpu=resources["use_gpu"],
-            resources_per_worker=resources["resources_per_worker"]),
+            resources_per_worker=resources["resources_per_worker"],
+            elastic_resize_monitor_interval_s=opts.resize_check_s),
         run_config=ray.train.RunConfig(
             name=opts.run_name(spec.cfg), **ray_storage(opts.storage),
             failure_config=ray.train.FailureConfig(

@@ -136,6 +136,35 @@ class RunLogger:
         if kind != "start" or fields.get("step"):
             console(f"[stargan-ray] {kind}: {fields}")
 
+    def start(self, step: int, pid: int, workers: int) -> None:
+        """The `start` event of a worker group; when the group before it in this run had another
+        size (an elastic run that grew or shrank, a --resume with another count) a `resize`
+        event too, with each worker's rows of the same total batch (data/layout.py lanes)."""
+        if self.rank != 0:
+            return
+        before = [e.get("workers") for e in self._events() if e.get("event") == "start"]
+        self.event("start", step=step, pid=pid, workers=workers)
+        if before and before[-1] != workers:
+            from ..data.layout import lanes_of
+
+            total = self.cfg.data.batch_size
+            self.event("resize", step=step, workers_before=before[-1], workers=workers,
+                       batch_size=total,
+                       rows_per_worker=[len(lanes_of(r, workers, total)) for r in range(workers)])
+
+    def _events(self) -> list[dict[str, Any]]:
+        try:
+            lines = (self.run_dir / "events.jsonl").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a crash: the records around it count
+                continue
+        return out
+
     def log(self, step: int, metrics: dict[str, float], line: str) -> None:
         if self.rank != 0:
             return

@@ -46,6 +46,9 @@ class RunOptions:
     # (transfer.py), with --map OLD=NEW pairs for its domains.
     init_from: str | None = None
     init_map: tuple[str, ...] = ()
+    # An elastic run: seconds between Ray Train's looks for room to grow
+    # (ScalingConfig.elastic_resize_monitor_interval_s; 60 is Ray's default).
+    resize_check_s: float = 60.0
 
     def __post_init__(self) -> None:
         # The CLI's argparse types refuse these too; this covers the Python API.
@@ -55,7 +58,9 @@ class RunOptions:
                                  self.gpus_per_worker >= 0),
                                 ("--cpus-per-worker", self.cpus_per_worker,
                                  self.cpus_per_worker > 0),
-                                ("--max-failures", self.max_failures, self.max_failures >= 0)):
+                                ("--max-failures", self.max_failures, self.max_failures >= 0),
+                                ("--resize-check-every", self.resize_check_s,
+                                 self.resize_check_s > 0)):
             if not ok:
                 raise ConfigError(f"{flag}: out of range, got {value}")
         if self.resume and self.resume_from:

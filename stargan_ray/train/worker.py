@@ -225,7 +225,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                              start_step=state.step, device=device)
     logger = RunLogger(cfg, spec.run_dir, run_name=spec.run_name, wandb=spec.wandb,
                        wandb_group=spec.wandb_group, rank=rank)
-    logger.event("start", step=state.step, pid=os.getpid(), workers=world)
+    logger.start(state.step, os.getpid(), world)  # and a `resize` event when world changed
     if init_note:
         logger.event("init_from", summary=init_note)
     _train(state, batches, _outputs(logger, cfg, device, rank, world), spec, rank, world)

@@ -17,6 +17,7 @@ from ..config import SYNTHETIC, ExperimentConfig, config_keys, get_key, with_ove
 from ..errors import ConfigError
 from ..storage import exists, join, read_bytes, write_bytes
 from ..train import RunOptions, storage_uri
+from ..train.capacity import tune_request, wait_for_capacity
 from ..train.plan import check_run_name, ray_storage
 from .results import best_row, result_trial_id, results_table, trial_dirname, write_results
 from .schedulers import build_scheduler, build_searcher, param_space
@@ -45,6 +46,7 @@ class SweepOptions:
     max_concurrent: int | None = None
     resume: bool = False
     wandb: str | None = None
+    wait_s: float = 600.0  # --wait: how long one trial's workers wait for an autoscaler's nodes
 
     def sweep_name(self, cfg: ExperimentConfig, space: Space) -> str:
         """A plain folder name, as a run's: '../x' would write the sweep outside the storage
@@ -126,12 +128,13 @@ def run_sweep(cfg: ExperimentConfig, space: Space, opts: SweepOptions, *,
     if not opts.resume and exists(sweep_dir):
         raise ConfigError(f"--name: sweep {name!r} already exists in {storage}; pass --resume to "
                           f"continue it or choose another --name")
-    _record(sweep_dir, cfg, base, space, opts.resume)
-
     concurrency = _concurrency(space, opts)
     # A local instance is sized for num_workers x cpus_per_worker (+ 2): here one "worker" per
     # concurrent trial, holding the trial's workers and its data pipeline.
     init_ray(RunOptions(num_workers=concurrency or 1, cpus_per_worker=_trial_cpus(opts)))
+    # one trial's workers no node can ever hold: one line; an autoscaler's: up to --wait
+    wait_for_capacity(tune_request(opts), opts.wait_s, note=lambda line: print(line, flush=True))
+    _record(sweep_dir, cfg, base, space, opts.resume)
     tuner = _tuner(base, space, opts, name, storage, sweep_dir,
                    concurrency or _fit_concurrency(opts), callbacks)
     grid = tuner.fit()
