@@ -2,7 +2,7 @@
 
     nice -n 19 .venv/bin/python benchmarks/ada_small_data.py \
         [--steps 400] [--seeds 0,1,2] [--per-domain 20] [--ada-target 0.6] [--ada-kimg 2] \
-        [--every 50] [--threads 1] [--set section.key=value ...] [--out results.json]
+        [--every 50] [--modes off,on] [--threads 1] [--set section.key=value ...] [--out results.json]
 
 The toy experiment on the embedded synthetic set drawn with --per-domain training images per
 domain (the small-data case: D can memorise them), trained in this process (no Ray) for --steps
@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ada-target", type=float, default=0.6)
     parser.add_argument("--ada-kimg", type=float, default=2.0)
     parser.add_argument("--every", type=int, default=50)
+    parser.add_argument("--modes", default="off,on",
+                        help="off, on or off,on: without ADA, with it, or both (one process per "
+                             "mode runs them side by side)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1: fastest on a busy 2-core machine)")
@@ -87,12 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         generate(data, img_size=cfg.model.img_size, num_domains=cfg.model.num_domains,
                  n_train=args.per_domain, n_val=N_VAL)
         for seed in (int(s) for s in args.seeds.split(",")):
-            for ada in (False, True):
+            for ada in (mode == "on" for mode in args.modes.split(",")):
                 result = one_run(args, data, seed, ada, Path(tmp) / "cache")
                 results.append(result)
                 print(json.dumps(result), flush=True)
     for ada in (False, True):
         fids = [r["fid_quick_random_features"] for r in results if r["ada"] == ada]
+        if not fids:
+            continue
         print(f"{'ADA' if ada else 'no ADA'}: fid_quick (random features) at step {args.steps}: "
               + ", ".join(f"{v:.2f}" for v in fids) + f" (mean {sum(fids) / len(fids):.2f})")
     if args.out:
