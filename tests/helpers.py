@@ -163,7 +163,12 @@ def assert_identical_networks(a, b) -> None:
 
 
 def assert_equal_states(a, b) -> None:
-    """Two TrainStates hold the same networks and EMA copies (within 1e-6)."""
+    """Two TrainStates hold the same networks and EMA copies (within 1e-6), and the same ADA
+    state (p and the interval's sums) exactly when ADA is on."""
+    assert (a.ada is None) == (b.ada is None), "ADA on in one state only"
+    if a.ada is not None:
+        for key, value in a.ada.state_dict().items():
+            assert torch.equal(value, getattr(b.ada, key)), (key, value, getattr(b.ada, key))
     for name in TRAINED:
         for (key, pa), pb in zip(getattr(a.nets, name).named_parameters(),
                                  getattr(b.nets, name).parameters()):

@@ -17,6 +17,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import ada_small_data  # noqa: E402
 import common  # noqa: E402
 import gpu_suite  # noqa: E402
 import gpu_train  # noqa: E402
@@ -92,6 +93,22 @@ def test_step_benchmark_times_train_step_and_writes_its_figures(tmp_path):
     assert result["batch_size"] == 2 and result["img_size"] == 32
     assert len(result["repeats_s"]) == 2 and result["step_s"] > 0 and result["cpu_s"] > 0
     assert result["images_per_s"] == pytest.approx(2 / result["step_s"])
+
+
+def test_ada_benchmark_reports_p_and_the_same_fid_while_p_is_still_0(tmp_path):
+    # 4 steps with ada_interval 4: p is 0 for every step (its first update comes after step 4),
+    # so the ADA run trains bitwise like the run without and their fid_quick agree exactly
+    code = ada_small_data.main(["--steps", "4", "--seeds", "0", "--per-domain", "4", "--every",
+                                "4", *(f"--set={o}" for o in common.SMOKE_MODEL),
+                                "--set=model.num_domains=2",  # 2 fid_quick tasks, not 6
+                                "--out", str(tmp_path / "ada.json")])
+    assert code == 0
+    off, on = json.loads((tmp_path / "ada.json").read_text())["results"]
+    assert (off["ada"], on["ada"]) == (False, True) and off["p"] == [] and off["r_t_last"] is None
+    assert on["fid_quick_random_features"] == off["fid_quick_random_features"]
+    # the update after step 4: 8 images x 4 steps / (ada_kimg 2 x 1000), up when r_t of those 4
+    # steps is above the target 0.6, else down (clamped at 0)
+    assert on["p"] == [[4, 0.016 if on["r_t_last"] > 0.6 else 0.0]]
 
 
 def test_gpu_train_configs_are_the_papers_at_256_px_in_bf16_with_a_usable_fan(tmp_path):

@@ -163,7 +163,10 @@ def test_the_total_batch_trains_the_same_model_on_1_to_4_workers_and_with_accumu
 RUN = {"model.dim_in": 16, "model.max_conv_dim": 64, "data.batch_size": 4,
        "train.total_iters": 12, "train.save_every": 4, "train.print_every": 2,
        "train.sample_every": 6, "train.eval_every": 1000, "train.keep_checkpoints": 5,
-       "data.train_dir": "synthetic", "data.val_dir": "synthetic"}
+       "data.train_dir": "synthetic", "data.val_dir": "synthetic",
+       # ADA on, so that resume and restart must carry p and the interval's sign sums (an
+       # interval of 3 steps: checkpoints at 4 and 8 fall inside one); p moves by 0.12 an update
+       "loss.ada_target": 0.3, "loss.ada_interval": 3, "loss.ada_kimg": 0.1}
 _cfg = partial(tiny_config, **RUN)
 _opts = partial(run_options, num_workers=2, max_failures=2, wandb="offline")
 
@@ -197,6 +200,8 @@ def test_a_run_writes_checkpoints_samples_and_an_offline_wandb_run(uninterrupted
     assert len(wandb_runs) == 1
     history = (next(wandb_runs[0].glob("*.wandb"))).read_bytes()
     assert b"G/latent_cyc" in history and b"images_per_s" in history  # logged metrics
+    assert b"ADA/p" in history and b"ADA/r_t" in history
+    assert 0 < state.ada.p <= 1  # p moved: the workers' sign sums reached the update
     images = list((wandb_runs[0] / "files" / "media" / "images").rglob("*.png"))
     assert len(images) >= 4  # reference and latent grids at steps 6 and 12
 
@@ -271,9 +276,9 @@ def test_a_non_finite_loss_stops_the_run_without_a_bad_checkpoint(ray_session, t
         assert all(torch.isfinite(p).all() for _, m in state.nets.items() for p in m.parameters())
 
 
-def test_with_ada_1_and_2_workers_and_accumulation_train_the_same_model_and_p(tmp_path):
+def test_with_ada_1_2_and_4_workers_and_accumulation_train_the_same_model_and_p(tmp_path):
     train_dir = str(write_colour_tree(tmp_path / "train", (40, 40)))
-    runs = [(1, 0), (2, 0), (1, 2)]
+    runs = [(1, 0), (2, 0), (4, 0), (1, 2)]
     results = _share_runs(tmp_path, train_dir, runs, ada=True)
     reference = results[(1, 0)]
     assert 0 < reference["ada_p"][-1] < 1  # p moved: the sign statistics were gathered
