@@ -136,5 +136,6 @@ def save_report(state: TrainState, metrics: dict[str, Any], rank: int, world: in
             shutil.rmtree(local, ignore_errors=True)
             remove_partial(run_dir, name)
         return problem or ""
-    report_checkpoint(metrics, local, name, state.cfg.train.checkpoint_upload, on_uploaded)
+    report_checkpoint(metrics, local, run_dir, name, state.cfg.train.checkpoint_upload,
+                      on_uploaded)
     return None

@@ -23,6 +23,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+from ..storage import filesystem, join
+
 log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"  # <file>.partial: a file being uploaded (never a complete one)
@@ -41,10 +43,15 @@ _previous.set()
 def local_save_dir() -> str:
     """A new local folder for a save's files; waits for the previous upload of this process to
     end first, and removes folders of processes that have died (a run killed mid-upload)."""
-    while not _previous.wait(60):
+    while not wait_for_upload(60):
         log.warning("waiting for the upload of the previous checkpoint before the next save")
     sweep_local_dirs()
     return tempfile.mkdtemp(prefix=f"{LOCAL_PREFIX}{os.getpid()}-")
+
+
+def wait_for_upload(timeout_s: float | None = None) -> bool:
+    """Wait until this process's last checkpoint upload has ended; False on timeout_s."""
+    return _previous.wait(timeout_s)
 
 
 def sweep_local_dirs(root: str | None = None) -> list[str]:
@@ -93,24 +100,24 @@ def publish_checkpoint(local_dir: str, fs, dest_dir: str) -> int:
                for p in sorted(Path(local_dir).iterdir()) if not p.is_dir())
 
 
-def upload_fn(on_uploaded: Callable[[], None] | None = None):
-    """Ray's checkpoint_upload_fn(checkpoint, dir_name): publish into the run folder, delete the
-    local copy, then on_uploaded() (rank 0's W&B artifact: only a whole file is logged)."""
+def upload_fn(run_dir: str, on_uploaded: Callable[[], None] | None = None):
+    """Ray's checkpoint_upload_fn(checkpoint, dir_name): publish into run_dir/dir_name (the run
+    folder is Ray's experiment folder: the same storage path and file system), delete the local
+    copy, then on_uploaded() (rank 0's W&B artifact: only a whole file is logged)."""
 
     def upload(checkpoint, dir_name: str):
         import ray.train
 
         try:
-            storage = ray.train.get_context().get_storage()
-            dest = storage.build_checkpoint_path_from_name(dir_name)
-            publish_checkpoint(checkpoint.path, storage.storage_filesystem, dest)
+            fs, dest = filesystem(join(run_dir, dir_name))
+            publish_checkpoint(checkpoint.path, fs, dest)
             # only after success: Ray retries a failed upload from the same local folder
             shutil.rmtree(checkpoint.path, ignore_errors=True)
             if on_uploaded is not None:
                 _quietly(on_uploaded)
         finally:
             _previous.set()
-        return ray.train.Checkpoint(path=dest, filesystem=storage.storage_filesystem)
+        return ray.train.Checkpoint(path=dest, filesystem=fs)
 
     return upload
 
@@ -132,10 +139,12 @@ def _mode(upload: str):
     return CheckpointUploadMode.ASYNC if upload == "async" else CheckpointUploadMode.SYNC
 
 
-def report_checkpoint(metrics: dict[str, Any], local_dir: str | None, name: str, upload: str,
-                      on_uploaded: Callable[[], None] | None = None, **extra: Any) -> None:
+def report_checkpoint(metrics: dict[str, Any], local_dir: str | None, run_dir: str, name: str,
+                      upload: str, on_uploaded: Callable[[], None] | None = None,
+                      **extra: Any) -> None:
     """Report the step on every rank with rank 0's local_dir (None on the others) as checkpoint
-    name; upload: train.checkpoint_upload. With "async" this returns once the report is queued."""
+    run_dir/name; upload: train.checkpoint_upload. With "async" this returns once the report is
+    queued."""
     import ray.train
 
     checkpoint = ray.train.Checkpoint.from_directory(local_dir) if local_dir else None
@@ -144,7 +153,7 @@ def report_checkpoint(metrics: dict[str, Any], local_dir: str | None, name: str,
     try:
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name,
                          checkpoint_upload_mode=_mode(upload), checkpoint_upload_fn=upload_fn(
-                             on_uploaded), delete_local_checkpoint_after_upload=False, **extra)
+                             run_dir, on_uploaded), delete_local_checkpoint_after_upload=False, **extra)
     except BaseException:
         _previous.set()  # the report itself failed: nothing is uploading
         raise
@@ -158,5 +167,5 @@ def report_metrics(metrics: dict[str, Any], upload: str) -> None:
     ray.train.report(metrics, checkpoint=None, checkpoint_upload_mode=_mode(upload))
 
 
-__all__ = ["PARTIAL_SUFFIX", "local_save_dir", "sweep_local_dirs", "publish_file",
+__all__ = ["PARTIAL_SUFFIX", "local_save_dir", "wait_for_upload", "sweep_local_dirs", "publish_file",
            "publish_checkpoint", "upload_fn", "report_checkpoint", "report_metrics"]
