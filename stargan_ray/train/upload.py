@@ -152,8 +152,9 @@ def report_checkpoint(metrics: dict[str, Any], local_dir: str | None, run_dir: s
         _previous.clear()  # set again when this upload ends (upload_fn), however it ends
     try:
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name,
-                         checkpoint_upload_mode=_mode(upload), checkpoint_upload_fn=upload_fn(
-                             run_dir, on_uploaded), delete_local_checkpoint_after_upload=False, **extra)
+                         checkpoint_upload_mode=_mode(upload),
+                         checkpoint_upload_fn=upload_fn(run_dir, on_uploaded),
+                         delete_local_checkpoint_after_upload=False, **extra)
     except BaseException:
         _previous.set()  # the report itself failed: nothing is uploading
         raise
@@ -167,5 +168,6 @@ def report_metrics(metrics: dict[str, Any], upload: str) -> None:
     ray.train.report(metrics, checkpoint=None, checkpoint_upload_mode=_mode(upload))
 
 
-__all__ = ["PARTIAL_SUFFIX", "local_save_dir", "wait_for_upload", "sweep_local_dirs", "publish_file",
-           "publish_checkpoint", "upload_fn", "report_checkpoint", "report_metrics"]
+__all__ = ["PARTIAL_SUFFIX", "local_save_dir", "wait_for_upload", "sweep_local_dirs",
+           "publish_file", "publish_checkpoint", "upload_fn", "report_checkpoint",
+           "report_metrics"]
