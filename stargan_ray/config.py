@@ -105,6 +105,10 @@ class TrainConfig:
     keep_checkpoints: int = 3  # newest checkpoints kept in the run folder
     # Also keep the checkpoint with the lowest fid_quick in <run>/best/ (best.json names it).
     keep_best: bool = False
+    # How a checkpoint reaches the run's storage (train/upload.py): async (the loop pays only the
+    # write to a local folder; Ray Train copies it in the background) | sync (the loop also waits
+    # for the copy). Either way a checkpoint.pt appears in storage only once whole.
+    checkpoint_upload: str = "async"
     # Spot nodes (train/preemption.py): every this many steps each worker asks Ray Train whether
     # a node of the run is about to be reclaimed, and a notice saves a checkpoint at once (0: never
     # ask). A preemption restart counts against max_preemptions (-1: no limit, as Ray's default),
@@ -166,6 +170,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss.ds_decay": ("linear", "cosine", "step", "none"),
     "data.fit": FITS,
     "train.nan_policy": ("stop", "rollback"),
+    "train.checkpoint_upload": ("async", "sync"),
     "train.precision": ("fp32", "tf32", "bf16"),
     "eval.feature_weights": ("pretrained", "random"),
     "eval.frechet_method": ("auto", "eigh", "sqrtm"),

@@ -90,14 +90,16 @@ class CheckpointArtifacts:
         self.metadata = dict(metadata or {})
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     def log(self, checkpoint_dir: str, step: int, aliases: Sequence[str],
             fid_quick: float | None = None) -> None:
         """Queue the checkpoint folder of step (its checkpoint.pt) with aliases."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="wandb-artifacts",
-                                            daemon=True)
-            self._thread.start()
+        with self._lock:  # the loop and the checkpoint upload thread both log
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="wandb-artifacts",
+                                                daemon=True)
+                self._thread.start()
         self._queue.put((checkpoint_dir, step, tuple(aliases), fid_quick))
 
     def close(self, timeout: float | None = None) -> None:

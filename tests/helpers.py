@@ -294,6 +294,18 @@ def registered_steps(run_dir: Path) -> list[int]:
     return [r["metrics"]["step"] for r in snapshot["checkpoint_results"]]
 
 
+def recording_report(reports: list):
+    """ray.train.report as Ray runs it for one worker, without Ray: the checkpoint's upload
+    function (train/upload.py) runs at once, then (step, with a checkpoint) joins reports."""
+    def report(metrics, checkpoint=None, checkpoint_dir_name=None, checkpoint_upload_fn=None,
+               **kw):
+        if checkpoint is not None and checkpoint_upload_fn is not None:
+            checkpoint_upload_fn(checkpoint, checkpoint_dir_name)
+        reports.append((metrics["step"], checkpoint is not None))
+
+    return report
+
+
 # ---------------------------------------------------------------- processes
 
 BIN = Path(sys.executable).parent  # the environment's commands: ray, stargan-ray

@@ -4,6 +4,7 @@ No figure is asserted as fast or slow (speed goals live in benchmarks/README.md 
 in one run); what is checked is that the GPU suite, prepared for a machine with a GPU, works here.
 """
 
+import io
 import json
 import os
 import statistics
@@ -14,10 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from stargan_ray.checkpoint import state_dict
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import ada_small_data  # noqa: E402
+import checkpoint_upload  # noqa: E402
 import common  # noqa: E402
 import gpu_suite  # noqa: E402
 import gpu_train  # noqa: E402
@@ -188,3 +192,22 @@ def test_soak_smoke_samples_every_process_of_the_run_against_the_step(ray_sessio
     assert set(summary["growth_mb_per_1000_steps"]) >= {"total_rss", "train_worker_rss", "shm"}
     assert json.loads((tmp_path / "soak.json").read_text())["cycles"] == result["cycles"]
     assert "| total_rss |" in (tmp_path / "soak.md").read_text()
+
+
+def test_checkpoint_upload_benchmark_times_both_modes_through_the_loops_save(ray_session,
+                                                                             tmp_path):
+    out = tmp_path / "upload.json"
+    assert checkpoint_upload.main(["--smoke", "--repeats", "1", "--storage",
+                                   str(tmp_path / "runs"), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    saves = result["saves"]
+    assert [s["mode"] for s in saves] == ["sync", "async"]
+    # a sync save returns with the copy in storage; an async one may return before it
+    assert all(s["loop_s"] > 0 and s["stored_s"] >= s["loop_s"] for s in saves)
+    assert result["ratio_async_over_sync"] == pytest.approx(
+        result["loop_s"]["async"] / result["loop_s"]["sync"])
+    state = checkpoint_upload.build_state("celeba_hq", checkpoint_upload.SMOKE)
+    buffer = io.BytesIO()
+    torch.save(state_dict(state), buffer)  # the benchmark's file is this state, whole
+    assert result["checkpoint_bytes"] == pytest.approx(len(buffer.getvalue()), rel=0.01)
+    assert not list((tmp_path / "runs").glob("upload-*"))  # its run folder is removed

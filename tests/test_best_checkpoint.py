@@ -209,11 +209,10 @@ def test_the_train_loop_keeps_its_best_fid_quick_step(tmp_path, monkeypatch, fid
 
     from stargan_ray.checkpoint import verify_checkpoint
 
-    from .helpers import random_batch
+    from .helpers import random_batch, recording_report
 
     reports = []
-    monkeypatch.setattr(ray.train, "report", lambda metrics, checkpoint=None, **kw:
-                        reports.append((metrics["step"], checkpoint is not None)))
+    monkeypatch.setattr(ray.train, "report", recording_report(reports))
     monkeypatch.setattr(ray.train, "get_preemption_info", lambda: None)  # no notice
     cfg = tiny_config(**{"train.total_iters": 6, "train.save_every": 2, "train.eval_every": 3,
                          "train.print_every": 3, "train.sample_every": 100,

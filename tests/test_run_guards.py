@@ -19,7 +19,7 @@ from stargan_ray.errors import UserError
 from stargan_ray.train import WorkerSpec, worker
 
 from .helpers import tiny_config
-from .helpers import random_batch
+from .helpers import random_batch, recording_report
 
 
 class _Recorder:
@@ -48,8 +48,7 @@ def _run_loop(tmp_path, monkeypatch, cfg) -> tuple[_Recorder, list[tuple[int, bo
     import ray.train
 
     reports = []
-    monkeypatch.setattr(ray.train, "report", lambda metrics, checkpoint=None, **kw:
-                        reports.append((metrics["step"], checkpoint is not None)))
+    monkeypatch.setattr(ray.train, "report", recording_report(reports))
     monkeypatch.setattr(ray.train, "get_preemption_info", lambda: None)  # no notice
     recorder = _Recorder()
     out = worker.Outputs(recorder, samples=lambda state: {},

@@ -220,6 +220,23 @@ def test_stopped_and_resumed_run_ends_with_the_same_parameters(uninterrupted, tm
 
 
 @pytest.mark.ray
+def test_a_run_saved_with_sync_uploads_resumes_with_async_ones_to_the_same_parameters(
+        uninterrupted, tmp_path):
+    storage, (_, reference) = uninterrupted  # its saves were uploaded in the background
+    assert reference.cfg.train.checkpoint_upload == "async"
+    run_training(_cfg(**{"train.total_iters": 8, "train.checkpoint_upload": "sync"}),
+                 _opts(tmp_path, "modes"))
+    run_training(_cfg(), _opts(tmp_path, "modes", resume=True))
+    step, state = _final_state(tmp_path, "modes")
+    assert step == 12
+    assert_equal_states(state, reference)
+    folders = [p for p in (tmp_path / "modes").glob("checkpoint_*") if p.is_dir()]
+    assert len(folders) == 3  # 4, 8, 12: every upload published whole, nothing partial left
+    assert all([p.name for p in folder.iterdir()] == ["checkpoint.pt"] for folder in folders)
+    assert registered_steps(tmp_path / "modes")[-1] == 12  # Ray registered the async upload
+
+
+@pytest.mark.ray
 def test_a_killed_worker_is_replaced_and_the_run_finishes_exactly(uninterrupted, tmp_path):
     storage, (_, reference) = uninterrupted
     cfg = _cfg()

@@ -20,6 +20,7 @@ from ..checkpoint import (CHECKPOINT_FILE, CheckpointError, CheckpointMismatch, 
                           verify_checkpoint)
 from ..config import ExperimentConfig
 from ..storage import basename, filesystem, is_uri, join
+from .upload import PARTIAL_SUFFIX
 
 CHECKPOINT_PREFIX = "checkpoint_"
 BEST_DIR = "best"
@@ -107,10 +108,31 @@ def newest_complete_checkpoint(run_dir: str, cfg: ExperimentConfig
         except CheckpointMismatch:
             raise
         except CheckpointError as err:
-            broken.append(str(err))
+            broken.append(_why_broken(uri, err))
             continue
         return StartPoint(step, uri), broken
     return None, broken
+
+
+def has_checkpoint_file(folder: str) -> bool:
+    """True when folder holds a CHECKPOINT_FILE (published whole by upload.py; cheap to ask)."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(folder)
+    return fs.get_file_info(f"{path}/{CHECKPOINT_FILE}").type == pafs.FileType.File
+
+
+def _why_broken(folder: str, err: CheckpointError) -> str:
+    """err's text, or what happened when folder holds only a partial upload (a run killed while
+    its checkpoint was uploading: upload.py writes <file>.partial, then renames it)."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(folder)
+    partial = fs.get_file_info(f"{path}/{CHECKPOINT_FILE}{PARTIAL_SUFFIX}")
+    if partial.type == pafs.FileType.File and not has_checkpoint_file(folder):
+        return (f"checkpoint {folder}: incomplete, its upload did not finish "
+                f"({partial.size} bytes of {CHECKPOINT_FILE} arrived)")
+    return str(err)
 
 
 def read_best(run_dir: str) -> dict[str, Any] | None:
@@ -140,37 +162,40 @@ def run_checkpoints(run_dir: str, every: int = 1) -> tuple[list[tuple[int, str]]
     The run's checkpoint_<step> folders, plus the kept best copy (train.keep_best) when Ray has
     since deleted the folder of its step.
     """
-    candidates = {step: join(folder, CHECKPOINT_FILE)
-                  for step, folder in checkpoint_folders(run_dir)}
+    candidates = {step: folder for step, folder in checkpoint_folders(run_dir)}
     best = best_checkpoint(run_dir)
-    if best is not None:
-        candidates.setdefault(*best)
+    if best is not None and best[0] not in candidates:
+        candidates[best[0]] = join(run_dir, BEST_DIR, checkpoint_name(best[0]))
     complete, broken = [], []
     for step in sorted(candidates):
-        path = candidates[step]
+        path = join(candidates[step], CHECKPOINT_FILE)
         try:
             verify_checkpoint(path, read_config(path), step)
         except CheckpointError as err:
-            broken.append(str(err))
+            broken.append(_why_broken(candidates[step], err))
             continue
         complete.append((step, path))
     return complete[::every], broken
 
 
 def prune_checkpoints(run_dir: str, keep: int) -> list[str]:
-    """Delete all but the newest `keep` checkpoint_<step> folders of a run; the deleted paths.
+    """Delete all but the newest `keep` checkpoint_<step> folders that hold a checkpoint file,
+    and every folder without one (an upload that never finished); the deleted paths.
 
     Ray Train keeps train.keep_checkpoints of the checkpoints it registered in this fit; folders
     of an earlier fit whose snapshot was set aside (reconcile_snapshot, --resume-from) are not
     its own and would stay forever. Called by the driver after a run ends, when Ray's are the
-    newest. The kept best (best/, train.keep_best) is a copy of its own and is not counted.
+    newest and no upload is in flight. The kept best (best/, train.keep_best) is a copy of its
+    own and is not counted.
     """
     import pyarrow.fs as pafs
 
+    folders = [path for _, path in checkpoint_folders(run_dir)]
+    kept = [path for path in folders if has_checkpoint_file(path)][:keep]
     deleted = []
-    for _, path in checkpoint_folders(run_dir)[keep:]:
+    for path in folders:
         fs, fs_path = filesystem(path)
-        if fs.get_file_info(fs_path).type == pafs.FileType.Directory:
+        if path not in kept and fs.get_file_info(fs_path).type == pafs.FileType.Directory:
             fs.delete_dir(fs_path)
             deleted.append(path)
     return deleted

@@ -13,9 +13,8 @@ import errno
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -23,6 +22,7 @@ from ..checkpoint import CHECKPOINT_FILE, state_dict
 from ..engine import TrainState
 from ..storage import filesystem, is_uri, join
 from .checkpoints import checkpoint_name
+from .upload import local_save_dir, report_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -114,21 +114,28 @@ def remove_partial(run_dir: str, name: str) -> None:
 
 
 def save_report(state: TrainState, metrics: dict[str, Any], rank: int, world: int,
-                run_dir: str) -> str | None:
-    """Every rank reports (a barrier); rank 0 attaches the complete state as a checkpoint.
+                run_dir: str, on_uploaded: Callable[[], None] | None = None) -> str | None:
+    """Every rank reports (a barrier); rank 0 attaches the complete state as a checkpoint, whose
+    upload runs as train.checkpoint_upload says (upload.py): with "async" the loop goes on once
+    the state is in a local folder. on_uploaded: rank 0, once the checkpoint is in storage.
     None when saved; on a full disk, the one-line reason on rank 0 ("" on the others) and no
     report on any rank."""
-    import ray.train
-
     if not weights_finite(state):
         raise NonFiniteWeights(f"non-finite weights at step {state.step}; checkpoint not written")
     name = checkpoint_name(state.step)
-    with tempfile.TemporaryDirectory() as tmp:
-        problem = _space_problem(state, tmp, run_dir) if rank == 0 else None
-        if _agree(problem, rank, world, state.device):
-            if rank == 0:
-                remove_partial(run_dir, name)
-            return problem or ""
-        checkpoint = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+    local = local_save_dir() if rank == 0 else None  # lives until its upload is done
+    try:
+        problem = _space_problem(state, local, run_dir) if rank == 0 else None
+        failed = _agree(problem, rank, world, state.device)
+    except BaseException:
+        if local is not None:
+            shutil.rmtree(local, ignore_errors=True)
+        raise
+    if failed:
+        if rank == 0:
+            shutil.rmtree(local, ignore_errors=True)
+            remove_partial(run_dir, name)
+        return problem or ""
+    report_checkpoint(metrics, local, run_dir, name, state.cfg.train.checkpoint_upload,
+                      on_uploaded)
     return None

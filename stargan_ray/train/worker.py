@@ -17,6 +17,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +34,7 @@ from .checkpoints import BEST_DIR, StartPoint, checkpoint_name, folder_step, loc
 from .preemption import PreemptionWatch
 from .saving import NonFiniteWeights, save_report, weights_finite
 from .spec import WorkerSpec
+from .upload import report_metrics
 
 log = logging.getLogger(__name__)
 
@@ -336,18 +338,16 @@ class _Loop:
             evaluation = self.out.evaluate(state)
             logger.evaluation(step, evaluation)
             metrics.update(evaluation)
-        if due.save:
-            problem = save_report(state, metrics, self.rank, self.world, self.spec.run_dir)
+        if due.save:  # the W&B artifact once the upload is done (it runs in the background)
+            folder = join(self.spec.run_dir, checkpoint_name(step))
+            saved = partial(logger.checkpoint_saved, folder, step, dict(metrics), ("latest",))
+            problem = save_report(state, metrics, self.rank, self.world, self.spec.run_dir, saved)
             if problem is not None:  # a full disk: stop, not a worker failure to retry
                 raise _Stop(problem)
-            logger.checkpoint_saved(join(self.spec.run_dir, checkpoint_name(step)), step, metrics,
-                                    ("latest",))
             if t.nan_policy == "rollback":
                 self.last_good = _cpu_copy(state_dict(state))
         elif due.log or due.eval:
-            import ray.train
-
-            ray.train.report(metrics, checkpoint=None)
+            report_metrics(metrics, t.checkpoint_upload)
         if t.keep_best and self.rank == 0 and "fid_quick" in metrics and weights_finite(state):
             _keep_best(state, metrics, logger, self.spec.run_dir, due.save)
 
@@ -382,8 +382,8 @@ def _train(state: TrainState, batches, out: Outputs, spec: WorkerSpec, rank: int
 
 def _keep_best(state: TrainState, metrics: dict[str, Any], logger, run_dir: str,
                saved: bool) -> None:
-    """Rank 0, after the report: the step's checkpoint folder (the source) is in storage by
-    now. A new best is also logged as the W&B artifact aliased best."""
+    """Rank 0, after the report: best/ gets its own copy of the state (the step's folder, its
+    source, may still be uploading). A new best is also logged as the W&B artifact aliased best."""
     name = checkpoint_name(state.step)
     if keep_best(run_dir, state.step, metrics, lambda f: torch.save(state_dict(state), f),
                  source=name if saved else None):
