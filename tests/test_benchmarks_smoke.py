@@ -194,6 +194,7 @@ def test_soak_smoke_samples_every_process_of_the_run_against_the_step(ray_sessio
     assert "| total_rss |" in (tmp_path / "soak.md").read_text()
 
 
+@pytest.mark.ray
 def test_checkpoint_upload_benchmark_times_both_modes_through_the_loops_save(ray_session,
                                                                              tmp_path):
     out = tmp_path / "upload.json"
