@@ -114,10 +114,11 @@ def remove_partial(run_dir: str, name: str) -> None:
 
 
 def save_report(state: TrainState, metrics: dict[str, Any], rank: int, world: int,
-                run_dir: str) -> str | None:
+                run_dir: str, validation: bool = False) -> str | None:
     """Every rank reports (a barrier); rank 0 attaches the complete state as a checkpoint.
     None when saved; on a full disk, the one-line reason on rank 0 ("" on the others) and no
-    report on any rank."""
+    report on any rank. validation: ask Ray to validate the checkpoint (train/validation.py);
+    rank 0, which holds the checkpoint, asks."""
     import ray.train
 
     if not weights_finite(state):
@@ -130,5 +131,6 @@ def save_report(state: TrainState, metrics: dict[str, Any], rank: int, world: in
                 remove_partial(run_dir, name)
             return problem or ""
         checkpoint = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        extra = {"validation": True} if validation and rank == 0 else {}
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name, **extra)
     return None

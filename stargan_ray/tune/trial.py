@@ -94,6 +94,9 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     cfg = with_overrides(from_dict(spec.cfg), list(config.items()))
+    # ASHA and PBT decide on the values each report carries: a trial's fid_quick stays in its
+    # loop, so the value at a step is that step's (a validation beside would arrive steps later).
+    cfg = replace(cfg, eval=replace(cfg.eval, validation="inline"))
     checkpoint = tune.get_checkpoint()
     start = (checkpoint.get_metadata() or None) if checkpoint is not None else None
     start_uri = _uri(checkpoint, spec.run.storage) if checkpoint is not None else None
