@@ -157,3 +157,56 @@ def test_a_run_whose_cluster_has_no_room_beside_evaluates_inline(ray_session, tm
     room, config = plan_validation(spec, run_options(tmp_path, "t", num_workers=1))
     assert config is not None and room.cfg.eval.validation == "beside"
     assert config.ray_remote_kwargs == {"num_cpus": 1.0, "num_gpus": 0.0}
+
+
+def test_tune_trials_evaluate_inline_whatever_the_experiment_says():
+    """ASHA and PBT act on the fid_quick a report carries: a trial's is its own step's."""
+    from stargan_ray.tune.trial import trial_config
+
+    base = tiny_config(**{"eval.validation": "beside", "train.eval_every": 4}).to_dict()
+    cfg = trial_config(base, {"loss.lambda_ds": 2.0})
+    assert cfg.eval.validation == "inline" and cfg.loss.lambda_ds == 2.0
+    assert cfg.train.eval_every == 4
+
+
+class _Logger:
+    """What BesideResults hands the run's logger."""
+
+    def __init__(self) -> None:
+        self.evaluations, self.saved = [], []
+
+    def evaluation(self, step, metrics):
+        self.evaluations.append((step, metrics))
+
+    def checkpoint_saved(self, folder, step, metrics, aliases):
+        self.saved.append((folder, step, aliases))
+
+
+def test_the_validation_function_gives_the_inline_number_and_rank_0_logs_it(tmp_path,
+                                                                              monkeypatch):
+    """validate_checkpoint (what the Ray task runs) on a checkpoint folder, without Ray."""
+    monkeypatch.setenv("STARGAN_RAY_CACHE", str(tmp_path / "cache"))
+    import ray.train
+
+    from stargan_ray.checkpoint import save_checkpoint
+    from stargan_ray.engine import TrainState
+    from stargan_ray.train.quick_eval import quick_eval
+    from stargan_ray.train.validation import BesideResults, validate_checkpoint
+
+    cfg = _config(tmp_path, "beside")
+    state = TrainState.create(cfg, "cpu", seed=3)
+    state.step = 8
+    run_dir = tmp_path / "run"
+    save_checkpoint(state, run_dir / "checkpoint_00000008" / "checkpoint.pt")
+    checkpoint = ray.train.Checkpoint.from_directory(str(run_dir / "checkpoint_00000008"))
+    metrics = validate_checkpoint(checkpoint, cfg=cfg.to_dict(), run_dir=str(run_dir),
+                                  device="cpu", threads=1)
+    assert metrics == quick_eval(state.nets_ema, cfg, "cpu")  # equal, not close
+    assert json.loads((run_dir / "best" / "best.json").read_text())["step"] == 8
+    logger = _Logger()
+    beside = BesideResults(str(run_dir), logger, rank=0)
+    assert BesideResults(str(run_dir), _Logger(), rank=1).pick_up() == []  # rank 0 only
+    assert beside.pick_up() == [8]
+    assert logger.evaluations == [(8, metrics)]
+    assert logger.saved == [(f"{run_dir}/best/checkpoint_00000008", 8, ("best",))]
+    assert beside.pick_up() == []  # logged once
