@@ -106,7 +106,7 @@ def test_beside_results_reach_tensorboard_and_wandb_at_their_steps(runs):
 
     run_dir = runs["beside"][0]
     fids = _fids(run_dir)
-    acc = event_accumulator.EventAccumulator(str(run_dir / "tensorboard"))
+    acc = event_accumulator.EventAccumulator(str(run_dir))  # events beside metrics.jsonl
     acc.Reload()
     assert {e.step: e.value for e in acc.Scalars("fid_quick")} == pytest.approx(fids, rel=1e-6)
     history = wandb_history(wandb_records(offline_wandb_run(run_dir)))
