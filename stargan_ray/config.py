@@ -141,6 +141,14 @@ class EvalConfig:
     # features; torch-fidelity's and clean-fid's defaults.
     kid_subsets: int = 100
     kid_subset_size: int = 1000  # features per KID subset (see kid_subsets)
+    # Where train.eval_every's fid_quick runs (train/validation.py): beside = a Ray validation
+    # task on the step's checkpoint while the workers train on (the default: training never
+    # waits for it; a run whose cluster cannot hold the task beside the workers runs inline with
+    # a note) | inline = inside the loop on every rank (the workers wait). Same numbers.
+    validation: str = "beside"
+    validation_cpus: float = 1.0  # CPUs of the beside task (its torch threads)
+    # GPUs of the beside task; -1 = one when the workers train on GPUs, else none.
+    validation_gpus: float = -1.0
 
 
 @dataclass(frozen=True)
@@ -174,6 +182,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": ("fp32", "tf32", "bf16"),
     "eval.feature_weights": ("pretrained", "random"),
     "eval.frechet_method": ("auto", "eigh", "sqrtm"),
+    "eval.validation": ("beside", "inline"),
 }
 
 
@@ -278,6 +287,9 @@ def validate(cfg: ExperimentConfig) -> None:
     if t.keep_best and t.eval_every > t.total_iters:
         raise ConfigError(f"train.keep_best: needs fid_quick, which train.eval_every="
                           f"{t.eval_every} > train.total_iters={t.total_iters} disables")
+    gpus = cfg.eval.validation_gpus
+    _require(gpus == -1 or gpus >= 0, "eval.validation_gpus",
+             "must be -1 (one when the workers use GPUs) or >= 0", gpus)
     for key, choices in CHOICES.items():
         value = get_key(cfg, key)
         _require(value in choices, key, f"must be one of {', '.join(choices)}", value)

@@ -96,6 +96,8 @@ BOUNDS: dict[str, Bound] = {
     "eval.quick_outs": _COUNT,
     "eval.kid_subsets": _COUNT,
     "eval.kid_subset_size": Bound(2, COUNT_MAX, why="KID's unbiased estimate needs 2"),
+    "eval.validation_cpus": Bound(0.0, 1024.0),
+    "eval.validation_gpus": Bound(-1.0, 64.0, why="-1 means one when the workers use GPUs"),
 }
 
 __all__ = ["Bound", "BOUNDS", "SEED_MAX"]

@@ -8,6 +8,7 @@ import math
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -403,3 +404,58 @@ def hang_guard(timeout_s: float, what: str) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+# ---------------------------------------------------------------- W&B offline runs
+
+
+WANDB_BLOCK = 32768  # the .wandb log's block size
+
+
+def wandb_records(offline_run: Path) -> list:
+    """Every record of an offline W&B run's .wandb file (wandb_internal_pb2.Record).
+
+    The file is a LevelDB-style log: a 7-byte header, then records cut into chunks with 7-byte
+    headers (crc, length, type: 1 full, 2 first, 3 middle, 4 last) that never straddle a block.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = offline_run.glob("*.wandb")
+    data, pos, chunks, records = path.read_bytes(), 7, b"", []
+    while pos + 7 <= len(data):
+        if WANDB_BLOCK - pos % WANDB_BLOCK < 7:
+            pos += WANDB_BLOCK - pos % WANDB_BLOCK
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunks += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            records.append(wandb_internal_pb2.Record.FromString(chunks))
+            chunks = b""
+    return records
+
+
+def wandb_of_type(records, kind: str) -> list:
+    return [getattr(r, kind) for r in records if r.WhichOneof("record_type") == kind]
+
+
+def wandb_history(records) -> list[dict]:
+    """Each history record as {key: decoded value}, nested keys joined by '/'."""
+    rows = []
+    for h in wandb_of_type(records, "history"):
+        row: dict = {}
+        for item in h.item:
+            path = [item.key] if item.key else list(item.nested_key)
+            value = json.loads(item.value_json)
+            if len(path) == 1:
+                row[path[0]] = value
+            else:  # a media value's fields: ["eval/tasks", "_type"]
+                row.setdefault(path[0], {})[path[1]] = value
+        rows.append(row)
+    return rows
+
+
+def offline_wandb_run(folder: Path) -> Path:
+    runs = list((folder / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    return runs[0]

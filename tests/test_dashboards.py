@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -23,59 +22,10 @@ from stargan_ray.data.synthetic import generate
 from stargan_ray.engine import TrainState
 from stargan_ray.plots import D_LATENT, G_LATENT, read_jsonl
 
-from .helpers import tiny_eval_config
-
-BLOCK = 32768  # the .wandb log's block size
-
-
-def wandb_records(offline_run: Path) -> list:
-    """Every record of an offline W&B run's .wandb file (wandb_internal_pb2.Record).
-
-    The file is a LevelDB-style log: a 7-byte header, then records cut into chunks with 7-byte
-    headers (crc, length, type: 1 full, 2 first, 3 middle, 4 last) that never straddle a block.
-    """
-    from wandb.proto import wandb_internal_pb2
-
-    (path,) = offline_run.glob("*.wandb")
-    data, pos, chunks, records = path.read_bytes(), 7, b"", []
-    while pos + 7 <= len(data):
-        if BLOCK - pos % BLOCK < 7:
-            pos += BLOCK - pos % BLOCK
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunks += data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):
-            records.append(wandb_internal_pb2.Record.FromString(chunks))
-            chunks = b""
-    return records
-
-
-def _of_type(records, kind: str) -> list:
-    return [getattr(r, kind) for r in records if r.WhichOneof("record_type") == kind]
-
-
-def _history(records) -> list[dict]:
-    """Each history record as {key: decoded value}, nested keys joined by '/'."""
-    rows = []
-    for h in _of_type(records, "history"):
-        row: dict = {}
-        for item in h.item:
-            path = [item.key] if item.key else list(item.nested_key)
-            value = json.loads(item.value_json)
-            if len(path) == 1:
-                row[path[0]] = value
-            else:  # a media value's fields: ["eval/tasks", "_type"]
-                row.setdefault(path[0], {})[path[1]] = value
-        rows.append(row)
-    return rows
-
-
-def _offline_run(folder: Path) -> Path:
-    runs = list((folder / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1, runs
-    return runs[0]
-
+from .helpers import offline_wandb_run as _offline_run
+from .helpers import tiny_eval_config, wandb_records
+from .helpers import wandb_history as _history
+from .helpers import wandb_of_type as _of_type
 
 def _accumulator(folder: Path):
     from tensorboard.backend.event_processing import event_accumulator
@@ -100,7 +50,8 @@ def run_dir(ray_session, tmp_path_factory):
     cfg = tiny_eval_config(train_dir, val_dir, **{
         "train.total_iters": 8, "train.print_every": 2, "train.sample_every": 4,
         "train.save_every": 4, "train.eval_every": 4, "train.keep_best": True,
-        "train.keep_checkpoints": 5, "eval.quick_sources": 2, "eval.quick_outs": 2})
+        "train.keep_checkpoints": 5, "eval.quick_sources": 2, "eval.quick_outs": 2,
+        "eval.validation": "inline"})  # beside: tests/test_validation.py
     run_training(cfg, RunOptions(num_workers=1, cpus_per_worker=1.0, storage=str(root / "runs"),
                                  name="dash", max_failures=0, wandb="offline"))
     return root / "runs" / "dash"
@@ -143,13 +94,16 @@ def test_sample_grids_are_wandb_images_at_the_sample_steps(run_dir):
 def test_tensorboard_holds_the_losses_the_grids_and_fid_quick(run_dir):
     acc = _accumulator(run_dir)
     records = read_jsonl(run_dir / "metrics.jsonl")
+    fids = {r["step"]: r["fid_quick"] for r in records if "fid_quick" in r}
+    records = [r for r in records if "fid_quick" not in r]  # the print steps' records
     assert [r["step"] for r in records] == [2, 4, 6, 8]
     for tag in (*D_LATENT, *G_LATENT):
         events = acc.Scalars(tag)
         assert [e.step for e in events] == [2, 4, 6, 8], tag
         np.testing.assert_allclose([e.value for e in events], [r[tag] for r in records],
                                    rtol=1e-6, err_msg=tag)
-    assert [e.step for e in acc.Scalars("fid_quick")] == [4, 8]
+    assert {e.step: e.value for e in acc.Scalars("fid_quick")} == pytest.approx(fids)
+    assert sorted(fids) == [4, 8]
     for name in ("reference", "latent"):
         events = acc.Images(f"samples/{name}")
         assert [e.step for e in events] == [4, 8]

@@ -9,6 +9,8 @@
 - logger: what a run records (console, metrics.jsonl, W&B, TensorBoard, events); samples: the
   sample grids; quick_eval: fid_quick over the ranks.
 - saving: a checkpoint save (rank 0 writes, every rank reports; a full disk stops the run).
+- validation: eval.validation = "beside": fid_quick as Ray Train validation tasks on the eval
+  steps' checkpoints while the workers train on; rank 0 logs their results at their steps.
 - run_lock: one run per run folder (RUN.lock, held by the driver).
 - driver: the TorchTrainer for a run, run_training, Ctrl+C and self-stopped runs.
 - cluster: joining RAY_ADDRESS or starting a local Ray instance.

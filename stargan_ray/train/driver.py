@@ -13,6 +13,7 @@ from .cluster import quiet_ray_data
 from .plan import RunOptions, RunPlan, plan_run, ray_storage, reconcile_snapshot, storage_uri
 from .run_lock import hold_run_folder
 from .spec import WorkerSpec
+from .validation import plan_validation
 from .worker import TrainingStopped, consume_stop_reason, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def build_trainer(spec: WorkerSpec, opts: RunOptions, *, callbacks: list | None 
     aside = reconcile_snapshot(spec.run_dir, spec.start)
     if aside is not None:
         log.info("moved Ray's checkpoint snapshot (it disagrees with the run folder) to %s", aside)
+    spec, validation = plan_validation(spec, opts)
     resources = opts.resources()
     return _trainer_class()(
         train_loop_per_worker,
@@ -84,6 +86,7 @@ def build_trainer(spec: WorkerSpec, opts: RunOptions, *, callbacks: list | None 
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=spec.cfg.train.keep_checkpoints),
             callbacks=callbacks),
+        validation_config=validation,
     )
 
 

@@ -66,6 +66,7 @@ class RunLogger:
         self._tb = None  # TensorBoard event files (dashboards.EventWriter), rank 0
         self._artifacts = None  # checkpoints as W&B artifacts (dashboards.CheckpointArtifacts)
         self._unplotted = False  # metrics logged since plots/losses.png was last drawn
+        self._wandb_step = 0  # the latest step logged to W&B
         if rank != 0:
             return
         (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
@@ -74,6 +75,8 @@ class RunLogger:
         self._tb = EventWriter(self.run_dir)
         self._init_wandb(wandb, run_name, wandb_group)
         if self.wandb is not None:
+            run = self.wandb
+            _quietly(lambda: run.define_metric("fid_quick", step_metric="eval_step"))
             self._artifacts = CheckpointArtifacts(self.wandb, run_name,
                                                   {"experiment": self.cfg.name})
 
@@ -121,6 +124,7 @@ class RunLogger:
             return
         try:
             self.wandb.log(data, step=step)
+            self._wandb_step = max(self._wandb_step, step)
         except Exception as err:  # unreachable server, full disk: keep training
             log.warning("W&B logging failed, turning it off: %s", err)
             self.wandb = None
@@ -213,12 +217,15 @@ class RunLogger:
             self._wandb_log({f"samples/{k}": wandb.Image(v) for k, v in images.items()}, step)
 
     def evaluation(self, step: int, metrics: dict[str, float]) -> None:
-        """The step's quick evaluation (train.quick_eval): to W&B and TensorBoard (the loop
-        reports it to Ray)."""
-        if self.rank == 0 and metrics:
-            self._wandb_log(metrics, step)
-            if self._tb is not None:
-                self._tb.add_scalars(step, metrics)
+        """A step's quick evaluation (inline, or a validation beside the loop that finished
+        later): a console line, a metrics.jsonl record and TensorBoard at that step. W&B keeps
+        its steps increasing, so a late one goes to its latest step with eval_step naming the
+        evaluated one (its charts plot fid_quick over eval_step)."""
+        if self.rank != 0 or not metrics:
+            return
+        console(f"[{step}] " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+        self._wandb_log({**metrics, "eval_step": step}, max(step, self._wandb_step))
+        self._record_metrics(step, metrics)
 
     def checkpoint_saved(self, checkpoint_dir: str, step: int, metrics: dict[str, Any],
                          aliases: tuple[str, ...]) -> None:

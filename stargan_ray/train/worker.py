@@ -195,11 +195,13 @@ def _quiet_train_reports() -> None:
 @dataclass
 class Outputs:
     """What the loop makes besides checkpoints: the run's records (logger, rank 0 writes), the
-    sample grids (rank 0) and the quick evaluation (every rank, at the same steps)."""
+    sample grids (rank 0) and the quick evaluation (inline: every rank, at the same steps;
+    beside: Ray validation tasks on the eval steps' checkpoints, their results picked up)."""
 
     logger: Any  # logger.RunLogger
     samples: Callable[[TrainState], dict[str, Any]]  # the step's grids (PIL images)
     evaluate: Callable[[TrainState], dict[str, float]]  # {"fid_quick": value} or {}
+    beside: Any = None  # validation.BesideResults (eval.validation = "beside"), else None
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -230,7 +232,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     logger.start(state.step, os.getpid(), world)  # and a `resize` event when world changed
     if init_note:
         logger.event("init_from", summary=init_note)
-    _train(state, batches, _outputs(logger, cfg, device, rank, world), spec, rank, world)
+    _train(state, batches, _outputs(logger, cfg, device, rank, world, spec.run_dir), spec, rank,
+           world)
     logger.finish()
 
 
@@ -258,14 +261,16 @@ def _start_state(spec: WorkerSpec, rank: int, world: int,
     return state, init_note
 
 
-def _outputs(logger, cfg, device, rank: int, world: int) -> Outputs:
+def _outputs(logger, cfg, device, rank: int, world: int, run_dir: str) -> Outputs:
     from .quick_eval import quick_eval
     from .samples import TrainingSamples
+    from .validation import BesideResults
 
     grids = TrainingSamples(cfg, device)
+    beside = BesideResults(run_dir, logger, rank) if cfg.eval.validation == "beside" else None
     return Outputs(logger, samples=lambda state: grids(state.nets_ema),
                    evaluate=lambda state: quick_eval(state.nets_ema, cfg, device,
-                                                     rank=rank, world=world))
+                                                     rank=rank, world=world), beside=beside)
 
 
 @dataclass(frozen=True)
@@ -332,16 +337,20 @@ class _Loop:
         if due.log:
             logger.log(step, metrics, _console_line(step, t.total_iters, metrics,
                                                     metrics["images_per_s"], metrics["eta_s"]))
+            if self.out.beside is not None:  # validations finished since: at their steps
+                self.out.beside.pick_up()
         if due.sample and self.rank == 0:
             logger.images(step, self.out.samples(state))
-        if due.eval:
+        beside = due.eval and self.out.beside is not None
+        if due.eval and not beside:
             evaluation = self.out.evaluate(state)
             logger.evaluation(step, evaluation)
             metrics.update(evaluation)
         if due.save:  # the W&B artifact once the upload is done (it runs in the background)
             folder = join(self.spec.run_dir, checkpoint_name(step))
             saved = partial(logger.checkpoint_saved, folder, step, dict(metrics), ("latest",))
-            problem = save_report(state, metrics, self.rank, self.world, self.spec.run_dir, saved)
+            problem = save_report(state, metrics, self.rank, self.world, self.spec.run_dir, saved,
+                                  validation=beside)
             if problem is not None:  # a full disk: stop, not a worker failure to retry
                 raise _Stop(problem)
             if t.nan_policy == "rollback":
@@ -364,6 +373,8 @@ def _train(state: TrainState, batches, out: Outputs, spec: WorkerSpec, rank: int
         batch: Batch = next(batches)
         loop.window.add(train_step(state, batch), state.step - 1)
         due = Due.at(state.step, state.cfg.train)
+        if due.eval and out.beside is not None:  # the step's checkpoint is what is validated
+            due = replace(due, save=True)
         notice = watch.poll(state.step)  # every rank, at the same steps (a barrier)
         if notice is not None:  # a node goes soon: checkpoint this step now
             out.logger.event("preemption", step=state.step, **notice)
@@ -378,6 +389,8 @@ def _train(state: TrainState, batches, out: Outputs, spec: WorkerSpec, rank: int
         except _Stop as stop:
             _stop(spec.run_dir, out.logger, rank, str(stop))
             return
+    if out.beside is not None:  # the last validations, logged before the logger closes
+        out.beside.finish()
 
 
 def _keep_best(state: TrainState, metrics: dict[str, Any], logger, run_dir: str,

@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..config import from_dict, with_overrides
+from ..config import ExperimentConfig, from_dict, with_overrides
 from ..storage import is_uri, uri_at
 from ..train import RunOptions
 from .space import TIME_ATTR
@@ -84,6 +84,14 @@ def trial_run_name(trial_id: str, start: dict[str, Any] | None, start_uri: str |
     return f"{trial_id}-{start['step']:08d}-{digest}"
 
 
+def trial_config(base: dict[str, Any], values: dict[str, Any]) -> ExperimentConfig:
+    """A trial's experiment: the sweep's base with the trial's values, fid_quick inline. ASHA and
+    PBT decide on the values each report carries, so the fid_quick reported at a step must be
+    that step's; a validation beside the loop would arrive steps later (docs/ray.md)."""
+    cfg = with_overrides(from_dict(base), list(values.items()))
+    return replace(cfg, eval=replace(cfg.eval, validation="inline"))
+
+
 def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     """Tune function trainable: one distributed training run with this trial's values."""
     from ray import tune
@@ -93,7 +101,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
                          worker_spec)
 
     trial_id = tune.get_context().get_trial_id()
-    cfg = with_overrides(from_dict(spec.cfg), list(config.items()))
+    cfg = trial_config(spec.cfg, config)
     checkpoint = tune.get_checkpoint()
     start = (checkpoint.get_metadata() or None) if checkpoint is not None else None
     start_uri = _uri(checkpoint, spec.run.storage) if checkpoint is not None else None
