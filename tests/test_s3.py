@@ -9,6 +9,7 @@ local Ray instance (whose workers inherit the variable, as every node of a clust
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -281,3 +282,77 @@ def test_a_sweep_keeps_its_state_trials_and_results_on_s3(s3, data, ray_session,
                      "--storage", s3.uri("sweeps"), "--name", "sweep", "--resume",
                      "--wandb", "disabled"]) == 0
     assert storage.read_bytes(s3.uri("sweeps/sweep/results.csv")).decode() == csv
+
+
+# ---------------------------------------------------------------- the run's records on S3
+
+
+def _lines(s3: S3Server, key: str) -> list[str]:
+    return storage.read_bytes(s3.uri(key)).decode().splitlines()
+
+
+def test_records_are_uploaded_as_they_change_and_a_start_elsewhere_continues_them(s3, tmp_path):
+    """RecordSync without Ray: node A's records reach the run folder (complete lines only, no
+    W&B folder or temporary file); node B, with an empty local folder, fetches the appended logs
+    and appends after them; a local copy ahead of the store is kept, a stale one replaced."""
+    from stargan_ray.train.records import RecordSync
+
+    run = s3.uri("records-unit/run")
+    a = tmp_path / "node_a"
+    sync = RecordSync.start(run, a)
+    (a / "events.jsonl").write_text('{"event": "start", "step": 0}\n')
+    (a / "metrics.jsonl").write_text('{"step": 2}\n{"step": 4}\n{"step": 6')  # mid-append
+    (a / "samples").mkdir()
+    (a / "samples" / "000002_latent.png").write_bytes(b"png")
+    (a / "wandb").mkdir()
+    (a / "wandb" / "run.wandb").write_bytes(b"w&b's own")
+    (a / "samples" / ".000004_latent.png.tmp").write_bytes(b"half")
+    assert sync.upload() == 3
+    assert s3.keys("records-unit/run") == {"events.jsonl", "metrics.jsonl",
+                                           "samples/000002_latent.png"}
+    assert _lines(s3, "records-unit/run/metrics.jsonl") == ['{"step": 2}', '{"step": 4}']
+    assert sync.upload() == 0  # nothing changed
+    with open(a / "metrics.jsonl", "a") as f:
+        f.write("}\n")
+    assert sync.close()
+    assert _lines(s3, "records-unit/run/metrics.jsonl")[-1] == '{"step": 6}'
+
+    b = tmp_path / "node_b"  # another node: nothing local
+    sync = RecordSync.start(run, b)
+    assert (b / "metrics.jsonl").read_text().splitlines() == [
+        '{"step": 2}', '{"step": 4}', '{"step": 6}']
+    with open(b / "metrics.jsonl", "a") as f:
+        f.write('{"step": 8}\n')
+    with open(b / "events.jsonl", "a") as f:
+        f.write('{"event": "start", "step": 6}\n')
+    assert sync.close()
+    assert _lines(s3, "records-unit/run/metrics.jsonl") == [
+        '{"step": 2}', '{"step": 4}', '{"step": 6}', '{"step": 8}']
+    assert [json.loads(x)["step"] for x in _lines(s3, "records-unit/run/events.jsonl")] == [0, 6]
+    assert "samples/000002_latent.png" in s3.keys("records-unit/run")  # node A's stays
+
+    with open(b / "metrics.jsonl", "a") as f:  # ahead of the store (not uploaded yet): kept
+        f.write('{"step": 10}\n')
+    RecordSync.start(run, b).close()
+    assert _lines(s3, "records-unit/run/metrics.jsonl")[-1] == '{"step": 10}'
+    # node A's copy is behind and differs from the store: replaced by it
+    RecordSync.start(run, a).close()
+    assert (a / "metrics.jsonl").read_text().splitlines()[-1] == '{"step": 10}'
+    # a run folder without records (a new run under a name used before here): local ones go
+    RecordSync.start(s3.uri("records-unit/new"), a).close()
+    assert not (a / "metrics.jsonl").exists() and not (a / "events.jsonl").exists()
+
+
+def test_records_that_cannot_be_uploaded_stay_local_and_never_fail(tmp_path, caplog):
+    """An unreachable store (nothing listens on the port): one warning, the records stay in the
+    local folder, close returns False instead of raising."""
+    from stargan_ray.train.records import RecordSync
+
+    port = free_port()
+    run = f"s3://{BUCKET}/x/run?endpoint_override=127.0.0.1:{port}&scheme=http"
+    sync = RecordSync.start(run, tmp_path / "local")
+    (tmp_path / "local" / "events.jsonl").write_text('{"event": "start"}\n')
+    assert not sync.close(timeout_s=120)
+    warnings = [r.getMessage() for r in caplog.records if "could not" in r.getMessage()]
+    assert warnings and all("\n" not in w for w in warnings), warnings
+    assert (tmp_path / "local" / "events.jsonl").read_text() == '{"event": "start"}\n'

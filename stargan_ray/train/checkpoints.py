@@ -149,7 +149,8 @@ def run_checkpoints(run_dir: str, every: int = 1) -> tuple[list[tuple[int, str]]
     for step in sorted(candidates):
         path = candidates[step]
         try:
-            verify_checkpoint(path, read_config(path), step)
+            with local_file(path) as local:  # a URI's file is fetched to be read
+                verify_checkpoint(local, read_config(local), step)
         except CheckpointError as err:
             broken.append(str(err))
             continue

@@ -228,8 +228,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     logger.event("start", step=state.step, pid=os.getpid(), workers=world)
     if init_note:
         logger.event("init_from", summary=init_note)
-    _train(state, batches, _outputs(logger, cfg, device, rank, world), spec, rank, world)
-    logger.finish()
+    try:
+        _train(state, batches, _outputs(logger, cfg, device, rank, world), spec, rank, world)
+    finally:  # also on a failure: the records written so far reach the run's storage
+        logger.finish()
 
 
 def _start_state(spec: WorkerSpec, rank: int, world: int,
