@@ -9,12 +9,15 @@ local Ray instance (whose workers inherit the variable, as every node of a clust
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
+from typing import Iterator
 
 import pyarrow.fs as pafs
 import pytest
@@ -75,11 +78,11 @@ def _listens(port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
+@contextlib.contextmanager
+def _moto_server(log_path) -> Iterator[tuple[S3Server, subprocess.Popen]]:
     """moto's S3 server in its own process on loopback, with one bucket; stopped at the end."""
     port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "server.log", "wb")
+    log = open(log_path, "wb")
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                                str(port)], stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -88,7 +91,7 @@ def s3(tmp_path_factory):
         assert server.poll() is None, "moto server exited; see its server.log"
         s3 = S3Server(f"127.0.0.1:{port}")
         s3.fs().create_dir(BUCKET)
-        yield s3
+        yield s3, server
     finally:
         server.terminate()
         try:
@@ -98,6 +101,13 @@ def s3(tmp_path_factory):
             server.wait()
         log.close()
         storage._uri_filesystem.cache_clear()  # FileSystems of an endpoint that is gone
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """moto's S3 server for the module's tests."""
+    with _moto_server(tmp_path_factory.mktemp("moto") / "server.log") as (server, _):
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -356,3 +366,158 @@ def test_records_that_cannot_be_uploaded_stay_local_and_never_fail(tmp_path, cap
     warnings = [r.getMessage() for r in caplog.records if "could not" in r.getMessage()]
     assert warnings and all("\n" not in w for w in warnings), warnings
     assert (tmp_path / "local" / "events.jsonl").read_text() == '{"event": "start"}\n'
+
+
+def _train_elsewhere(s3: S3Server, cfg, name: str, root, *extra: str
+                     ) -> subprocess.CompletedProcess:
+    """`stargan-ray train` as on another machine: its own working folder, HOME and local Ray
+    instance (so its workers write their records in another local folder)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "home").mkdir(exist_ok=True)
+    experiment = root / "tiny.toml"
+    experiment.write_text(to_toml(cfg))
+    env = {**os.environ, "HOME": str(root / "home")}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", "stargan_ray.cli", "train", "--experiment",
+                           str(experiment), "--storage", s3.uri("runs"), "--name", name,
+                           "--num-workers", "1", "--max-failures", "0", "--wandb", "disabled",
+                           *extra], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_runs_records_live_on_s3_and_a_restart_elsewhere_continues_them(
+        s3, data, ray_session, tmp_path, monkeypatch):
+    records = {"train.print_every": 2, "train.sample_every": 2}
+    run_training(_cfg(s3, data, **records), run_options(s3.uri("runs"), "records"))
+    keys = s3.keys("runs/records")
+    assert {"events.jsonl", "metrics.jsonl", "plots/losses.png", "samples/000002_latent.png",
+            "samples/000004_reference.png"} <= keys, keys
+    assert any(k.startswith("events.out.tfevents") for k in keys)  # TensorBoard's
+    assert not any(k.startswith("wandb/") for k in keys)
+    assert [json.loads(x)["step"] for x in _lines(s3, "runs/records/metrics.jsonl")] == [2, 4]
+    plot = s3.fs().get_file_info(f"{BUCKET}/runs/records/plots/losses.png")
+
+    # --resume on "another machine": no local folder of this run there
+    proc = _train_elsewhere(s3, _cfg(s3, data, **records, **{"train.total_iters": 6}),
+                            "records", tmp_path / "elsewhere", "--resume")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resuming run 'records' from checkpoint_00000004" in proc.stdout
+    metrics = [json.loads(x) for x in _lines(s3, "runs/records/metrics.jsonl")]
+    assert [m["step"] for m in metrics] == [2, 4, 6]  # appended after the earlier ones
+    starts = [e["step"] for e in map(json.loads, _lines(s3, "runs/records/events.jsonl"))
+              if e["event"] == "start"]
+    assert starts == [0, 4]
+    assert {"samples/000002_latent.png", "samples/000006_latent.png"} <= s3.keys("runs/records")
+    again = s3.fs().get_file_info(f"{BUCKET}/runs/records/plots/losses.png")
+    assert again.mtime > plot.mtime  # redrawn, from all three records
+    assert not (tmp_path / "elsewhere" / "runs_local").exists()  # workers write in Ray's folder
+
+    # eval --run from a folder that never saw the run: results go to the run folder on S3
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    monkeypatch.chdir(fresh)
+    monkeypatch.setenv("STARGAN_RAY_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["eval", "--run", s3.uri("runs/records"), "--num-workers", "0",
+                     "--device", "cpu", "--mode", "latent", "--feature-weights", "random",
+                     "--set", "eval.num_outs_per_domain=2", "--set", "eval.batch_size=8",
+                     "--set", "data.val_batch_size=1"]) == 0
+    keys = s3.keys("runs/records/metrics")
+    assert {"by_step.csv", "by_step.png", "FID_00002_latent.json",
+            "FID_00006_latent.json"} <= keys, keys
+    csv = storage.read_bytes(s3.uri("runs/records/metrics/by_step.csv")).decode().splitlines()
+    assert [row.split(",")[0] for row in csv[1:]] == ["2", "4", "6"]
+    assert list(fresh.iterdir()) == []  # nothing written where it ran
+
+
+# ---------------------------------------------------------------- one writer per run folder
+
+
+HOLDER = """
+import sys, time
+from stargan_ray.train.run_lock import hold_run_folder
+with hold_run_folder(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_run_folder_on_s3_is_held_refused_in_one_line_and_taken_with_force(
+        s3, data, tmp_path, capsys):
+    """A live run (another process) holds runs/held on S3: a second `train` on that name is one
+    line naming the owner and writes nothing there; --force takes the lock over; the owner's
+    exit then leaves the new holder's lock alone."""
+    from stargan_ray.train.run_lock import RUN_LOCK, hold_run_folder
+
+    from stargan_ray.checkpoint import save_checkpoint
+    from stargan_ray.engine import TrainState
+
+    run, cfg = s3.uri("runs/held"), _cfg(s3, data)
+    state = TrainState.create(cfg, "cpu", seed=0)
+    state.step = 2
+    save_checkpoint(state, tmp_path / "checkpoint.pt")  # the first run's, at step 2
+    first = (tmp_path / "checkpoint.pt").read_bytes()
+    storage.write_bytes(storage.join(run, "checkpoint_00000002", "checkpoint.pt"), first)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, run], stdout=subprocess.PIPE,
+                              text=True, cwd=os.getcwd())
+    try:
+        assert holder.stdout.readline().strip() == "held", "the holder took no lock"
+        before = s3.keys("runs/held")
+        experiment = tmp_path / "tiny.toml"
+        experiment.write_text(to_toml(cfg))
+        argv = ["train", "--experiment", str(experiment), "--storage", s3.uri("runs"),
+                "--name", "held", "--resume", "--wandb", "disabled"]
+        capsys.readouterr()
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("stargan-ray: error: run folder "), err
+        assert f"held by another run (pid {holder.pid} on host" in err and "--force" in err
+        assert s3.keys("runs/held") == before
+        assert storage.read_bytes(storage.join(run, "checkpoint_00000002",
+                                               "checkpoint.pt")) == first
+        notes = []
+        with hold_run_folder(run, force=True, note=notes.append):
+            owner = json.loads(storage.read_bytes(storage.join(run, RUN_LOCK)))
+            assert owner["pid"] == os.getpid() and "forced" in notes[0]
+            holder.terminate()
+            holder.wait(30)
+            owner = json.loads(storage.read_bytes(storage.join(run, RUN_LOCK)))
+            assert owner["pid"] == os.getpid()  # the old owner's exit did not release it
+        assert RUN_LOCK not in s3.keys("runs/held")  # released at exit
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# ---------------------------------------------------------------- a store that fails mid-run
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_an_object_store_that_stops_during_a_run_ends_it_with_one_line(tree, ray_session,
+                                                                       tmp_path):
+    """The run's own moto server is stopped once the first checkpoint is there: the run ends
+    with StorageFailed (one line: what failed, --resume), not Ray's retries and tracebacks."""
+    from stargan_ray.train.storage_faults import StorageFailed
+
+    train, val = tree
+    cfg = tiny_data_config(train, val, **{
+        "data.batch_size": 2, "train.total_iters": 400, "train.save_every": 2,
+        "train.print_every": 2, "train.sample_every": 1000, "train.eval_every": 1000})
+    with _moto_server(tmp_path / "server.log") as (doomed, server):
+        def stop_after_the_first_checkpoint() -> None:
+            wait_until(lambda: "checkpoint_00000002/checkpoint.pt" in doomed.keys("runs/doomed"),
+                       "the first checkpoint on S3", timeout_s=400)
+            server.terminate()
+
+        stopper = threading.Thread(target=stop_after_the_first_checkpoint, daemon=True)
+        stopper.start()
+        with pytest.raises(StorageFailed) as err:
+            run_training(cfg, run_options(doomed.uri("runs"), "doomed", max_failures=3))
+        stopper.join(10)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("storage failed: "), message
+    assert doomed.uri("runs/doomed").split("?")[0] in message
+    assert message.endswith("when the storage takes writes again, run the same command with "
+                            "--resume"), message

@@ -23,6 +23,7 @@ from ..checkpoint import CHECKPOINT_FILE, state_dict
 from ..engine import TrainState
 from ..storage import filesystem, is_uri, join
 from .checkpoints import checkpoint_name
+from .storage_faults import storage_fault
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,8 @@ def save_report(state: TrainState, metrics: dict[str, Any], rank: int, world: in
         raise NonFiniteWeights(f"non-finite weights at step {state.step}; checkpoint not written")
     name = checkpoint_name(state.step)
     with tempfile.TemporaryDirectory() as tmp:
-        problem = _space_problem(state, tmp, run_dir) if rank == 0 else None
+        problem = (storage_fault(run_dir, state.step) or _space_problem(state, tmp, run_dir)
+                   if rank == 0 else None)
         if _agree(problem, rank, world, state.device):
             if rank == 0:
                 remove_partial(run_dir, name)

@@ -128,7 +128,10 @@ def _stop(run_dir: str, logger, rank: int, message: str) -> None:
     except OSError as err:  # a full disk: the reason below matters more than the event
         log.warning("could not record the stop event: %s", err)
     if rank == 0:
-        write_bytes(join(run_dir, STOP_MARKER), json.dumps({"reason": message}).encode())
+        try:
+            write_bytes(join(run_dir, STOP_MARKER), json.dumps({"reason": message}).encode())
+        except OSError as err:  # a storage that failed: the driver finds out (storage_faults)
+            log.warning("could not record why the run stopped: %s", err)
 
 
 def consume_stop_reason(run_dir: str) -> str | None:
