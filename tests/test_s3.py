@@ -32,7 +32,7 @@ from stargan_ray.train.plan import local_file, ray_storage
 from stargan_ray.tune import SweepOptions, read_space, run_sweep
 
 from .helpers import (assert_equal_states, free_port, load_train_state, run_options,
-                      tiny_data_config, wait_until)
+                      tiny_config, tiny_data_config, wait_until)
 
 # Dummy credentials for moto, set at import: before any test starts the session's Ray instance,
 # whose workers inherit this environment (a cluster's nodes have their own credentials). No
@@ -366,6 +366,33 @@ def test_records_that_cannot_be_uploaded_stay_local_and_never_fail(tmp_path, cap
     warnings = [r.getMessage() for r in caplog.records if "could not" in r.getMessage()]
     assert warnings and all("\n" not in w for w in warnings), warnings
     assert (tmp_path / "local" / "events.jsonl").read_text() == '{"event": "start"}\n'
+
+
+def test_a_run_logger_on_s3_puts_its_records_there_and_one_elsewhere_continues_them(
+        s3, tmp_path, monkeypatch):
+    """RunLogger (rank 0, no Ray) on a URI run folder, in two working folders one after the
+    other (two nodes): each appends to what the other left on S3; the loss plot covers both."""
+    from PIL import Image
+
+    from stargan_ray.train.logger import RunLogger
+
+    cfg = tiny_config()
+    run = s3.uri("logger/run")
+    for node, steps in (("a", (2, 4)), ("b", (6,))):
+        (tmp_path / node).mkdir()
+        monkeypatch.chdir(tmp_path / node)
+        logger = RunLogger(cfg, run, run_name="run", wandb="disabled")
+        logger.event("start", step=steps[0] - 2)
+        for step in steps:
+            logger.log(step, {"G/latent_adv": float(step)}, f"[{step}]")
+        logger.images(steps[-1], {"latent": Image.new("RGB", (8, 8))})
+        logger.finish()
+    keys = s3.keys("logger/run")
+    assert {"events.jsonl", "metrics.jsonl", "plots/losses.png", "samples/000004_latent.png",
+            "samples/000006_latent.png"} <= keys, keys
+    assert [json.loads(x)["step"] for x in _lines(s3, "logger/run/metrics.jsonl")] == [2, 4, 6]
+    assert [json.loads(x)["step"] for x in _lines(s3, "logger/run/events.jsonl")] == [0, 4]
+    assert sum(k.startswith("events.out.tfevents") for k in keys) == 2  # one per start
 
 
 def _train_elsewhere(s3: S3Server, cfg, name: str, root, *extra: str
