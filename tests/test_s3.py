@@ -548,3 +548,15 @@ def test_an_object_store_that_stops_during_a_run_ends_it_with_one_line(tree, ray
     assert doomed.uri("runs/doomed").split("?")[0] in message
     assert message.endswith("when the storage takes writes again, run the same command with "
                             "--resume"), message
+
+
+def test_a_lock_on_a_store_that_failed_is_left_with_a_warning(tmp_path, caplog):
+    """Releasing RUN.lock on a store that stopped answering is a warning, so the error the run
+    ends with (StorageFailed) is what the user sees, not the release's OSError."""
+    from stargan_ray.train.run_lock import hold_run_folder
+
+    with _moto_server(tmp_path / "server.log") as (gone, server):
+        with hold_run_folder(gone.uri("runs/r"), note=None):
+            server.terminate()
+            server.wait(30)
+    assert any("could not remove" in r.getMessage() for r in caplog.records)

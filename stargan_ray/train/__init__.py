@@ -9,6 +9,8 @@
 - logger: what a run records (console, metrics.jsonl, W&B, TensorBoard, events); samples: the
   sample grids; quick_eval: fid_quick over the ranks.
 - saving: a checkpoint save (rank 0 writes, every rank reports; a full disk stops the run).
+- records: a URI run folder's records (events, metrics, plots, samples) uploaded as they change
+  and continued on a restart elsewhere; storage_faults: an object store that fails mid-run.
 - run_lock: one run per run folder (RUN.lock, held by the driver).
 - driver: the TorchTrainer for a run, run_training, Ctrl+C and self-stopped runs.
 - cluster: joining RAY_ADDRESS or starting a local Ray instance.

@@ -90,9 +90,7 @@ def build_trainer(spec: WorkerSpec, opts: RunOptions, *, callbacks: list | None 
 
 def _raise_if_storage_failed(run_dir: str, checkpoint) -> None:
     """StorageFailed (one line) when the run's object storage no longer takes writes."""
-    from ray.train import Checkpoint
-
-    label = basename(checkpoint.path) if isinstance(checkpoint, Checkpoint) else None
+    label = basename(checkpoint.path) if getattr(checkpoint, "path", None) else None
     line = failed_storage_line(run_dir, label)
     if line is not None:
         raise StorageFailed(line) from None
