@@ -560,3 +560,68 @@ def test_a_lock_on_a_store_that_failed_is_left_with_a_warning(tmp_path, caplog):
             server.terminate()
             server.wait(30)
     assert any("could not remove" in r.getMessage() for r in caplog.records)
+
+
+def test_a_save_on_a_store_that_stopped_stops_the_loop_without_a_worker_failure(
+        tmp_path, monkeypatch):
+    """The loop in this process (ray.train.report recorded): the store goes after the save of
+    step 2; the save of step 4 reports nothing, the loop returns (no exception for Ray to retry)
+    and the driver's line says what failed and --resume."""
+    import ray.train
+
+    from stargan_ray.engine import TrainState
+    from stargan_ray.train import WorkerSpec, worker
+    from stargan_ray.train.storage_faults import failed_storage_line
+
+    from .helpers import random_batch
+
+    cfg = tiny_config(**{"train.total_iters": 8, "train.print_every": 2, "train.save_every": 2,
+                         "train.sample_every": 100, "train.eval_every": 100})
+    with _moto_server(tmp_path / "server.log") as (gone, server):
+        reports = []
+
+        def report(metrics, checkpoint=None, **kw):
+            reports.append((metrics["step"], checkpoint is not None))
+            if metrics["step"] == 2:
+                server.terminate()
+                server.wait(30)
+
+        monkeypatch.setattr(ray.train, "report", report)
+        monkeypatch.setattr(ray.train, "get_preemption_info", lambda: None)
+        logger = _SilentLogger()
+        out = worker.Outputs(logger, samples=lambda state: {}, evaluate=lambda state: {})
+        state = TrainState.create(cfg, "cpu", seed=0)
+        batches = iter([random_batch(cfg, seed=i) for i in range(8)])
+        run = gone.uri("runs/r")
+        worker._train(state, batches, out, WorkerSpec(cfg, run, "r", data=None), 0, 1)
+        assert reports == [(2, True)] and state.step == 4
+        assert logger.events[-1][0] == "stopped"
+        assert logger.events[-1][1]["reason"].startswith("storage failed: saving "
+                                                         "checkpoint_00000004 to ")
+        line = failed_storage_line(run, "checkpoint_00000002")
+    assert line is not None and "\n" not in line
+    assert "the last checkpoint this run saved is checkpoint_00000002" in line
+    assert line.endswith("run the same command with --resume")
+    assert failed_storage_line(str(tmp_path / "local"), None) is None
+
+
+class _SilentLogger:
+    """RunLogger's surface for train.worker._train, keeping the events."""
+
+    def __init__(self):
+        self.events = []
+
+    def event(self, kind, **fields):
+        self.events.append((kind, fields))
+
+    def log(self, step, metrics, line):
+        pass
+
+    def images(self, step, images):
+        pass
+
+    def evaluation(self, step, metrics):
+        pass
+
+    def checkpoint_saved(self, checkpoint_dir, step, metrics, aliases):
+        pass
