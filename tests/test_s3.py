@@ -415,7 +415,7 @@ def _train_elsewhere(s3: S3Server, cfg, name: str, root, *extra: str
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_runs_records_live_on_s3_and_a_restart_elsewhere_continues_them(
-        s3, data, ray_session, tmp_path, monkeypatch):
+        s3, data, tree, ray_session, tmp_path, monkeypatch):
     records = {"train.print_every": 2, "train.sample_every": 2}
     run_training(_cfg(s3, data, **records), run_options(s3.uri("runs"), "records"))
     keys = s3.keys("runs/records")
@@ -448,6 +448,7 @@ def test_a_runs_records_live_on_s3_and_a_restart_elsewhere_continues_them(
     monkeypatch.setenv("STARGAN_RAY_CACHE", str(tmp_path / "cache"))
     assert cli.main(["eval", "--run", s3.uri("runs/records"), "--num-workers", "0",
                      "--device", "cpu", "--mode", "latent", "--feature-weights", "random",
+                     "--train-dir", str(tree[0]),  # FID's real images: a folder tree
                      "--set", "eval.num_outs_per_domain=2", "--set", "eval.batch_size=8",
                      "--set", "data.val_batch_size=1"]) == 0
     keys = s3.keys("runs/records/metrics")
