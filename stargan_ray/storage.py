@@ -134,6 +134,22 @@ def read_bytes(location: str) -> bytes:
         return f.read()
 
 
+def probe_write(location: str) -> str | None:
+    """Why a small file cannot be written (and deleted) in the folder at location, as one line;
+    None when it can. For object stores, whose folders need no creating."""
+    import secrets
+
+    probe = join(location, f".stargan-ray-probe-{secrets.token_hex(6)}")
+    try:
+        write_bytes(probe, b"probe")
+        fs, path = filesystem(probe)
+        fs.delete_file(path)
+    except Exception as err:  # pyarrow raises OSError and its own kinds
+        return " ".join(str(err).split())[:300] or type(err).__name__
+    return None
+
+
 __all__ = ["is_uri", "split_query", "join", "basename", "uri_at", "atomic_write",
            "atomic_write_bytes", "atomic_write_text",
-           "atomic_write_json", "filesystem", "exists", "write_bytes", "read_bytes"]
+           "atomic_write_json", "filesystem", "exists", "write_bytes", "read_bytes",
+           "probe_write"]

@@ -9,11 +9,15 @@ local Ray instance (whose workers inherit the variable, as every node of a clust
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
+from typing import Iterator
 
 import pyarrow.fs as pafs
 import pytest
@@ -28,7 +32,7 @@ from stargan_ray.train.plan import local_file, ray_storage
 from stargan_ray.tune import SweepOptions, read_space, run_sweep
 
 from .helpers import (assert_equal_states, free_port, load_train_state, run_options,
-                      tiny_data_config, wait_until)
+                      tiny_config, tiny_data_config, wait_until)
 
 # Dummy credentials for moto, set at import: before any test starts the session's Ray instance,
 # whose workers inherit this environment (a cluster's nodes have their own credentials). No
@@ -74,11 +78,11 @@ def _listens(port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
+@contextlib.contextmanager
+def _moto_server(log_path) -> Iterator[tuple[S3Server, subprocess.Popen]]:
     """moto's S3 server in its own process on loopback, with one bucket; stopped at the end."""
     port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "server.log", "wb")
+    log = open(log_path, "wb")
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                                str(port)], stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -87,7 +91,7 @@ def s3(tmp_path_factory):
         assert server.poll() is None, "moto server exited; see its server.log"
         s3 = S3Server(f"127.0.0.1:{port}")
         s3.fs().create_dir(BUCKET)
-        yield s3
+        yield s3, server
     finally:
         server.terminate()
         try:
@@ -97,6 +101,13 @@ def s3(tmp_path_factory):
             server.wait()
         log.close()
         storage._uri_filesystem.cache_clear()  # FileSystems of an endpoint that is gone
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """moto's S3 server for the module's tests."""
+    with _moto_server(tmp_path_factory.mktemp("moto") / "server.log") as (server, _):
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -281,3 +292,339 @@ def test_a_sweep_keeps_its_state_trials_and_results_on_s3(s3, data, ray_session,
                      "--storage", s3.uri("sweeps"), "--name", "sweep", "--resume",
                      "--wandb", "disabled"]) == 0
     assert storage.read_bytes(s3.uri("sweeps/sweep/results.csv")).decode() == csv
+
+
+# ---------------------------------------------------------------- the run's records on S3
+
+
+def _lines(s3: S3Server, key: str) -> list[str]:
+    return storage.read_bytes(s3.uri(key)).decode().splitlines()
+
+
+def test_records_are_uploaded_as_they_change_and_a_start_elsewhere_continues_them(s3, tmp_path):
+    """RecordSync without Ray: node A's records reach the run folder (complete lines only, no
+    W&B folder or temporary file); node B, with an empty local folder, fetches the appended logs
+    and appends after them; a local copy ahead of the store is kept, a stale one replaced."""
+    from stargan_ray.train.records import RecordSync
+
+    run = s3.uri("records-unit/run")
+    a = tmp_path / "node_a"
+    sync = RecordSync.start(run, a)
+    (a / "events.jsonl").write_text('{"event": "start", "step": 0}\n')
+    (a / "metrics.jsonl").write_text('{"step": 2}\n{"step": 4}\n{"step": 6')  # mid-append
+    (a / "samples").mkdir()
+    (a / "samples" / "000002_latent.png").write_bytes(b"png")
+    (a / "wandb").mkdir()
+    (a / "wandb" / "run.wandb").write_bytes(b"w&b's own")
+    (a / "samples" / ".000004_latent.png.tmp").write_bytes(b"half")
+    assert sync.upload() == 3
+    assert s3.keys("records-unit/run") == {"events.jsonl", "metrics.jsonl",
+                                           "samples/000002_latent.png"}
+    assert _lines(s3, "records-unit/run/metrics.jsonl") == ['{"step": 2}', '{"step": 4}']
+    assert sync.upload() == 0  # nothing changed
+    with open(a / "metrics.jsonl", "a") as f:
+        f.write("}\n")
+    assert sync.close()
+    assert _lines(s3, "records-unit/run/metrics.jsonl")[-1] == '{"step": 6}'
+
+    b = tmp_path / "node_b"  # another node: nothing local
+    sync = RecordSync.start(run, b)
+    assert (b / "metrics.jsonl").read_text().splitlines() == [
+        '{"step": 2}', '{"step": 4}', '{"step": 6}']
+    with open(b / "metrics.jsonl", "a") as f:
+        f.write('{"step": 8}\n')
+    with open(b / "events.jsonl", "a") as f:
+        f.write('{"event": "start", "step": 6}\n')
+    assert sync.close()
+    assert _lines(s3, "records-unit/run/metrics.jsonl") == [
+        '{"step": 2}', '{"step": 4}', '{"step": 6}', '{"step": 8}']
+    assert [json.loads(x)["step"] for x in _lines(s3, "records-unit/run/events.jsonl")] == [0, 6]
+    assert "samples/000002_latent.png" in s3.keys("records-unit/run")  # node A's stays
+
+    with open(b / "metrics.jsonl", "a") as f:  # ahead of the store (not uploaded yet): kept
+        f.write('{"step": 10}\n')
+    RecordSync.start(run, b).close()
+    assert _lines(s3, "records-unit/run/metrics.jsonl")[-1] == '{"step": 10}'
+    # node A's copy is behind and differs from the store: replaced by it
+    RecordSync.start(run, a).close()
+    assert (a / "metrics.jsonl").read_text().splitlines()[-1] == '{"step": 10}'
+    # a run folder without records (a new run under a name used before here): local ones go
+    RecordSync.start(s3.uri("records-unit/new"), a).close()
+    assert not (a / "metrics.jsonl").exists() and not (a / "events.jsonl").exists()
+
+
+def test_records_that_cannot_be_uploaded_stay_local_and_never_fail(tmp_path, caplog):
+    """An unreachable store (nothing listens on the port): one warning, the records stay in the
+    local folder, close returns False instead of raising."""
+    from stargan_ray.train.records import RecordSync
+
+    port = free_port()
+    run = f"s3://{BUCKET}/x/run?endpoint_override=127.0.0.1:{port}&scheme=http"
+    sync = RecordSync.start(run, tmp_path / "local")
+    (tmp_path / "local" / "events.jsonl").write_text('{"event": "start"}\n')
+    assert not sync.close(timeout_s=120)
+    warnings = [r.getMessage() for r in caplog.records if "could not" in r.getMessage()]
+    assert warnings and all("\n" not in w for w in warnings), warnings
+    assert (tmp_path / "local" / "events.jsonl").read_text() == '{"event": "start"}\n'
+
+
+def test_a_run_logger_on_s3_puts_its_records_there_and_one_elsewhere_continues_them(
+        s3, tmp_path, monkeypatch):
+    """RunLogger (rank 0, no Ray) on a URI run folder, in two working folders one after the
+    other (two nodes): each appends to what the other left on S3; the loss plot covers both."""
+    from PIL import Image
+
+    from stargan_ray.train.logger import RunLogger
+
+    cfg = tiny_config()
+    run = s3.uri("logger/run")
+    for node, steps in (("a", (2, 4)), ("b", (6,))):
+        (tmp_path / node).mkdir()
+        monkeypatch.chdir(tmp_path / node)
+        logger = RunLogger(cfg, run, run_name="run", wandb="disabled")
+        logger.event("start", step=steps[0] - 2)
+        for step in steps:
+            logger.log(step, {"G/latent_adv": float(step)}, f"[{step}]")
+        logger.images(steps[-1], {"latent": Image.new("RGB", (8, 8))})
+        logger.finish()
+    keys = s3.keys("logger/run")
+    assert {"events.jsonl", "metrics.jsonl", "plots/losses.png", "samples/000004_latent.png",
+            "samples/000006_latent.png"} <= keys, keys
+    assert [json.loads(x)["step"] for x in _lines(s3, "logger/run/metrics.jsonl")] == [2, 4, 6]
+    assert [json.loads(x)["step"] for x in _lines(s3, "logger/run/events.jsonl")] == [0, 4]
+    assert sum(k.startswith("events.out.tfevents") for k in keys) == 2  # one per start
+
+
+def _train_elsewhere(s3: S3Server, cfg, name: str, root, *extra: str
+                     ) -> subprocess.CompletedProcess:
+    """`stargan-ray train` as on another machine: its own working folder, HOME and local Ray
+    instance (so its workers write their records in another local folder)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "home").mkdir(exist_ok=True)
+    experiment = root / "tiny.toml"
+    experiment.write_text(to_toml(cfg))
+    env = {**os.environ, "HOME": str(root / "home")}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", "stargan_ray.cli", "train", "--experiment",
+                           str(experiment), "--storage", s3.uri("runs"), "--name", name,
+                           "--num-workers", "1", "--max-failures", "0", "--wandb", "disabled",
+                           *extra], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_runs_records_live_on_s3_and_a_restart_elsewhere_continues_them(
+        s3, data, tree, ray_session, tmp_path, monkeypatch):
+    records = {"train.print_every": 2, "train.sample_every": 2}
+    run_training(_cfg(s3, data, **records), run_options(s3.uri("runs"), "records"))
+    keys = s3.keys("runs/records")
+    assert {"events.jsonl", "metrics.jsonl", "plots/losses.png", "samples/000002_latent.png",
+            "samples/000004_reference.png"} <= keys, keys
+    assert any(k.startswith("events.out.tfevents") for k in keys)  # TensorBoard's
+    assert not any(k.startswith("wandb/") for k in keys)
+    assert [json.loads(x)["step"] for x in _lines(s3, "runs/records/metrics.jsonl")] == [2, 4]
+    plot = s3.fs().get_file_info(f"{BUCKET}/runs/records/plots/losses.png")
+
+    # --resume on "another machine": no local folder of this run there
+    proc = _train_elsewhere(s3, _cfg(s3, data, **records, **{"train.total_iters": 6}),
+                            "records", tmp_path / "elsewhere", "--resume")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resuming run 'records' from checkpoint_00000004" in proc.stdout
+    metrics = [json.loads(x) for x in _lines(s3, "runs/records/metrics.jsonl")]
+    assert [m["step"] for m in metrics] == [2, 4, 6]  # appended after the earlier ones
+    starts = [e["step"] for e in map(json.loads, _lines(s3, "runs/records/events.jsonl"))
+              if e["event"] == "start"]
+    assert starts == [0, 4]
+    assert {"samples/000002_latent.png", "samples/000006_latent.png"} <= s3.keys("runs/records")
+    again = s3.fs().get_file_info(f"{BUCKET}/runs/records/plots/losses.png")
+    assert again.mtime > plot.mtime  # redrawn, from all three records
+    assert not (tmp_path / "elsewhere" / "runs_local").exists()  # workers write in Ray's folder
+
+    # eval --run from a folder that never saw the run: results go to the run folder on S3
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    monkeypatch.chdir(fresh)
+    monkeypatch.setenv("STARGAN_RAY_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["eval", "--run", s3.uri("runs/records"), "--num-workers", "0",
+                     "--device", "cpu", "--mode", "latent", "--feature-weights", "random",
+                     # local images: eval reads no shards, and its per-domain paths under a
+                     # URI with a query are not made with storage.join yet
+                     "--train-dir", str(tree[0]), "--val-dir", str(tree[1]),
+                     "--set", "eval.num_outs_per_domain=2", "--set", "eval.batch_size=8",
+                     "--set", "data.val_batch_size=1"]) == 0
+    keys = s3.keys("runs/records/metrics")
+    assert {"by_step.csv", "by_step.png", "FID_00002_latent.json",
+            "FID_00006_latent.json"} <= keys, keys
+    csv = storage.read_bytes(s3.uri("runs/records/metrics/by_step.csv")).decode().splitlines()
+    assert [row.split(",")[0] for row in csv[1:]] == ["2", "4", "6"]
+    assert list(fresh.iterdir()) == []  # nothing written where it ran
+
+
+# ---------------------------------------------------------------- one writer per run folder
+
+
+HOLDER = """
+import sys, time
+from stargan_ray.train.run_lock import hold_run_folder
+with hold_run_folder(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_run_folder_on_s3_is_held_refused_in_one_line_and_taken_with_force(
+        s3, data, tmp_path, capsys):
+    """A live run (another process) holds runs/held on S3: a second `train` on that name is one
+    line naming the owner and writes nothing there; --force takes the lock over; the owner's
+    exit then leaves the new holder's lock alone."""
+    from stargan_ray.train.run_lock import RUN_LOCK, hold_run_folder
+
+    from stargan_ray.checkpoint import save_checkpoint
+    from stargan_ray.engine import TrainState
+
+    run, cfg = s3.uri("runs/held"), _cfg(s3, data)
+    state = TrainState.create(cfg, "cpu", seed=0)
+    state.step = 2
+    save_checkpoint(state, tmp_path / "checkpoint.pt")  # the first run's, at step 2
+    first = (tmp_path / "checkpoint.pt").read_bytes()
+    storage.write_bytes(storage.join(run, "checkpoint_00000002", "checkpoint.pt"), first)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, run], stdout=subprocess.PIPE,
+                              text=True, cwd=os.getcwd())
+    try:
+        assert holder.stdout.readline().strip() == "held", "the holder took no lock"
+        before = s3.keys("runs/held")
+        experiment = tmp_path / "tiny.toml"
+        experiment.write_text(to_toml(cfg))
+        argv = ["train", "--experiment", str(experiment), "--storage", s3.uri("runs"),
+                "--name", "held", "--resume", "--wandb", "disabled"]
+        capsys.readouterr()
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("stargan-ray: error: run folder "), err
+        assert f"held by another run (pid {holder.pid} on host" in err and "--force" in err
+        assert s3.keys("runs/held") == before
+        assert storage.read_bytes(storage.join(run, "checkpoint_00000002",
+                                               "checkpoint.pt")) == first
+        notes = []
+        with hold_run_folder(run, force=True, note=notes.append):
+            owner = json.loads(storage.read_bytes(storage.join(run, RUN_LOCK)))
+            assert owner["pid"] == os.getpid() and "forced" in notes[0]
+            holder.terminate()
+            holder.wait(30)
+            owner = json.loads(storage.read_bytes(storage.join(run, RUN_LOCK)))
+            assert owner["pid"] == os.getpid()  # the old owner's exit did not release it
+        assert RUN_LOCK not in s3.keys("runs/held")  # released at exit
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# ---------------------------------------------------------------- a store that fails mid-run
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_an_object_store_that_stops_during_a_run_ends_it_with_one_line(tree, ray_session,
+                                                                       tmp_path):
+    """The run's own moto server is stopped once the first checkpoint is there: the run ends
+    with StorageFailed (one line: what failed, --resume), not Ray's retries and tracebacks."""
+    from stargan_ray.train.storage_faults import StorageFailed
+
+    train, val = tree
+    cfg = tiny_data_config(train, val, **{
+        "data.batch_size": 2, "train.total_iters": 400, "train.save_every": 2,
+        "train.print_every": 2, "train.sample_every": 1000, "train.eval_every": 1000})
+    with _moto_server(tmp_path / "server.log") as (doomed, server):
+        def stop_after_the_first_checkpoint() -> None:
+            wait_until(lambda: "checkpoint_00000002/checkpoint.pt" in doomed.keys("runs/doomed"),
+                       "the first checkpoint on S3", timeout_s=400)
+            server.terminate()
+
+        stopper = threading.Thread(target=stop_after_the_first_checkpoint, daemon=True)
+        stopper.start()
+        with pytest.raises(StorageFailed) as err:
+            run_training(cfg, run_options(doomed.uri("runs"), "doomed", max_failures=3))
+        stopper.join(10)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("storage failed: "), message
+    assert doomed.uri("runs/doomed").split("?")[0] in message
+    assert message.endswith("when the storage takes writes again, run the same command with "
+                            "--resume"), message
+
+
+def test_a_lock_on_a_store_that_failed_is_left_with_a_warning(tmp_path, caplog):
+    """Releasing RUN.lock on a store that stopped answering is a warning, so the error the run
+    ends with (StorageFailed) is what the user sees, not the release's OSError."""
+    from stargan_ray.train.run_lock import hold_run_folder
+
+    with _moto_server(tmp_path / "server.log") as (gone, server):
+        with hold_run_folder(gone.uri("runs/r"), note=None):
+            server.terminate()
+            server.wait(30)
+    assert any("could not remove" in r.getMessage() for r in caplog.records)
+
+
+def test_a_save_on_a_store_that_stopped_stops_the_loop_without_a_worker_failure(
+        tmp_path, monkeypatch):
+    """The loop in this process (ray.train.report recorded): the store goes after the save of
+    step 2; the save of step 4 reports nothing, the loop returns (no exception for Ray to retry)
+    and the driver's line says what failed and --resume."""
+    import ray.train
+
+    from stargan_ray.engine import TrainState
+    from stargan_ray.train import WorkerSpec, worker
+    from stargan_ray.train.storage_faults import failed_storage_line
+
+    from .helpers import random_batch
+
+    cfg = tiny_config(**{"train.total_iters": 8, "train.print_every": 2, "train.save_every": 2,
+                         "train.sample_every": 100, "train.eval_every": 100})
+    with _moto_server(tmp_path / "server.log") as (gone, server):
+        reports = []
+
+        def report(metrics, checkpoint=None, **kw):
+            reports.append((metrics["step"], checkpoint is not None))
+            if metrics["step"] == 2:
+                server.terminate()
+                server.wait(30)
+
+        monkeypatch.setattr(ray.train, "report", report)
+        monkeypatch.setattr(ray.train, "get_preemption_info", lambda: None)
+        logger = _SilentLogger()
+        out = worker.Outputs(logger, samples=lambda state: {}, evaluate=lambda state: {})
+        state = TrainState.create(cfg, "cpu", seed=0)
+        batches = iter([random_batch(cfg, seed=i) for i in range(8)])
+        run = gone.uri("runs/r")
+        worker._train(state, batches, out, WorkerSpec(cfg, run, "r", data=None), 0, 1)
+        assert reports == [(2, True)] and state.step == 4
+        assert logger.events[-1][0] == "stopped"
+        assert logger.events[-1][1]["reason"].startswith("storage failed: saving "
+                                                         "checkpoint_00000004 to ")
+        line = failed_storage_line(run, "checkpoint_00000002")
+    assert line is not None and "\n" not in line
+    assert "the last checkpoint this run saved is checkpoint_00000002" in line
+    assert line.endswith("run the same command with --resume")
+    assert failed_storage_line(str(tmp_path / "local"), None) is None
+
+
+class _SilentLogger:
+    """RunLogger's surface for train.worker._train, keeping the events."""
+
+    def __init__(self):
+        self.events = []
+
+    def event(self, kind, **fields):
+        self.events.append((kind, fields))
+
+    def log(self, step, metrics, line):
+        pass
+
+    def images(self, step, images):
+        pass
+
+    def evaluation(self, step, metrics):
+        pass
+
+    def checkpoint_saved(self, checkpoint_dir, step, metrics, aliases):
+        pass

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..config import SYNTHETIC
 from ..errors import ConfigError
@@ -101,23 +103,50 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_folder(text: str) -> str:
-    """The local run folder named by --run (a storage URI is refused: copy it first)."""
+    """The run folder named by --run: a local folder, or a URI (s3://...) holding one."""
+    from ..storage import exists, is_uri
     from ..train import storage_uri
 
-    if "://" in text:
-        raise ConfigError(f"--run {text}: must be a local run folder (copy it from the "
-                          "storage first)")
     run_dir = storage_uri(text)
+    if is_uri(run_dir):
+        if not exists(run_dir):
+            raise ConfigError(f"--run {text}: no such run folder on that storage")
+        return run_dir
     if not Path(run_dir).is_dir():
         raise ConfigError(f"--run {text}: no such folder")
     return run_dir
 
 
-def _run_dir(args: argparse.Namespace, device: str) -> int:
-    """`eval --run`: every complete checkpoint of the run; RUN_DIR/metrics/by_step.csv and .png."""
+@contextlib.contextmanager
+def _metrics_folder(run_dir: str, names: list[str], overwrite: bool) -> Iterator[Path]:
+    """Where eval --run writes: RUN_DIR/metrics, or for a URI run folder a local folder that is
+    uploaded to RUN_DIR/metrics at the end (existing results there are kept unless
+    --overwrite, as on a local disk)."""
     from ..metrics import by_step
+    from ..storage import exists, is_uri, join
+    from ..train.records import upload_folder
+
+    if not is_uri(run_dir):
+        yield Path(run_dir) / by_step.METRICS_DIR
+        return
+    stored = join(run_dir, by_step.METRICS_DIR)
+    for name in names:
+        if not overwrite and exists(join(stored, name)):
+            raise ConfigError(f"--run: {join(stored, name)} already exists and is kept; pass "
+                              "--overwrite to replace it")
+    with tempfile.TemporaryDirectory(prefix="stargan-ray-eval-") as local:
+        yield Path(local)
+        upload_folder(Path(local), stored)
+
+
+def _run_dir(args: argparse.Namespace, device: str) -> int:
+    """`eval --run`: every complete checkpoint of the run; RUN_DIR/metrics/by_step.csv and .png
+    (a URI run folder's checkpoints are fetched one at a time, its results uploaded)."""
+    from ..metrics import by_step
+    from ..metrics.eval_plan import MODES, result_file
     from ..metrics.evaluator import EvalOptions, evaluate
-    from ..train.checkpoints import run_checkpoints
+    from ..storage import join
+    from ..train.checkpoints import local_file, run_checkpoints
 
     if args.out:
         raise ConfigError("--out: eval --run writes RUN_DIR/metrics; leave out --out")
@@ -127,31 +156,44 @@ def _run_dir(args: argparse.Namespace, device: str) -> int:
         print(f"skipping broken {reason}", file=sys.stderr)
     if not found:
         raise ConfigError(f"--run {args.run}: no complete checkpoint_<step> folder in {run_dir}")
-    out = Path(run_dir) / by_step.METRICS_DIR
+    modes = MODES if args.mode == "both" else (args.mode,)
+    names = [result_file(kind, step, m) for step, _ in found for m in modes
+             for kind in ("FID", "LPIPS")] + [by_step.CSV_FILE, by_step.PNG_FILE]
     rows: list[dict[str, Any]] = []
-    for i, (step, path) in enumerate(found):
-        one = argparse.Namespace(**{**vars(args), "checkpoint": path, "official_checkpoint": None})
-        cfg, nets, _ = load_model(one, "eval", "cpu" if args.num_workers else device,
-                                  extra=_extra(args))
-        if i == 0:
-            _check_out(out, cfg, args, [s for s, _ in found],
-                       (by_step.CSV_FILE, by_step.PNG_FILE))
-        print(f"[{i + 1}/{len(found)}] step {step}: {path}", flush=True)
-        results = evaluate(nets, cfg, step=step, mode=args.mode, out_dir=out,
-                           opts=EvalOptions(args.num_workers, device))
-        rows.append({"step": step, **results})
-    _dashboards(args, out, cfg, [(r["step"], {k: v for k, v in r.items() if k != "step"})
-                                 for r in rows])
-    by_step.write_csv(rows, out / by_step.CSV_FILE)
-    by_step.plot(rows, out / by_step.PNG_FILE)
-    print(f"wrote {out / by_step.CSV_FILE} and {out / by_step.PNG_FILE} ({len(rows)} checkpoints)")
+    with _metrics_folder(run_dir, names, args.overwrite) as out:
+        for i, (step, path) in enumerate(found):
+            with local_file(path) as local:
+                one = argparse.Namespace(**{**vars(args), "checkpoint": local,
+                                            "official_checkpoint": None})
+                cfg, nets, _ = load_model(one, "eval", "cpu" if args.num_workers else device,
+                                          extra=_extra(args))
+            if i == 0:
+                _check_out(out, cfg, args, [s for s, _ in found],
+                           (by_step.CSV_FILE, by_step.PNG_FILE))
+            print(f"[{i + 1}/{len(found)}] step {step}: {path}", flush=True)
+            results = evaluate(nets, cfg, step=step, mode=args.mode, out_dir=out,
+                               opts=EvalOptions(args.num_workers, device))
+            rows.append({"step": step, **results})
+        _dashboards(args, out, cfg, [(r["step"], {k: v for k, v in r.items() if k != "step"})
+                                     for r in rows])
+        by_step.write_csv(rows, out / by_step.CSV_FILE)
+        by_step.plot(rows, out / by_step.PNG_FILE)
+    _summary(rows, join(run_dir, by_step.METRICS_DIR))
+    return 0
+
+
+def _summary(rows: list[dict[str, Any]], out: str) -> None:
+    from ..metrics import by_step
+    from ..storage import join
+
+    print(f"wrote {join(out, by_step.CSV_FILE)} and {join(out, by_step.PNG_FILE)} "
+          f"({len(rows)} checkpoints)")
     best = by_step.best_row(rows)
     if best is None:
         print("best step: none (no finite FID)")
     else:
         key, row = best
         print(f"best step: {row['step']} ({key} {row[key]:.6f})")
-    return 0
 
 
 def _dashboards(args: argparse.Namespace, out: str | Path, cfg,

@@ -11,6 +11,8 @@
 - saving: a checkpoint save (rank 0 writes, every rank reports; a full disk stops the run).
 - validation: eval.validation = "beside": fid_quick as Ray Train validation tasks on the eval
   steps' checkpoints while the workers train on; rank 0 logs their results at their steps.
+- records: a URI run folder's records (events, metrics, plots, samples) uploaded as they change
+  and continued on a restart elsewhere; storage_faults: an object store that fails mid-run.
 - run_lock: one run per run folder (RUN.lock, held by the driver).
 - driver: the TorchTrainer for a run, run_training, Ctrl+C and self-stopped runs.
 - cluster: joining RAY_ADDRESS or starting a local Ray instance.

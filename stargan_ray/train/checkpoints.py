@@ -170,7 +170,8 @@ def run_checkpoints(run_dir: str, every: int = 1) -> tuple[list[tuple[int, str]]
     for step in sorted(candidates):
         path = join(candidates[step], CHECKPOINT_FILE)
         try:
-            verify_checkpoint(path, read_config(path), step)
+            with local_file(path) as local:  # a URI's file is fetched to be read
+                verify_checkpoint(local, read_config(local), step)
         except CheckpointError as err:
             broken.append(_why_broken(candidates[step], err))
             continue

@@ -8,10 +8,12 @@ from typing import Callable
 
 from ..config import ExperimentConfig
 from ..errors import UserError
+from ..storage import basename
 from .checkpoints import newest_complete_checkpoint, prune_checkpoints
 from .cluster import quiet_ray_data
 from .plan import RunOptions, RunPlan, plan_run, ray_storage, reconcile_snapshot, storage_uri
 from .run_lock import hold_run_folder
+from .storage_faults import StorageFailed, failed_storage_line
 from .spec import WorkerSpec
 from .validation import plan_validation
 from .worker import TrainingStopped, consume_stop_reason, train_loop_per_worker
@@ -90,6 +92,14 @@ def build_trainer(spec: WorkerSpec, opts: RunOptions, *, callbacks: list | None 
     )
 
 
+def _raise_if_storage_failed(run_dir: str, checkpoint) -> None:
+    """StorageFailed (one line) when the run's object storage no longer takes writes."""
+    label = basename(checkpoint.path) if getattr(checkpoint, "path", None) else None
+    line = failed_storage_line(run_dir, label)
+    if line is not None:
+        raise StorageFailed(line) from None
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl+C stopped the run; the message names the checkpoint it can resume from."""
 
@@ -144,7 +154,14 @@ def _fit(cfg: ExperimentConfig, opts: RunOptions, plan: RunPlan, callbacks: list
     except KeyboardInterrupt:
         abort(trainer)
         raise TrainingInterrupted(resume_hint(plan.run_dir, cfg, opts.run_name(cfg))) from None
-    reason = consume_stop_reason(plan.run_dir)
+    except Exception:
+        _raise_if_storage_failed(plan.run_dir, None)  # Ray gave up: was it the storage?
+        raise
+    try:
+        reason = consume_stop_reason(plan.run_dir)
+    except OSError:
+        _raise_if_storage_failed(plan.run_dir, result.checkpoint)
+        raise
     if reason is not None:
         raise TrainingStopped(reason)
     for path in prune_checkpoints(plan.run_dir, cfg.train.keep_checkpoints):

@@ -35,6 +35,7 @@ WANDB_PROBE_TIMEOUT_S = 5.0
 # wandb.init's own limit once the host answered (a server that accepts connections but does not
 # respond); then the run is logged offline. wandb's default is 90 s.
 WANDB_INIT_TIMEOUT_S = 30.0
+URGENT_EVENTS = ("preemption", "stopped")  # uploaded at once on a URI run folder
 
 
 def console(line: str) -> None:
@@ -48,7 +49,8 @@ def console(line: str) -> None:
 
 
 def local_run_dir(run_dir: str) -> Path:
-    """Where PNGs and events go: the run folder itself when local, else a local mirror."""
+    """Where the records are written: the run folder itself when local, else a local folder
+    whose files records.RecordSync uploads to the run folder."""
     if "://" in run_dir:
         return Path("runs_local") / basename(run_dir)  # a URI's query left out
     return Path(run_dir)
@@ -67,10 +69,15 @@ class RunLogger:
         self._artifacts = None  # checkpoints as W&B artifacts (dashboards.CheckpointArtifacts)
         self._unplotted = False  # metrics logged since plots/losses.png was last drawn
         self._wandb_step = 0  # the latest step logged to W&B
+        self.records = None  # records.RecordSync: uploads for a URI run folder (rank 0)
         if rank != 0:
             return
         (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
         from ..dashboards import CheckpointArtifacts, EventWriter
+        from .records import RecordSync
+
+        # A URI run folder: the earlier records first (appended to), then uploads as they change
+        self.records = RecordSync.start(run_dir, self.run_dir)
 
         self._tb = EventWriter(self.run_dir)
         self._init_wandb(wandb, run_name, wandb_group)
@@ -139,6 +146,8 @@ class RunLogger:
             f.write(json.dumps(record) + "\n")
         if kind != "start" or fields.get("step"):
             console(f"[stargan-ray] {kind}: {fields}")
+        if kind in URGENT_EVENTS and self.records is not None:
+            self.records.nudge()  # the node may not last until the next upload round
 
     def start(self, step: int, pid: int, workers: int) -> None:
         """The `start` event of a worker group; when the group before it in this run had another
@@ -237,6 +246,9 @@ class RunLogger:
         self.plot()
         if self._tb is not None:
             self._tb.close()
+        if self.records is not None:
+            self.records.close()  # the last records to the run's storage
+            self.records = None
         if self._artifacts is not None:
             self._artifacts.close()  # every queued artifact handed to W&B before finish
         if self.wandb is not None:

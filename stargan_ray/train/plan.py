@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 from ..checkpoint import verify_checkpoint
 from ..config import ExperimentConfig
 from ..errors import ConfigError
-from ..storage import basename, filesystem, is_uri, join, write_bytes
+from ..storage import basename, filesystem, is_uri, join, probe_write
 from .checkpoints import (StartPoint, checkpoint_folders, latest_checkpoint, local_file,
                           newest_complete_checkpoint)
 
@@ -141,14 +140,9 @@ def check_storage(storage: str) -> None:
     this process can write in (nothing is created here: --dry-run leaves no trace), or a URI
     that accepts a probe write (written and deleted)."""
     if is_uri(storage):
-        probe = join(storage, f".stargan-ray-probe-{secrets.token_hex(6)}")
-        try:
-            write_bytes(probe, b"probe")
-            fs, path = filesystem(probe)
-            fs.delete_file(path)
-        except Exception as err:  # pyarrow raises OSError and its own kinds
-            why = " ".join(str(err).split())[:300] or type(err).__name__
-            raise ConfigError(f"--storage {storage}: cannot write there ({why})") from None
+        why = probe_write(storage)
+        if why is not None:
+            raise ConfigError(f"--storage {storage}: cannot write there ({why})")
         return
     path = Path(storage).expanduser().absolute()
     existing = next(p for p in (path, *path.parents) if p.exists())

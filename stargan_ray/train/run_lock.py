@@ -150,11 +150,11 @@ def hold_run_folder(run_dir: str, *, force: bool = False,
 
 
 def _release(lock: str, me: Owner) -> None:
-    holder = _read(lock)
-    if holder is None or holder.token != me.token:
-        return  # taken over with --force: the lock is the other run's now
-    fs, path = filesystem(lock)
     try:
+        holder = _read(lock)
+        if holder is None or holder.token != me.token:
+            return  # taken over with --force: the lock is the other run's now
+        fs, path = filesystem(lock)
         fs.delete_file(path)
-    except OSError as err:
+    except OSError as err:  # a storage that failed: the error the run ends with says more
         log.warning("could not remove %s: %s", lock, err)

@@ -22,6 +22,7 @@ from ..checkpoint import CHECKPOINT_FILE, state_dict
 from ..engine import TrainState
 from ..storage import filesystem, is_uri, join
 from .checkpoints import checkpoint_name
+from .storage_faults import storage_fault
 from .upload import local_save_dir, report_checkpoint
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,8 @@ def save_report(state: TrainState, metrics: dict[str, Any], rank: int, world: in
     name = checkpoint_name(state.step)
     local = local_save_dir() if rank == 0 else None  # lives until its upload is done
     try:
-        problem = _space_problem(state, local, run_dir) if rank == 0 else None
+        problem = (storage_fault(run_dir, state.step) or _space_problem(state, local, run_dir)
+                   if rank == 0 else None)
         failed = _agree(problem, rank, world, state.device)
     except BaseException:
         if local is not None:

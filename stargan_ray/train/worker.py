@@ -130,7 +130,10 @@ def _stop(run_dir: str, logger, rank: int, message: str) -> None:
     except OSError as err:  # a full disk: the reason below matters more than the event
         log.warning("could not record the stop event: %s", err)
     if rank == 0:
-        write_bytes(join(run_dir, STOP_MARKER), json.dumps({"reason": message}).encode())
+        try:
+            write_bytes(join(run_dir, STOP_MARKER), json.dumps({"reason": message}).encode())
+        except OSError as err:  # a storage that failed: the driver finds out (storage_faults)
+            log.warning("could not record why the run stopped: %s", err)
 
 
 def consume_stop_reason(run_dir: str) -> str | None:
@@ -232,9 +235,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     logger.start(state.step, os.getpid(), world)  # and a `resize` event when world changed
     if init_note:
         logger.event("init_from", summary=init_note)
-    _train(state, batches, _outputs(logger, cfg, device, rank, world, spec.run_dir), spec, rank,
-           world)
-    logger.finish()
+    try:
+        _train(state, batches, _outputs(logger, cfg, device, rank, world, spec.run_dir), spec,
+               rank, world)
+    finally:  # also on a failure: the records written so far reach the run's storage
+        logger.finish()
 
 
 def _start_state(spec: WorkerSpec, rank: int, world: int,
