@@ -156,6 +156,64 @@ def test_the_total_batch_trains_the_same_model_on_1_to_4_workers_and_with_accumu
         _assert_same_model(results[run], reference, run)
 
 
+
+def _resize_worker(rank: int, world: int, init_file: str, train_dir: str, start: str,
+                   out: str, steps: int) -> None:
+    """One worker of a float64 run that resumes a checkpoint on `world` workers, as the Ray
+    worker does after a resize: restore, this worker's lanes, the stream from the restored step."""
+    from stargan_ray.checkpoint import load_state_into, state_dict
+    from stargan_ray.data.layout import lanes_of
+    from stargan_ray.data.stream import local_batches
+    from stargan_ray.train.worker import make_sum_sync
+
+    torch.set_num_threads(1)
+    cfg = tiny_config(**{"data.batch_size": 8, "data.train_dir": train_dir,
+                         "data.val_dir": train_dir})
+    state = TrainState.create(cfg, "cpu", seed=5)
+    _double(state, cfg)
+    if start:
+        load_state_into(state, torch.load(start, weights_only=True))
+    state.rows = lanes_of(rank, world, 8)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                world_size=world)
+        state.grad_sync = make_grad_sync(world, len(state.rows), 8)
+        state.stat_sync = make_sum_sync()
+    batches = local_batches(cfg, world_rank=rank, world_size=world, start_step=state.step)
+    for _ in range(steps):
+        train_step(state, _to_double(next(batches)))
+    if rank == 0:
+        torch.save(state_dict(state), out)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def test_a_checkpoint_resumed_on_another_worker_count_trains_the_same_model(tmp_path):
+    # float64: in float32 the other summation order is amplified by training (benchmarks/drift.py)
+    train_dir = str(write_colour_tree(tmp_path / "train", (40, 40)))
+    start = str(tmp_path / "start.pt")
+    _resize_worker(0, 1, "", train_dir, "", start, 2)
+    ends = {}
+    for world in (1, 2, 3):  # 3: shares of 3, 3 and 2 rows
+        args = (world, str(tmp_path / f"init{world}"), train_dir, start,
+                str(tmp_path / f"w{world}.pt"), 3)
+        if world == 1:
+            _resize_worker(0, *args)
+        else:
+            mp.start_processes(_resize_worker, args=args, nprocs=world, start_method="spawn")
+        ends[world] = torch.load(tmp_path / f"w{world}.pt", weights_only=True)
+    assert ends[1]["step"] == 5
+    moved = ends[1]["nets"]["discriminator"]["main.0.weight"] - torch.load(
+        start, weights_only=True)["nets"]["discriminator"]["main.0.weight"]
+    assert moved.abs().max() > 1e-4
+    for world in (2, 3):
+        _assert_same_model(ends[world]["nets"], ends[1]["nets"], ("resumed on", world))
+        for name in EMA:
+            for key, p in ends[1]["nets_ema"][name].items():
+                atol = 1e-6 if name == "generator" else 1e-10  # EMA of the cancelled G biases
+                assert torch.allclose(ends[world]["nets_ema"][name][key], p, rtol=0, atol=atol)
+
+
 # ---------------------------------------------------------------- Ray Train runs
 
 
