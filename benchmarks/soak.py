@@ -242,7 +242,8 @@ def config(args: argparse.Namespace):
                                    f"train.eval_every={args.eval_every}",
                                    f"train.print_every={args.print_every}",
                                    f"train.save_every={args.save_every}",
-                                   f"train.sample_every={args.save_every}"])
+                                   f"train.sample_every={args.save_every}",
+                                   f"eval.validation={args.validation}"])
 
 
 def soak(args: argparse.Namespace, storage: Path) -> dict:
@@ -273,6 +274,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--save-every", type=int, default=100, help="checkpoints and sample grids")
     p.add_argument("--print-every", type=int, default=20)
+    p.add_argument("--validation", choices=("inline", "beside"), default="inline",
+                   help="eval.validation: inline (the default here) evaluates in the training "
+                        "workers, whose memory this measures; beside in a Ray task")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
     p.add_argument("--phase", type=float, default=0.5, help="where in each cycle to compare")
     p.add_argument("--width", type=float, default=0.05,

@@ -576,15 +576,16 @@ def test_a_save_on_a_store_that_stopped_stops_the_loop_without_a_worker_failure(
     from stargan_ray.train import WorkerSpec, worker
     from stargan_ray.train.storage_faults import failed_storage_line
 
-    from .helpers import random_batch
+    from .helpers import random_batch, recording_report
 
     cfg = tiny_config(**{"train.total_iters": 8, "train.print_every": 2, "train.save_every": 2,
                          "train.sample_every": 100, "train.eval_every": 100})
     with _moto_server(tmp_path / "server.log") as (gone, server):
         reports = []
+        record = recording_report(reports)  # runs each checkpoint's upload, as Ray would
 
         def report(metrics, checkpoint=None, **kw):
-            reports.append((metrics["step"], checkpoint is not None))
+            record(metrics, checkpoint=checkpoint, **kw)
             if metrics["step"] == 2:
                 server.terminate()
                 server.wait(30)
