@@ -16,20 +16,24 @@ import math
 import os
 import signal
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from stargan_ray import cli
 from stargan_ray.checkpoint import read_config
 from stargan_ray.config import get_key, load_experiment, to_toml, with_overrides
 from stargan_ray.engine import TrainState, train_step
+from stargan_ray.train import latest_checkpoint, run_training
 from stargan_ray.tune import (Dist, SweepOptions, check_space, read_space, run_sweep,
                               trial_run_name)
 from stargan_ray.tune.schedulers import ClipToSpace
-from tests.helpers import random_batch, read_events, tiny_config
+from tests.helpers import (assert_equal_states, load_train_state, random_batch, read_events,
+                           run_options, tiny_config)
 
 SHIPPED = [("quick", "toy"), ("lambdas_asha", "afhq"), ("lambdas_asha", "celeba_hq"),
            ("schedules_pbt", "afhq"), ("schedules_pbt", "celeba_hq")]
@@ -293,7 +297,9 @@ PBT_SPACE = """
 # Two trials ranked by the lambda_ds they train with (constant: ds_decay = "none"). Synchronous
 # PBT waits until both reach step 8, so the exploit is certain however the trials' starts are
 # spread: the one with the smaller value copies the other's checkpoint and perturbs both searched
-# values by x0.8 or x1.2.
+# values by x0.8 or x1.2. ADA is on, so the exploit must carry p and the interval's sign sums:
+# p is updated at steps 7 and 14 (by 0.14, up: D calls these real images real), so the donor's
+# checkpoint at step 8 holds p > 0 and one step of sums, which the exploit's step 12 still holds.
 [tune]
 metric = "G/lambda_ds"
 mode = "max"
@@ -315,6 +321,9 @@ eval_every = 16
 keep_checkpoints = 8
 [loss]
 ds_decay = "none"
+ada_target = 0.3
+ada_interval = 7
+ada_kimg = 0.1
 lambda_ds = { uniform = [0.25, 2.0] }
 [optim]
 lr = { loguniform = [1e-4, 1e-2] }
@@ -353,6 +362,25 @@ def _wandb_group(offline: Path) -> str | None:
     return None
 
 
+def _assert_exploit_is_exact(donor: Path, first: Path, tmp_path: Path) -> None:
+    """The exploit's first checkpoint carries the donor's ADA state (no p update between them:
+    the same p, and the donor's interval sums plus the steps since) and equals a run resumed
+    from the donor with the mutated values (--resume-from, the same worker restore)."""
+    donor_state, exploit = load_train_state(donor), load_train_state(first)
+    cfg = exploit.cfg
+    steps = exploit.step - donor_state.step
+    assert donor_state.step // cfg.loss.ada_interval == exploit.step // cfg.loss.ada_interval
+    assert donor_state.ada.p > 0 and donor_state.ada.count > 0  # something to drop
+    assert torch.equal(exploit.ada.p, donor_state.ada.p)
+    assert exploit.ada.count == donor_state.ada.count + steps * 2 * cfg.data.batch_size
+    continued = replace(cfg, train=replace(cfg.train, total_iters=exploit.step))
+    run_training(continued, run_options(tmp_path / "continued", "from-donor",
+                                        resume_from=str(donor)))
+    step, path = latest_checkpoint(str(tmp_path / "continued" / "from-donor"))
+    assert step == exploit.step
+    assert_equal_states(exploit, load_train_state(path))
+
+
 @pytest.mark.ray
 def test_pbt_exploits_a_checkpoint_and_trains_with_the_mutated_values(ray_session, tmp_path):
     experiment = _experiment_file(tmp_path)
@@ -385,10 +413,12 @@ def test_pbt_exploits_a_checkpoint_and_trains_with_the_mutated_values(ray_sessio
     assert _starts(run) == [int(step)]
     assert all(h["step"] > int(step) for h in histories[trial_id] if h["train_run"] == run.name)
     donor_cfg = read_config(donor / "checkpoint.pt")
-    mutated_cfg = read_config(next(run.glob("checkpoint_*")) / "checkpoint.pt")
+    first = min(run.glob("checkpoint_*")) / "checkpoint.pt"
+    mutated_cfg = read_config(first)
     for d in space.searched:
         assert any(get_key(mutated_cfg, d.key) == pytest.approx(
             d.clip(get_key(donor_cfg, d.key) * f), rel=1e-9) for f in (0.8, 1.2))
+    _assert_exploit_is_exact(donor / "checkpoint.pt", first, tmp_path)
 
     # W&B: one run per trial (restarts and exploits continue the trial's run id), grouped by the
     # sweep. A run that PBT stopped mid-step may have been killed before writing its run record;
