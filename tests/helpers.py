@@ -295,6 +295,30 @@ def registered_steps(run_dir: Path) -> list[int]:
     return [r["metrics"]["step"] for r in snapshot["checkpoint_results"]]
 
 
+class LoopLogger:
+    """RunLogger's surface for train.worker._train without files: keeps the events and the
+    checkpoints it is told were saved (folder, step, aliases)."""
+
+    def __init__(self):
+        self.events = []
+        self.saved = []
+
+    def event(self, kind, **fields):
+        self.events.append((kind, fields))
+
+    def checkpoint_saved(self, checkpoint_dir, step, metrics, aliases):
+        self.saved.append((checkpoint_dir, step, aliases))
+
+    def log(self, step, metrics, line):
+        pass
+
+    def images(self, step, images):
+        pass
+
+    def evaluation(self, step, metrics):
+        pass
+
+
 def recording_report(reports: list):
     """ray.train.report as Ray runs it for one worker, without Ray: the checkpoint's upload
     function (train/upload.py) runs at once, then (step, with a checkpoint) joins reports."""

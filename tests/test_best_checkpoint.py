@@ -18,7 +18,7 @@ from stargan_ray.metrics import by_step
 from stargan_ray.metrics.evaluator import EvalOptions, evaluate
 from stargan_ray.train import WorkerSpec, worker
 
-from .helpers import tiny_config, tiny_eval_config
+from .helpers import LoopLogger, tiny_config, tiny_eval_config
 
 STEPS = (2, 4, 6)
 
@@ -173,31 +173,9 @@ def test_keep_best_config():
         tiny_config(**{"train.keep_best": "yes"})
 
 
-class _Logger:
-    """RunLogger's surface for train.worker._train; records what goes to W&B as artifacts."""
-
-    def __init__(self):
-        self.saved = []  # (checkpoint folder, step, aliases)
-
-    def checkpoint_saved(self, checkpoint_dir, step, metrics, aliases):
-        self.saved.append((checkpoint_dir, step, aliases))
-
-    def log(self, step, metrics, line):
-        pass
-
-    def images(self, step, images):
-        pass
-
-    def evaluation(self, step, metrics):
-        pass
-
-    def event(self, kind, **fields):
-        pass
-
-
 def _outputs(fids):
     """The loop's outputs with crafted fid_quick values (no grids)."""
-    return worker.Outputs(_Logger(), samples=lambda state: {},
+    return worker.Outputs(LoopLogger(), samples=lambda state: {},
                           evaluate=lambda state: {"fid_quick": fids[state.step]})
 
 

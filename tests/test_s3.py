@@ -576,7 +576,7 @@ def test_a_save_on_a_store_that_stopped_stops_the_loop_without_a_worker_failure(
     from stargan_ray.train import WorkerSpec, worker
     from stargan_ray.train.storage_faults import failed_storage_line
 
-    from .helpers import random_batch, recording_report
+    from .helpers import LoopLogger, random_batch, recording_report
 
     cfg = tiny_config(**{"train.total_iters": 8, "train.print_every": 2, "train.save_every": 2,
                          "train.sample_every": 100, "train.eval_every": 100})
@@ -592,7 +592,7 @@ def test_a_save_on_a_store_that_stopped_stops_the_loop_without_a_worker_failure(
 
         monkeypatch.setattr(ray.train, "report", report)
         monkeypatch.setattr(ray.train, "get_preemption_info", lambda: None)
-        logger = _SilentLogger()
+        logger = LoopLogger()
         out = worker.Outputs(logger, samples=lambda state: {}, evaluate=lambda state: {})
         state = TrainState.create(cfg, "cpu", seed=0)
         batches = iter([random_batch(cfg, seed=i) for i in range(8)])
@@ -607,25 +607,3 @@ def test_a_save_on_a_store_that_stopped_stops_the_loop_without_a_worker_failure(
     assert "the last checkpoint this run saved is checkpoint_00000002" in line
     assert line.endswith("run the same command with --resume")
     assert failed_storage_line(str(tmp_path / "local"), None) is None
-
-
-class _SilentLogger:
-    """RunLogger's surface for train.worker._train, keeping the events."""
-
-    def __init__(self):
-        self.events = []
-
-    def event(self, kind, **fields):
-        self.events.append((kind, fields))
-
-    def log(self, step, metrics, line):
-        pass
-
-    def images(self, step, images):
-        pass
-
-    def evaluation(self, step, metrics):
-        pass
-
-    def checkpoint_saved(self, checkpoint_dir, step, metrics, aliases):
-        pass
