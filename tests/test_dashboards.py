@@ -23,7 +23,7 @@ from stargan_ray.engine import TrainState
 from stargan_ray.plots import D_LATENT, G_LATENT, read_jsonl
 
 from .helpers import offline_wandb_run as _offline_run
-from .helpers import tiny_eval_config, wandb_records
+from .helpers import tiny_config, tiny_eval_config, wandb_records
 from .helpers import wandb_history as _history
 from .helpers import wandb_of_type as _of_type
 
@@ -135,6 +135,37 @@ def test_object_storage_checkpoints_are_references(tmp_path, monkeypatch):
     assert entry.path == "checkpoint.pt" and not entry.local_path and entry.size == 0
     assert set(artifact.aliases) == {"latest", "best"} and artifact.type == "model"
     assert json.loads(artifact.metadata)["fid_quick"] == 12.5
+
+
+# ---------------------------------------------------------------- late evaluations
+
+
+def test_late_evaluations_picked_up_together_each_keep_a_wandb_row(tmp_path, monkeypatch):
+    """Beside validation hands rank 0 several results at one log step: W&B keeps one value per
+    key and step, so each must land on a step of its own, in order, none before a logged step."""
+    import wandb
+
+    from stargan_ray.train.logger import RunLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = RunLogger(tiny_config(), str(tmp_path / "run"),
+                       run_name="late", wandb="offline")
+    logger.log(2, {"D/latent_real": 0.5}, "step 2")
+    logger.log(26, {"D/latent_real": 0.4}, "step 26")
+    for step, fid in ((8, 30.0), (16, 20.0), (24, 10.0)):  # all three picked up at step 26
+        logger.evaluation(step, {"fid_quick": fid})
+    logger.log(28, {"D/latent_real": 0.3}, "step 28")
+    logger.finish()
+    wandb.teardown()
+    history = _history(wandb_records(_offline_run(tmp_path / "run")))
+    evals = [(r["_step"], r["eval_step"], r["fid_quick"]) for r in history if "fid_quick" in r]
+    assert [e[1:] for e in evals] == [(8, 30.0), (16, 20.0), (24, 10.0)]
+    assert [e[0] for e in evals] == sorted({e[0] for e in evals})  # distinct, increasing
+    assert min(e[0] for e in evals) >= 26  # never before a step W&B has already
+    assert [r["_step"] for r in history if "D/latent_real" in r] == [2, 26, 28]
+    jsonl = [(r["step"], r["fid_quick"]) for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")
+             if "fid_quick" in r]
+    assert jsonl == [(8, 30.0), (16, 20.0), (24, 10.0)]
 
 
 # ---------------------------------------------------------------- eval's table

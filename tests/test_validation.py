@@ -101,9 +101,6 @@ def test_keep_best_chooses_from_the_validated_metrics(runs):
 
 
 @pytest.mark.ray
-@pytest.mark.xfail(reason="known bug (issue 24, open): late results picked up together are logged "
-                   "to W&B at one step and W&B keeps only the last; TensorBoard and metrics.jsonl "
-                   "get all of them", strict=False)
 def test_beside_results_reach_tensorboard_and_wandb_at_their_steps(runs):
     from tensorboard.backend.event_processing import event_accumulator
 
@@ -118,8 +115,6 @@ def test_beside_results_reach_tensorboard_and_wandb_at_their_steps(runs):
 
 
 @pytest.mark.ray
-@pytest.mark.xfail(reason="known gap (issue 24, open): on a clean-clone run one interval, holding "
-                   "an eval step's checkpoint save, was 5x the median", strict=False)
 def test_the_loop_does_not_wait_for_validation(runs):
     """Print intervals of the beside run: none above 3x the median (a ratio within one run)."""
     times = _log_times(runs["beside"][0])

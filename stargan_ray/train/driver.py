@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from typing import Callable
 
@@ -19,6 +20,13 @@ from .validation import plan_validation
 from .worker import TrainingStopped, consume_stop_reason, train_loop_per_worker
 
 log = logging.getLogger(__name__)
+
+# Ray Train's controller takes one report per worker each time it polls the workers (every 2 s by
+# default); a report made sooner waits in the worker, and with asynchronous uploads the next
+# checkpoint's upload waits behind it. Ray passes this variable on to the controller it starts;
+# a value the user set is kept.
+POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+REPORT_POLL_S = 0.5
 
 
 _TRAINER_CLASS = None
@@ -46,10 +54,12 @@ def _trainer_class():
 
 
 def worker_spec(cfg: ExperimentConfig, opts: RunOptions, plan: RunPlan, *,
-                wandb_name: str | None = None, wandb_group: str | None = None) -> WorkerSpec:
+                wandb_name: str | None = None, wandb_group: str | None = None,
+                report_logs: bool = False) -> WorkerSpec:
     """The one WorkerSpec of a run (built on the driver): the plan's folder and start, the
     training data put in the object store (each worker streams its own lanes, data/pipeline.py).
-    wandb_name / wandb_group: a Tune trial's W&B run (default: the run name, no group)."""
+    wandb_name / wandb_group: a Tune trial's W&B run (default: the run name, no group);
+    report_logs: a Tune trial's reports at every log step (spec.WorkerSpec)."""
     from ..data.pipeline import prepare_train_data
 
     return WorkerSpec(cfg=cfg, run_dir=plan.run_dir, run_name=wandb_name or opts.run_name(cfg),
@@ -57,7 +67,7 @@ def worker_spec(cfg: ExperimentConfig, opts: RunOptions, plan: RunPlan, *,
                       wandb_group=wandb_group,
                       threads_per_worker=max(1, int(opts.cpus_per_worker)),
                       init_from=storage_uri(opts.init_from) if opts.init_from else None,
-                      init_map=tuple(opts.init_map))
+                      init_map=tuple(opts.init_map), report_logs=report_logs)
 
 
 def build_trainer(spec: WorkerSpec, opts: RunOptions, *, callbacks: list | None = None):
@@ -67,6 +77,7 @@ def build_trainer(spec: WorkerSpec, opts: RunOptions, *, callbacks: list | None 
     from ray.train.torch import TorchConfig
 
     quiet_ray_data()
+    os.environ.setdefault(POLL_ENV, str(REPORT_POLL_S))
     aside = reconcile_snapshot(spec.run_dir, spec.start)
     if aside is not None:
         log.info("moved Ray's checkpoint snapshot (it disagrees with the run folder) to %s", aside)

@@ -69,6 +69,8 @@ class RunLogger:
         self._artifacts = None  # checkpoints as W&B artifacts (dashboards.CheckpointArtifacts)
         self._unplotted = False  # metrics logged since plots/losses.png was last drawn
         self._wandb_step = 0  # the latest step logged to W&B
+        self._wandb_evals: list[dict[str, Any]] = []  # evaluations waiting for a W&B step
+        self._wandb_eval_step = -1  # the W&B step holding the latest evaluation
         self.records = None  # records.RecordSync: uploads for a URI run folder (rank 0)
         if rank != 0:
             return
@@ -183,6 +185,7 @@ class RunLogger:
             return
         console(line)
         self._wandb_log(metrics, step)
+        self._flush_wandb_evals()
         self._record_metrics(step, metrics)
 
     def _record_metrics(self, step: int, metrics: dict[str, Any]) -> None:
@@ -233,8 +236,22 @@ class RunLogger:
         if self.rank != 0 or not metrics:
             return
         console(f"[{step}] " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
-        self._wandb_log({**metrics, "eval_step": step}, max(step, self._wandb_step))
+        self._wandb_evals.append({**metrics, "eval_step": step})
+        self._flush_wandb_evals()
         self._record_metrics(step, metrics)
+
+    def _flush_wandb_evals(self, final: bool = False) -> None:
+        """Log the waiting evaluations to W&B, one per W&B step: a W&B row keeps one value per
+        key, so an evaluation whose step already holds another one (several late ones picked up
+        together) waits for the next logged step; at the end, the steps after the last."""
+        while self._wandb_evals and self.wandb is not None:
+            step = max(self._wandb_evals[0]["eval_step"], self._wandb_step)
+            if step <= self._wandb_eval_step:
+                if not final:
+                    return
+                step = self._wandb_eval_step + 1
+            self._wandb_log(self._wandb_evals.pop(0), step)
+            self._wandb_eval_step = step
 
     def checkpoint_saved(self, checkpoint_dir: str, step: int, metrics: dict[str, Any],
                          aliases: tuple[str, ...]) -> None:
@@ -243,6 +260,7 @@ class RunLogger:
             self._artifacts.log(checkpoint_dir, step, aliases, metrics.get("fid_quick"))
 
     def finish(self) -> None:
+        self._flush_wandb_evals(final=True)
         self.plot()
         if self._tb is not None:
             self._tb.close()

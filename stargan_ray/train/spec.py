@@ -30,6 +30,10 @@ class WorkerSpec:
     threads_per_worker: int = 1  # torch intra-op threads in each worker
     init_from: str | None = None  # a new run's networks from this file (transfer.py), as a URI
     init_map: tuple[str, ...] = ()  # --map OLD=NEW pairs for its domains
+    # A Tune trial: every log step's metrics are reported to Ray (its scheduler may rank on a
+    # loss). A plain run reports its checkpoints and evaluations only: Ray's controller takes
+    # one report per poll, and reports made faster than that queue up (driver.REPORT_POLL_S).
+    report_logs: bool = False
 
     def loop_config(self) -> dict[str, Any]:
         """The train_loop_config Ray passes to every worker."""

@@ -360,7 +360,7 @@ class _Loop:
                 raise _Stop(problem)
             if t.nan_policy == "rollback":
                 self.last_good = _cpu_copy(state_dict(state))
-        elif due.log or due.eval:
+        elif due.eval or (due.log and self.spec.report_logs):
             report_metrics(metrics, t.checkpoint_upload)
         if t.keep_best and self.rank == 0 and "fid_quick" in metrics and weights_finite(state):
             _keep_best(state, metrics, logger, self.spec.run_dir, due.save)

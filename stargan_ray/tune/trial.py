@@ -116,7 +116,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
     trainer = build_trainer(
         worker_spec(cfg, opts, plan, wandb_name=f"{spec.sweep}-{trial_id}",
-                    wandb_group=spec.sweep), opts, callbacks=[_forwarder(queue)])
+                    wandb_group=spec.sweep, report_logs=True), opts, callbacks=[_forwarder(queue)])
     fit = _FitThread(trainer)
     for metrics, train_checkpoint in _reports(queue, fit):
         final = metrics[TIME_ATTR] >= cfg.train.total_iters
