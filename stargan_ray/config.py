@@ -102,6 +102,10 @@ class TrainConfig:
     sample_every: int = 5000  # steps between sample grids
     save_every: int = 10000  # steps between checkpoints
     eval_every: int = 50000  # steps between fid_quick evaluations
+    # Steps between full evaluations (the official FID/LPIPS protocol, both modes, eval's
+    # settings) of the step's checkpoint, run as Ray validation tasks beside training like
+    # fid_quick (train/validation.py); 0 = never. Only with eval.validation = "beside".
+    full_eval_every: int = 0
     keep_checkpoints: int = 3  # newest checkpoints kept in the run folder
     # Also keep the checkpoint with the lowest fid_quick in <run>/best/ (best.json names it).
     keep_best: bool = False
@@ -287,6 +291,9 @@ def validate(cfg: ExperimentConfig) -> None:
     if t.keep_best and t.eval_every > t.total_iters:
         raise ConfigError(f"train.keep_best: needs fid_quick, which train.eval_every="
                           f"{t.eval_every} > train.total_iters={t.total_iters} disables")
+    if t.full_eval_every and cfg.eval.validation == "inline":
+        raise ConfigError("train.full_eval_every: full evaluations run only beside training; "
+                          "set eval.validation=\"beside\" (got \"inline\") or full_eval_every=0")
     gpus = cfg.eval.validation_gpus
     _require(gpus == -1 or gpus >= 0, "eval.validation_gpus",
              "must be -1 (one when the workers use GPUs) or >= 0", gpus)
