@@ -102,10 +102,8 @@ class TrainConfig:
     sample_every: int = 5000  # steps between sample grids
     save_every: int = 10000  # steps between checkpoints
     eval_every: int = 50000  # steps between fid_quick evaluations
-    # Steps between full evaluations (the official FID/LPIPS protocol, both modes, eval's
-    # settings) of the step's checkpoint, run as Ray validation tasks beside training like
-    # fid_quick (train/validation.py); 0 = never. Only with eval.validation = "beside".
-    full_eval_every: int = 0
+    # Steps between full evaluations (official FID/LPIPS, both modes) of the step's checkpoint,
+    full_eval_every: int = 0  # as Ray tasks beside training (validation=beside only); 0 = never
     keep_checkpoints: int = 3  # newest checkpoints kept in the run folder
     # Also keep the checkpoint with the lowest fid_quick in <run>/best/ (best.json names it).
     keep_best: bool = False

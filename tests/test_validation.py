@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from stargan_ray.config import ConfigError
+from stargan_ray.config import ConfigError, from_dict
 from stargan_ray.data.synthetic import generate
 from stargan_ray.plots import read_jsonl
 from stargan_ray.train.validation import RECORDS_DIR, fits_beside, task_resources
@@ -185,6 +186,11 @@ def test_a_run_whose_cluster_has_no_room_beside_evaluates_inline(ray_session, tm
     spec = WorkerSpec(cfg, str(tmp_path), "t", data=None)
     full, config = plan_validation(spec, run_options(tmp_path, "t", num_workers=8))
     assert config is None and full.cfg.eval.validation == "inline"
+    asked = WorkerSpec(replace(cfg, train=replace(cfg.train, full_eval_every=4)), str(tmp_path),
+                       "t", data=None)
+    inline, config = plan_validation(asked, run_options(tmp_path, "t", num_workers=8))
+    assert config is None and inline.cfg.train.full_eval_every == 0  # none inline
+    assert from_dict(inline.cfg.to_dict()) == inline.cfg  # what its checkpoints store
     room, config = plan_validation(spec, run_options(tmp_path, "t", num_workers=1))
     assert config is not None and room.cfg.eval.validation == "beside"
     assert config.ray_remote_kwargs == {"num_cpus": 1.0, "num_gpus": 0.0}
@@ -194,10 +200,13 @@ def test_tune_trials_evaluate_inline_whatever_the_experiment_says():
     """ASHA and PBT act on the fid_quick a report carries: a trial's is its own step's."""
     from stargan_ray.tune.trial import trial_config
 
-    base = tiny_config(**{"eval.validation": "beside", "train.eval_every": 4}).to_dict()
+    base = tiny_config(**{"eval.validation": "beside", "train.eval_every": 4,
+                          "train.full_eval_every": 8}).to_dict()
     cfg = trial_config(base, {"loss.lambda_ds": 2.0})
     assert cfg.eval.validation == "inline" and cfg.loss.lambda_ds == 2.0
     assert cfg.train.eval_every == 4
+    assert cfg.train.full_eval_every == 0  # beside only; the checkpoints' config stays valid
+    assert from_dict(cfg.to_dict()) == cfg
 
 
 def test_full_evaluations_are_refused_inline_with_both_keys_named():

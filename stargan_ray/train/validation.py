@@ -86,7 +86,9 @@ def plan_validation(spec: WorkerSpec, opts) -> tuple[WorkerSpec, Any]:
                     "beside the workers; fid_quick runs inline (eval.validation=\"inline\" "
                     "says so without this warning)%s", task,
                     "; train.full_eval_every's full evaluations do not run" if full else "")
-        inline = replace(cfg, eval=replace(cfg.eval, validation="inline"))
+        # without full evaluations: the checkpoints' config must pass config.validate again
+        inline = replace(cfg, eval=replace(cfg.eval, validation="inline"),
+                         train=replace(t, full_eval_every=0))
         return replace(spec, cfg=inline), None
     return spec, validation_config(cfg, spec.run_dir, task)
 
