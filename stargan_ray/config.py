@@ -102,6 +102,8 @@ class TrainConfig:
     sample_every: int = 5000  # steps between sample grids
     save_every: int = 10000  # steps between checkpoints
     eval_every: int = 50000  # steps between fid_quick evaluations
+    # Steps between full evaluations (official FID/LPIPS, both modes) of the step's checkpoint,
+    full_eval_every: int = 0  # as Ray tasks beside training (validation=beside only); 0 = never
     keep_checkpoints: int = 3  # newest checkpoints kept in the run folder
     # Also keep the checkpoint with the lowest fid_quick in <run>/best/ (best.json names it).
     keep_best: bool = False
@@ -287,6 +289,9 @@ def validate(cfg: ExperimentConfig) -> None:
     if t.keep_best and t.eval_every > t.total_iters:
         raise ConfigError(f"train.keep_best: needs fid_quick, which train.eval_every="
                           f"{t.eval_every} > train.total_iters={t.total_iters} disables")
+    if t.full_eval_every and cfg.eval.validation == "inline":
+        raise ConfigError("train.full_eval_every: full evaluations run only beside training; "
+                          "set eval.validation=\"beside\" (got \"inline\") or full_eval_every=0")
     gpus = cfg.eval.validation_gpus
     _require(gpus == -1 or gpus >= 0, "eval.validation_gpus",
              "must be -1 (one when the workers use GPUs) or >= 0", gpus)

@@ -87,6 +87,7 @@ BOUNDS: dict[str, Bound] = {
     "train.sample_every": _COUNT,
     "train.save_every": _COUNT,
     "train.eval_every": _COUNT,
+    "train.full_eval_every": Bound(0, COUNT_MAX, why="0: never"),
     "train.keep_checkpoints": _COUNT,
     "train.preemption_check_every": Bound(0, COUNT_MAX, why="0: never ask"),
     "train.max_preemptions": Bound(-1, COUNT_MAX, why="-1: no limit"),

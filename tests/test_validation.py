@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from stargan_ray.config import ConfigError
+from stargan_ray.config import ConfigError, from_dict
 from stargan_ray.data.synthetic import generate
 from stargan_ray.plots import read_jsonl
 from stargan_ray.train.validation import RECORDS_DIR, fits_beside, task_resources
@@ -25,7 +26,7 @@ from .helpers import (intra_op_threads, offline_wandb_run, run_options, tiny_con
 EVAL_STEPS = [8, 16, 24]
 
 
-def _config(root: Path, validation: str):
+def _config(root: Path, validation: str, **overrides):
     train_dir, val_dir = root / "data" / "train", root / "data" / "val"
     if not train_dir.exists():
         generate(root / "data", img_size=32, num_domains=2, n_train=4, n_val=4)
@@ -33,7 +34,7 @@ def _config(root: Path, validation: str):
         "train.total_iters": 24, "train.print_every": 2, "train.sample_every": 1000,
         "train.save_every": 24, "train.eval_every": 8, "train.keep_best": True,
         "train.keep_checkpoints": 1, "eval.quick_sources": 4, "eval.quick_outs": 2,
-        "eval.validation": validation, "eval.validation_cpus": 1.0})
+        "eval.validation": validation, "eval.validation_cpus": 1.0, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +115,15 @@ def test_beside_results_reach_tensorboard_and_wandb_at_their_steps(runs):
     assert {r["eval_step"]: r["fid_quick"] for r in rows} == fids
 
 
+def _full_evaluation(nets_ema, cfg, step: int) -> dict[str, float]:
+    """The full evaluation as `stargan-ray eval` runs it (both modes), in this process."""
+    from stargan_ray.metrics.evaluator import EvalOptions, evaluate
+
+    with intra_op_threads(1):  # as the task: the same float rounding
+        results = evaluate(nets_ema, cfg, step=step, mode="both", opts=EvalOptions(progress=False))
+    return {k: v for k, v in results.items() if v is not None}
+
+
 @pytest.mark.ray
 def test_the_loop_does_not_wait_for_validation(runs):
     """Print intervals of the beside run: none above 3x the median (a ratio within one run)."""
@@ -155,6 +165,11 @@ def test_a_run_whose_cluster_has_no_room_beside_evaluates_inline(ray_session, tm
     spec = WorkerSpec(cfg, str(tmp_path), "t", data=None)
     full, config = plan_validation(spec, run_options(tmp_path, "t", num_workers=8))
     assert config is None and full.cfg.eval.validation == "inline"
+    asked = WorkerSpec(replace(cfg, train=replace(cfg.train, full_eval_every=4)), str(tmp_path),
+                       "t", data=None)
+    inline, config = plan_validation(asked, run_options(tmp_path, "t", num_workers=8))
+    assert config is None and inline.cfg.train.full_eval_every == 0  # none inline
+    assert from_dict(inline.cfg.to_dict()) == inline.cfg  # what its checkpoints store
     room, config = plan_validation(spec, run_options(tmp_path, "t", num_workers=1))
     assert config is not None and room.cfg.eval.validation == "beside"
     assert config.ray_remote_kwargs == {"num_cpus": 1.0, "num_gpus": 0.0}
@@ -164,10 +179,36 @@ def test_tune_trials_evaluate_inline_whatever_the_experiment_says():
     """ASHA and PBT act on the fid_quick a report carries: a trial's is its own step's."""
     from stargan_ray.tune.trial import trial_config
 
-    base = tiny_config(**{"eval.validation": "beside", "train.eval_every": 4}).to_dict()
+    base = tiny_config(**{"eval.validation": "beside", "train.eval_every": 4,
+                          "train.full_eval_every": 8}).to_dict()
     cfg = trial_config(base, {"loss.lambda_ds": 2.0})
     assert cfg.eval.validation == "inline" and cfg.loss.lambda_ds == 2.0
     assert cfg.train.eval_every == 4
+    assert cfg.train.full_eval_every == 0  # beside only; the checkpoints' config stays valid
+    assert from_dict(cfg.to_dict()) == cfg
+
+
+def test_full_evaluations_are_refused_inline_with_both_keys_named():
+    assert tiny_config().train.full_eval_every == 0  # never, unless asked
+    tiny_config(**{"train.full_eval_every": 10})  # beside, the default
+    with pytest.raises(ConfigError, match=r"train.full_eval_every: .*eval.validation"):
+        tiny_config(**{"train.full_eval_every": 10, "eval.validation": "inline"})
+    tiny_config(**{"train.full_eval_every": 0, "eval.validation": "inline"})
+    with pytest.raises(ConfigError, match="train.full_eval_every: must be >= 0"):
+        tiny_config(**{"train.full_eval_every": -1})
+
+
+def test_each_step_asks_its_task_for_the_evaluations_due_at_it():
+    """eval_every and full_eval_every count on their own; a step due for both asks for both."""
+    from stargan_ray.train.validation import BesideResults
+    from stargan_ray.train.worker import Due
+
+    t = tiny_config(**{"train.total_iters": 24, "train.eval_every": 8,
+                       "train.full_eval_every": 12}).train
+    asked = {s: BesideResults.request(Due.at(s, t)) for s in range(1, t.total_iters + 1)}
+    assert {s: r.fn_kwargs for s, r in asked.items() if r} == {
+        8: {"quick": True, "full": False}, 12: {"quick": False, "full": True},
+        16: {"quick": True, "full": False}, 24: {"quick": True, "full": True}}
 
 
 class _Logger:
@@ -212,3 +253,29 @@ def test_the_validation_function_gives_the_inline_number_and_rank_0_logs_it(tmp_
     assert logger.evaluations == [(8, metrics)]
     assert logger.saved == [(f"{run_dir}/best/checkpoint_00000008", 8, ("best",))]
     assert beside.pick_up() == []  # logged once
+
+
+def test_the_validation_function_runs_the_full_evaluation_when_asked(tmp_path, monkeypatch):
+    """validate_checkpoint with full=True (a full_eval_every step that is no eval_every step):
+    the evaluator's numbers for the checkpoint's nets_ema, no fid_quick, no best; logged once."""
+    monkeypatch.setenv("STARGAN_RAY_CACHE", str(tmp_path / "cache"))
+    import ray.train
+
+    from stargan_ray.checkpoint import save_checkpoint
+    from stargan_ray.engine import TrainState
+    from stargan_ray.train.validation import BesideResults, validate_checkpoint
+
+    cfg = _config(tmp_path, "beside", **{"train.full_eval_every": 12})
+    state = TrainState.create(cfg, "cpu", seed=3)
+    state.step = 12
+    run_dir = tmp_path / "run"
+    save_checkpoint(state, run_dir / "checkpoint_00000012" / "checkpoint.pt")
+    checkpoint = ray.train.Checkpoint.from_directory(str(run_dir / "checkpoint_00000012"))
+    metrics = validate_checkpoint(checkpoint, cfg=cfg.to_dict(), run_dir=str(run_dir),
+                                  device="cpu", threads=1, quick=False, full=True)
+    assert metrics == _full_evaluation(state.nets_ema, cfg, 12)  # equal, not close
+    assert "FID_latent/mean" in metrics and "fid_quick" not in metrics
+    assert not (run_dir / "best").exists()  # no fid_quick, no score
+    logger = _Logger()
+    assert BesideResults(str(run_dir), logger, rank=0).pick_up() == [12]
+    assert logger.evaluations == [(12, metrics)] and logger.saved == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -68,3 +69,13 @@ def quiet_ray_data() -> None:
     ctx.enable_operator_progress_bars = False
     ctx.print_on_execution_start = False
 
+
+
+def quiet_train_reports() -> None:
+    """Ray Train logs every ray.train.report of every worker at INFO, metrics included: a flood
+    next to our one line per print_every. Its logger is named after its file."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: keep its logs
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)

@@ -116,13 +116,13 @@ def remove_partial(run_dir: str, name: str) -> None:
 
 def save_report(state: TrainState, metrics: dict[str, Any], rank: int, world: int,
                 run_dir: str, on_uploaded: Callable[[], None] | None = None,
-                validation: bool = False) -> str | None:
+                validation: Any = False) -> str | None:
     """Every rank reports (a barrier); rank 0 attaches the complete state as a checkpoint, whose
     upload runs as train.checkpoint_upload says (upload.py): with "async" the loop goes on once
     the state is in a local folder. on_uploaded: rank 0, once the checkpoint is in storage.
     None when saved; on a full disk, the one-line reason on rank 0 ("" on the others) and no
-    report on any rank. validation: ask Ray to validate the checkpoint (train/validation.py);
-    rank 0, which holds the checkpoint, asks."""
+    report on any rank. validation: ask Ray to validate the checkpoint (True, or a
+    ValidationTaskConfig: train/validation.py); rank 0, which holds the checkpoint, asks."""
     if not weights_finite(state):
         raise NonFiniteWeights(f"non-finite weights at step {state.step}; checkpoint not written")
     name = checkpoint_name(state.step)
@@ -140,7 +140,7 @@ def save_report(state: TrainState, metrics: dict[str, Any], rank: int, world: in
             shutil.rmtree(local, ignore_errors=True)
             remove_partial(run_dir, name)
         return problem or ""
-    extra = {"validation": True} if validation and rank == 0 else {}
+    extra = {"validation": validation} if validation and rank == 0 else {}
     report_checkpoint(metrics, local, run_dir, name, state.cfg.train.checkpoint_upload,
                       on_uploaded, **extra)
     return None

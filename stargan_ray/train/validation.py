@@ -1,11 +1,17 @@
 """eval.validation = "beside": train.eval_every's fid_quick as a Ray Train validation task.
 
-At an eval step the loop saves and reports the step's checkpoint with `validation=True`
+At an eval step the loop saves and reports the step's checkpoint with a validation request
 (saving.save_report); Ray's controller then runs validate_checkpoint on it as a task with its own
 resources (eval.validation_cpus / eval.validation_gpus), one at a time, while the workers train on,
 and attaches the returned metrics to that checkpoint. The task loads nets_ema from the checkpoint
 and calls the same quick_eval as the inline mode, so a checkpoint gets the same fid_quick either
 way.
+
+At train.full_eval_every's steps the task also runs the full evaluation (the official protocol,
+metrics.evaluator.evaluate, both modes, cfg.eval's settings) and adds its numbers to the same
+record. Each report says which evaluations its task runs: a ValidationTaskConfig whose fn_kwargs
+override the defaults (BesideResults.request). Full evaluations run only beside training
+(config.validate refuses them with eval.validation = "inline").
 
 The run's records have one writer each: the task writes one small record per evaluated step
 (<run>/validations/checkpoint_<step>.json, an atomic write) and, with train.keep_best, the best/
@@ -69,16 +75,20 @@ def plan_validation(spec: WorkerSpec, opts) -> tuple[WorkerSpec, Any]:
     """The run's spec and Ray's ValidationConfig (None: no beside validation). A beside run
     whose cluster cannot hold the task beside its workers (at their most) evaluates inline,
     with a warning: a task that waited for the workers' resources would wait for the run."""
-    cfg = spec.cfg
-    if cfg.eval.validation != "beside" or cfg.train.eval_every > cfg.train.total_iters:
+    cfg, t = spec.cfg, spec.cfg.train
+    full = 0 < t.full_eval_every <= t.total_iters
+    if cfg.eval.validation != "beside" or (t.eval_every > t.total_iters and not full):
         return spec, None
     task = task_resources(cfg, opts.gpus_per_worker)
     per_worker = opts.resources()["resources_per_worker"]
     if not fits_beside(cluster_total(), opts.worker_range[1], per_worker, task):
         log.warning("eval.validation=beside: the cluster cannot hold a validation task (%s) "
                     "beside the workers; fid_quick runs inline (eval.validation=\"inline\" "
-                    "says so without this warning)", task)
-        inline = replace(cfg, eval=replace(cfg.eval, validation="inline"))
+                    "says so without this warning)%s", task,
+                    "; train.full_eval_every's full evaluations do not run" if full else "")
+        # without full evaluations: the checkpoints' config must pass config.validate again
+        inline = replace(cfg, eval=replace(cfg.eval, validation="inline"),
+                         train=replace(t, full_eval_every=0))
         return replace(spec, cfg=inline), None
     return spec, validation_config(cfg, spec.run_dir, task)
 
@@ -96,9 +106,11 @@ def validation_config(cfg: ExperimentConfig, run_dir: str, resources: dict[str, 
 
 
 def validate_checkpoint(checkpoint, *, cfg: dict[str, Any], run_dir: str, device: str,
-                        threads: int) -> dict[str, float]:
+                        threads: int, quick: bool = True, full: bool = False
+                        ) -> dict[str, float]:
     """The validation task: fid_quick of the checkpoint's nets_ema (the inline function and
-    seeds), the best/ copy with train.keep_best, and the record rank 0 logs."""
+    seeds) when quick, the full evaluation's numbers when full (full_evaluation), the best/ copy
+    with train.keep_best, and the record rank 0 logs."""
     from pathlib import Path
 
     import torch
@@ -112,12 +124,29 @@ def validate_checkpoint(checkpoint, *, cfg: dict[str, Any], run_dir: str, device
     with checkpoint.as_directory() as folder:
         file = Path(folder) / CHECKPOINT_FILE
         _, nets_ema = load_ema_networks(file, run_cfg, device)
-        metrics = quick_eval(nets_ema, run_cfg, device)
+        metrics = quick_eval(nets_ema, run_cfg, device) if quick else {}
+        if full:
+            metrics.update(full_evaluation(nets_ema, run_cfg, step, device))
         best = run_cfg.train.keep_best and _keep_best(run_dir, step, metrics, file)
     record = {"step": step, **metrics, "best": bool(best)}
     write_bytes(join(run_dir, RECORDS_DIR, f"{checkpoint_name(step)}.json"),
                 json.dumps(record).encode())
     return metrics
+
+
+def full_evaluation(nets_ema, cfg: ExperimentConfig, step: int, device: str) -> dict[str, float]:
+    """The official protocol in this process, both modes (as `stargan-ray eval`'s default), with
+    cfg.eval's settings: FID, KID and LPIPS per task and their means, under their official keys.
+    Values the evaluator could not compute (None) are left out: every record value is a number."""
+    from ..metrics.evaluator import EvalOptions, evaluate
+    from ..metrics.memory import give_back
+
+    opts = EvalOptions(device=device, progress=False, keep_networks=False)
+    try:
+        results = evaluate(nets_ema, cfg, step=step, mode="both", opts=opts)
+    finally:  # the task's process may run the next validation: nothing stays behind
+        give_back(device)
+    return {k: float(v) for k, v in results.items() if v is not None}
 
 
 def _keep_best(run_dir: str, step: int, metrics: dict[str, float], file) -> bool:
@@ -139,6 +168,18 @@ class BesideResults:
 
     def __init__(self, run_dir: str, logger, rank: int) -> None:
         self.run_dir, self.logger, self.active = run_dir, logger, rank == 0
+
+    @staticmethod
+    def request(due) -> Any:
+        """ray.train.report's validation for a step's worker.Due (every rank asks; saving sends
+        rank 0's): False when the step evaluates nothing, else what the task runs on its
+        checkpoint (fn_kwargs of validate_checkpoint)."""
+        if not (due.eval or due.full_eval):
+            return False
+        import ray.train
+
+        return ray.train.ValidationTaskConfig(fn_kwargs={"quick": due.eval,
+                                                         "full": due.full_eval})
 
     def pick_up(self) -> list[int]:
         """Log and remove every record present; the steps logged, in order."""

@@ -185,21 +185,11 @@ def _restore_newest(state: TrainState, own, start: StartPoint | None) -> None:
             _restore(state, safe_load(Path(folder) / CHECKPOINT_FILE, state.device))
 
 
-def _quiet_train_reports() -> None:
-    """Ray Train logs every ray.train.report of every worker at INFO, metrics included: a flood
-    next to our one line per print_every. Its logger is named after its file."""
-    try:
-        from ray.train.v2._internal.execution import context
-    except ImportError:  # another Ray layout: keep its logs
-        return
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
-
-
 @dataclass
 class Outputs:
     """What the loop makes besides checkpoints: the run's records (logger, rank 0 writes), the
-    sample grids (rank 0) and the quick evaluation (inline: every rank, at the same steps;
-    beside: Ray validation tasks on the eval steps' checkpoints, their results picked up)."""
+    sample grids (rank 0) and the evaluations (inline: fid_quick on every rank at the same steps;
+    beside: Ray validation tasks on the steps' checkpoints, full ones too; results picked up)."""
 
     logger: Any  # logger.RunLogger
     samples: Callable[[TrainState], dict[str, Any]]  # the step's grids (PIL images)
@@ -213,12 +203,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from ..data.pipeline import worker_batches
-    from .cluster import quiet_ray_data
+    from .cluster import quiet_ray_data, quiet_train_reports
     from .logger import RunLogger
 
     spec = WorkerSpec.from_loop_config(loop_config)
     cfg = spec.cfg
-    _quiet_train_reports()
+    quiet_train_reports()
     quiet_ray_data()  # each worker runs its own Ray Data pipeline: no progress lines from it
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -287,6 +277,7 @@ class Due:
     sample: bool
     eval: bool
     save: bool
+    full_eval: bool = False  # train.full_eval_every (0: never)
 
     @staticmethod
     def at(step: int, t) -> "Due":
@@ -294,7 +285,8 @@ class Due:
         # eval is not forced at the end: a full evaluation usually follows
         return Due(log=step % t.print_every == 0 or final,
                    sample=step % t.sample_every == 0 or final,
-                   eval=step % t.eval_every == 0, save=step % t.save_every == 0 or final)
+                   eval=step % t.eval_every == 0, save=step % t.save_every == 0 or final,
+                   full_eval=t.full_eval_every > 0 and step % t.full_eval_every == 0)
 
 
 class _Loop:
@@ -346,8 +338,8 @@ class _Loop:
                 self.out.beside.pick_up()
         if due.sample and self.rank == 0:
             logger.images(step, self.out.samples(state))
-        beside = due.eval and self.out.beside is not None
-        if due.eval and not beside:
+        beside = self.out.beside is not None and self.out.beside.request(due)  # the task's work
+        if due.eval and self.out.beside is None:
             evaluation = self.out.evaluate(state)
             logger.evaluation(step, evaluation)
             metrics.update(evaluation)
@@ -378,7 +370,7 @@ def _train(state: TrainState, batches, out: Outputs, spec: WorkerSpec, rank: int
         batch: Batch = next(batches)
         loop.window.add(train_step(state, batch), state.step - 1)
         due = Due.at(state.step, state.cfg.train)
-        if due.eval and out.beside is not None:  # the step's checkpoint is what is validated
+        if (due.eval or due.full_eval) and out.beside is not None:  # its checkpoint is validated
             due = replace(due, save=True)
         notice = watch.poll(state.step)  # every rank, at the same steps (a barrier)
         if notice is not None:  # a node goes soon: checkpoint this step now

@@ -87,9 +87,11 @@ def trial_run_name(trial_id: str, start: dict[str, Any] | None, start_uri: str |
 def trial_config(base: dict[str, Any], values: dict[str, Any]) -> ExperimentConfig:
     """A trial's experiment: the sweep's base with the trial's values, fid_quick inline. ASHA and
     PBT decide on the values each report carries, so the fid_quick reported at a step must be
-    that step's; a validation beside the loop would arrive steps later (docs/ray.md)."""
+    that step's; a validation beside the loop would arrive steps later (docs/ray.md). Full
+    evaluations (train.full_eval_every) run only beside training: a trial runs none."""
     cfg = with_overrides(from_dict(base), list(values.items()))
-    return replace(cfg, eval=replace(cfg.eval, validation="inline"))
+    return replace(cfg, eval=replace(cfg.eval, validation="inline"),
+                   train=replace(cfg.train, full_eval_every=0))
 
 
 def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
