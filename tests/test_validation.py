@@ -1,8 +1,9 @@
 """eval.validation: fid_quick beside training (Ray validation tasks) and inline, on real Ray runs.
 
 Two 1-worker runs of one tiny config, beside and inline: the same training (seeded), fid_quick at
-steps 8, 16 and 24, the best kept. Beside, the worker holds 1 CPU and the validation task the
-other one of the machine's two cores.
+steps 8, 16 and 24, the best kept; beside, also the full evaluation at step 24
+(train.full_eval_every; at the last step, so that it delays no other validation). Beside, the
+worker holds 1 CPU and the validation task the other one of the machine's two cores.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .helpers import (intra_op_threads, offline_wandb_run, run_options, tiny_con
                       tiny_eval_config, wandb_history, wandb_records)
 
 EVAL_STEPS = [8, 16, 24]
+FULL_EVAL_STEPS = [24]
 
 
 def _config(root: Path, validation: str, **overrides):
@@ -45,7 +47,8 @@ def runs(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("validation")
     out = {}
     for mode in ("beside", "inline"):
-        cfg = _config(root, mode)
+        full = {"train.full_eval_every": 24} if mode == "beside" else {}
+        cfg = _config(root, mode, **full)
         result = run_training(cfg, run_options(root / "runs", mode, wandb="offline"), note=None)
         out[mode] = (root / "runs" / mode, cfg, result)
     return out
@@ -122,6 +125,26 @@ def _full_evaluation(nets_ema, cfg, step: int) -> dict[str, float]:
     with intra_op_threads(1):  # as the task: the same float rounding
         results = evaluate(nets_ema, cfg, step=step, mode="both", opts=EvalOptions(progress=False))
     return {k: v for k, v in results.items() if v is not None}
+
+
+@pytest.mark.ray
+def test_a_full_evaluation_runs_beside_with_the_evaluators_numbers(runs):
+    """Step 24 asks for both evaluations: one task, one record (that the intervals count on
+    their own is test_each_step_asks_its_task_for_the_evaluations_due_at_it)."""
+    from stargan_ray.checkpoint import load_ema_networks
+
+    run_dir, cfg, _ = runs["beside"]
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    full = {r["step"]: r for r in records if "FID_latent/mean" in r}
+    assert sorted(full) == FULL_EVAL_STEPS
+    assert full[24]["fid_quick"] == _fids(run_dir)[24]  # one record with both
+    _, nets_ema = load_ema_networks(run_dir / "checkpoint_00000024" / "checkpoint.pt", cfg, "cpu")
+    expected = _full_evaluation(nets_ema, cfg, 24)
+    assert {"FID_reference/mean", "LPIPS_latent/mean", "LPIPS_reference/mean"} <= set(expected)
+    assert {k: full[24][k] for k in expected} == expected  # equal, not close
+    assert not any("FID_latent/mean" in r for r in read_jsonl(runs["inline"][0] / "metrics.jsonl"))
+    rows = wandb_history(wandb_records(offline_wandb_run(run_dir)))
+    assert sorted(r["eval_step"] for r in rows if "FID_latent/mean" in r) == FULL_EVAL_STEPS
 
 
 @pytest.mark.ray
