@@ -8,7 +8,6 @@ stargan_ray, not an installed one).
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import statistics
 import sys
@@ -45,16 +44,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def report_collector(path: str):
-    """A Train callback (it runs in the controller actor) appending rank 0's reports to a file."""
-    from ray.train import UserCallback
+def logged_windows(run_dir: Path) -> list[dict]:
+    """Rank 0's log rows of a run, one per print_every window (images_per_s, and on CUDA
+    peak_memory_gib), from its metrics.jsonl; [] before the first. Ray's reports are fewer: a
+    plain run reports its checkpoints and evaluations only."""
+    from stargan_ray.plots import read_jsonl
 
-    class CollectReports(UserCallback):
-        def after_report(self, run_context, metrics, checkpoint) -> None:
-            with open(path, "a") as f:
-                f.write(json.dumps(metrics[0]) + "\n")
-
-    return CollectReports()
+    path = Path(run_dir) / "metrics.jsonl"
+    return [r for r in read_jsonl(path) if "images_per_s" in r] if path.exists() else []
 
 
 # ---------------------------------------------------------------- configs, batches, timing

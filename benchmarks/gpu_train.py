@@ -8,10 +8,10 @@ benchmarks/gpu_suite.sh runs it after the suite, so one GPU session of under 8 m
 Each experiment (celeba_hq, afhq) is a real `stargan-ray train` run (stargan_ray.train.run_training:
 the Ray Data pipeline, the TorchTrainer, checkpoints) with 1 worker holding 1 GPU, bf16, the
 paper's networks at 256 px and total batch 8, on the embedded synthetic dataset drawn at 256 px
-(data "synthetic"), for 200 steps with a report every 20 and one checkpoint at the end. A Train
-callback collects rank 0's reports; the first window (worker start, pipeline warm-up, cuDNN's
+(data "synthetic"), for 200 steps with a log row every 20 and one checkpoint at the end. Rank 0's rows
+(the run's metrics.jsonl) give the windows; the first window (worker start, pipeline warm-up, cuDNN's
 algorithm search) is dropped and the median of the others is the run's images/s. Per experiment:
-images/s, ms/step, the peak of torch.cuda.max_memory_allocated() in the worker (the worker reports
+images/s, ms/step, the peak of torch.cuda.max_memory_allocated() in the worker (the worker logs
 it on CUDA), the counted FLOPs of one train_step per image (benchmarks/flops.py, fake tensors),
 achieved TFLOP/s = FLOPs per image x images/s, its share of the bf16 matmul ceiling when the
 suite's results.json is given, and the paper's 100k-iteration schedule projected in hours at
@@ -22,7 +22,7 @@ not exist, seeded random FAN weights are written to a temporary wing file and us
 masks are meaningless, the arithmetic is the same), as benchmarks/gpu_suite.py does.
 
 --budget-s bounds the whole script: an experiment is skipped when less than MIN_RUN_S is left,
-and a run still going at the deadline is interrupted (its reports so far still count).
+and a run still going at the deadline is interrupted (its rows so far still count).
 
 --smoke: the same code on CPU with 32 px networks (those of gpu_suite.py's smoke mode, w_hpf 0),
 4 steps reported one by one, fp32; for tests/test_benchmarks_smoke.py. Its figures are not
@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 
-from common import (EXPERIMENTS, SCHEDULE_ITERS, SMOKE_MODEL, load_config, report_collector,
+from common import (EXPERIMENTS, SCHEDULE_ITERS, SMOKE_MODEL, load_config, logged_windows,
                     step_flops)
 from stargan_ray.config import ExperimentConfig
 from stargan_ray.train import RunOptions, init_ray, run_training
@@ -121,7 +121,7 @@ class Deadline:
 
 def summarize(reports: list[dict[str, Any]], cfg: ExperimentConfig, flops: float,
               bf16_peak: float | None) -> dict[str, Any]:
-    """The figures of one run from rank 0's reports (the first window dropped)."""
+    """The figures of one run from rank 0's log rows (the first window dropped)."""
     windows = [r["images_per_s"] for r in reports if "images_per_s" in r]
     steady = windows[1:] or windows
     batch = cfg.data.batch_size
@@ -141,21 +141,19 @@ def summarize(reports: list[dict[str, Any]], cfg: ExperimentConfig, flops: float
 
 def run_experiment(cfg: ExperimentConfig, opts: RunOptions, storage: Path,
                    deadline: Deadline) -> tuple[list[dict[str, Any]], str, float]:
-    """(rank 0's reports, "done" | "interrupted at the budget" | "failed: ...", wall s)."""
-    reports = storage / f"reports-{opts.run_name(cfg)}.jsonl"
+    """(rank 0's log rows, "done" | "interrupted at the budget" | "failed: ...", wall s)."""
     start = time.perf_counter()
     status = "done"
     try:
         with deadline:
-            run_training(cfg, opts, callbacks=[report_collector(str(reports))], note=None)
+            run_training(cfg, opts, note=None)
     except KeyboardInterrupt:  # the deadline (run_training aborts the workers first)
         status = "interrupted at the budget"
     except Exception as err:  # one failed run must not cost the other its figures
         traceback.print_exc()
         status = f"failed: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]}"
     wall = time.perf_counter() - start
-    rows = reports.read_text().splitlines() if reports.exists() else []
-    return [json.loads(line) for line in rows], status, wall
+    return logged_windows(Path(opts.storage) / opts.run_name(cfg)), status, wall
 
 
 def _fmt(value: float | None, width: int, spec: str) -> str:

@@ -6,8 +6,8 @@ Each run is a real `stargan-ray train` run (stargan_ray.train.run_training: Ray 
 TorchTrainer, gradient all-reduce, checkpoints) of experiments/toy.toml with the experiment's
 batch per worker: data.batch_size (the total per step) is set to N times the toy's, so N workers
 train on N times the images per step (weak scaling). The training
-loop reports its throughput (images/s over all workers) every print_every steps; a Train callback
-collects every report, the first window (worker start-up, pipeline warm-up) is dropped and the
+loop logs its throughput (images/s over all workers) every print_every steps (the run's
+metrics.jsonl); the first window (worker start-up, pipeline warm-up) is dropped and the
 median of the others is the run's figure. Scaling efficiency = images/s(N) / (N * images/s(1)).
 Runs alternate between the worker counts for --rounds rounds (1, 2, then 2, 1, ...), so that a
 change in the load of a shared machine does not fall on one side only; the figures are medians
@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import report_collector
+from common import logged_windows
 from stargan_ray.config import load_experiment
 from stargan_ray.train import RunOptions, init_ray, run_training
 
@@ -41,12 +41,10 @@ def run(workers: int, iters: int, print_every: int, storage: Path, tag: str) -> 
                                   f"train.eval_every={iters}"])
     opts = RunOptions(num_workers=workers, cpus_per_worker=1.0, storage=str(storage),
                       name=f"scaling-{workers}w-{tag}", wandb="disabled", max_failures=0)
-    reports = storage / f"reports-{workers}w-{tag}.jsonl"
     start = time.perf_counter()
-    run_training(cfg, opts, callbacks=[report_collector(str(reports))])
+    run_training(cfg, opts)
     wall = time.perf_counter() - start
-    rows = [json.loads(line) for line in reports.read_text().splitlines()]
-    windows = [r["images_per_s"] for r in rows if "images_per_s" in r]
+    windows = [r["images_per_s"] for r in logged_windows(storage / opts.run_name(cfg))]
     steady = windows[1:] or windows
     return {"workers": workers, "round": tag, "images_per_s": statistics.median(steady),
             "windows_images_per_s": windows, "batch_per_worker": per_worker,
