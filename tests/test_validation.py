@@ -122,8 +122,12 @@ def _full_evaluation(nets_ema, cfg, step: int) -> dict[str, float]:
     """The full evaluation as `stargan-ray eval` runs it (both modes), in this process."""
     from stargan_ray.metrics.evaluator import EvalOptions, evaluate
 
-    with intra_op_threads(1):  # as the task: the same float rounding
-        results = evaluate(nets_ema, cfg, step=step, mode="both", opts=EvalOptions(progress=False))
+    # As the task: one thread and networks built for the call. A network cached by an earlier
+    # test was built (random weights, batch norms calibrated) under another thread count, which
+    # moves the features by float rounding.
+    with intra_op_threads(1):
+        results = evaluate(nets_ema, cfg, step=step, mode="both",
+                           opts=EvalOptions(progress=False, keep_networks=False))
     return {k: v for k, v in results.items() if v is not None}
 
 
