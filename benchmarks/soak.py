@@ -237,13 +237,19 @@ def markdown(result: dict) -> str:
 # ---------------------------------------------------------------- the run
 
 
+# --smoke: small networks and a small fid_quick (the test checks the sampling, not the figures)
+SMOKE_SETS = ["model.dim_in=16", "model.max_conv_dim=64", "eval.quick_sources=2",
+              "eval.quick_outs=1"]
+
+
 def config(args: argparse.Namespace):
     return load_experiment("toy", [f"train.total_iters={args.steps}",
                                    f"train.eval_every={args.eval_every}",
                                    f"train.print_every={args.print_every}",
                                    f"train.save_every={args.save_every}",
                                    f"train.sample_every={args.save_every}",
-                                   f"eval.validation={args.validation}"])
+                                   f"eval.validation={args.validation}",
+                                   *(SMOKE_SETS if args.smoke else [])])
 
 
 def soak(args: argparse.Namespace, storage: Path) -> dict:

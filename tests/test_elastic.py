@@ -181,7 +181,10 @@ def _metrics_steps(run_dir: Path) -> list[int]:
 def test_a_preemption_notice_checkpoints_its_step_and_the_restart_resumes_there(two_nodes,
                                                                                tmp_path):
     address, env, node = two_nodes
-    total, deadline_s = 60, 15
+    # The run must outlast the notice (Ray's watcher polls drains every 5 s) and the deadline
+    # after it: 150 steps past the drain at step 10 (plain runs report only their checkpoints,
+    # so its steps are short).
+    total, deadline_s = 160, 15
     spot_sets = (("model.dim_in", 16), ("model.max_conv_dim", 64), ("data.batch_size", 4),
                  ("train.total_iters", total), ("train.save_every", 1000),
                  ("train.print_every", 2), ("train.sample_every", 1000),
@@ -208,9 +211,19 @@ def test_a_preemption_notice_checkpoints_its_step_and_the_restart_resumes_there(
                         "spot reclaim (test)", "--deadline-remaining-seconds", str(deadline_s)],
                        env=env, check=True, capture_output=True)
         drained_at = time.time()
-        notices = wait_until(lambda: [e for e in read_events(run_dir, missing_ok=True)
-                                      if e["event"] == "preemption"],
-                             "a preemption event in events.jsonl", timeout_s=120)
+
+        def preemptions():
+            return [e for e in read_events(run_dir, missing_ok=True) if e["event"] == "preemption"]
+
+        def state() -> str:  # for a timeout: how far the run got, and how it started
+            starts = [e for e in read_events(run_dir, missing_ok=True) if e["event"] == "start"]
+            return (f"a preemption event in events.jsonl (last step logged "
+                    f"{max(_metrics_steps(run_dir), default=0)}, starts {starts}, exit code "
+                    f"{train.poll()}; log tail: {(tmp_path / 'train.log').read_text()[-1500:]})")
+
+        wait_until(lambda: preemptions() or train.poll() is not None, state, timeout_s=120)
+        notices = preemptions()
+        assert notices, state()
         notice_step = notices[0]["step"]
         wait_until(lambda: notice_step in registered_steps(run_dir),
                    "the just-in-time checkpoint to be registered", timeout_s=120)
