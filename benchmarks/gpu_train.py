@@ -122,7 +122,7 @@ class Deadline:
 def summarize(reports: list[dict[str, Any]], cfg: ExperimentConfig, flops: float,
               bf16_peak: float | None) -> dict[str, Any]:
     """The figures of one run from rank 0's log rows (the first window dropped)."""
-    windows = [r["images_per_s"] for r in reports if "images_per_s" in r]
+    windows = [r["images_per_s"] for r in reports]  # logged_windows: rows that have it
     steady = windows[1:] or windows
     batch = cfg.data.batch_size
     out: dict[str, Any] = {"steps_done": max((r["step"] for r in reports), default=0),

@@ -251,23 +251,31 @@ class _Logger:
         self.saved.append((folder, step, aliases))
 
 
-def test_the_validation_function_gives_the_inline_number_and_rank_0_logs_it(tmp_path,
-                                                                              monkeypatch):
-    """validate_checkpoint (what the Ray task runs) on a checkpoint folder, without Ray."""
-    monkeypatch.setenv("STARGAN_RAY_CACHE", str(tmp_path / "cache"))
+def _saved_checkpoint(cfg, run_dir: Path, step: int):
+    """A seeded TrainState at step, saved as run_dir's checkpoint folder: (state, its Ray
+    Checkpoint), what the validation task is handed."""
     import ray.train
 
     from stargan_ray.checkpoint import save_checkpoint
     from stargan_ray.engine import TrainState
+
+    state = TrainState.create(cfg, "cpu", seed=3)
+    state.step = step
+    folder = run_dir / f"checkpoint_{step:08d}"
+    save_checkpoint(state, folder / "checkpoint.pt")
+    return state, ray.train.Checkpoint.from_directory(str(folder))
+
+
+def test_the_validation_function_gives_the_inline_number_and_rank_0_logs_it(tmp_path,
+                                                                              monkeypatch):
+    """validate_checkpoint (what the Ray task runs) on a checkpoint folder, without Ray."""
+    monkeypatch.setenv("STARGAN_RAY_CACHE", str(tmp_path / "cache"))
     from stargan_ray.train.quick_eval import quick_eval
     from stargan_ray.train.validation import BesideResults, validate_checkpoint
 
     cfg = _config(tmp_path, "beside")
-    state = TrainState.create(cfg, "cpu", seed=3)
-    state.step = 8
     run_dir = tmp_path / "run"
-    save_checkpoint(state, run_dir / "checkpoint_00000008" / "checkpoint.pt")
-    checkpoint = ray.train.Checkpoint.from_directory(str(run_dir / "checkpoint_00000008"))
+    state, checkpoint = _saved_checkpoint(cfg, run_dir, 8)
     metrics = validate_checkpoint(checkpoint, cfg=cfg.to_dict(), run_dir=str(run_dir),
                                   device="cpu", threads=1)
     with intra_op_threads(1):  # the task's threads: the same float rounding
@@ -286,18 +294,11 @@ def test_the_validation_function_runs_the_full_evaluation_when_asked(tmp_path, m
     """validate_checkpoint with full=True (a full_eval_every step that is no eval_every step):
     the evaluator's numbers for the checkpoint's nets_ema, no fid_quick, no best; logged once."""
     monkeypatch.setenv("STARGAN_RAY_CACHE", str(tmp_path / "cache"))
-    import ray.train
-
-    from stargan_ray.checkpoint import save_checkpoint
-    from stargan_ray.engine import TrainState
     from stargan_ray.train.validation import BesideResults, validate_checkpoint
 
     cfg = _config(tmp_path, "beside", **{"train.full_eval_every": 12})
-    state = TrainState.create(cfg, "cpu", seed=3)
-    state.step = 12
     run_dir = tmp_path / "run"
-    save_checkpoint(state, run_dir / "checkpoint_00000012" / "checkpoint.pt")
-    checkpoint = ray.train.Checkpoint.from_directory(str(run_dir / "checkpoint_00000012"))
+    state, checkpoint = _saved_checkpoint(cfg, run_dir, 12)
     metrics = validate_checkpoint(checkpoint, cfg=cfg.to_dict(), run_dir=str(run_dir),
                                   device="cpu", threads=1, quick=False, full=True)
     assert metrics == _full_evaluation(state.nets_ema, cfg, 12)  # equal, not close

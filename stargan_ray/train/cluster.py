@@ -70,7 +70,6 @@ def quiet_ray_data() -> None:
     ctx.print_on_execution_start = False
 
 
-
 def quiet_train_reports() -> None:
     """Ray Train logs every ray.train.report of every worker at INFO, metrics included: a flood
     next to our one line per print_every. Its logger is named after its file."""
