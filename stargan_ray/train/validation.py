@@ -174,7 +174,7 @@ class BesideResults:
         """ray.train.report's validation for a step's worker.Due (every rank asks; saving sends
         rank 0's): False when the step evaluates nothing, else what the task runs on its
         checkpoint (fn_kwargs of validate_checkpoint)."""
-        if not (due.eval or due.full_eval):
+        if not due.evaluates:
             return False
         import ray.train
 

@@ -279,6 +279,11 @@ class Due:
     save: bool
     full_eval: bool = False  # train.full_eval_every (0: never)
 
+    @property
+    def evaluates(self) -> bool:
+        """fid_quick or a full evaluation is due (beside: the step's checkpoint is validated)."""
+        return self.eval or self.full_eval
+
     @staticmethod
     def at(step: int, t) -> "Due":
         final = step == t.total_iters
@@ -370,7 +375,7 @@ def _train(state: TrainState, batches, out: Outputs, spec: WorkerSpec, rank: int
         batch: Batch = next(batches)
         loop.window.add(train_step(state, batch), state.step - 1)
         due = Due.at(state.step, state.cfg.train)
-        if (due.eval or due.full_eval) and out.beside is not None:  # its checkpoint is validated
+        if due.evaluates and out.beside is not None:  # its checkpoint is what is validated
             due = replace(due, save=True)
         notice = watch.poll(state.step)  # every rank, at the same steps (a barrier)
         if notice is not None:  # a node goes soon: checkpoint this step now
